@@ -1,0 +1,317 @@
+"""Train a PoseFormerV2 lifter on a `SequenceSet` with the released recipe, resumably, on CPU.
+
+Recipe (released `run_poseformer.py`): AdamW (lr 1e-4, weight decay 0.1), lr x0.99 after every epoch, loss = MPJPE of
+the centre frame's root-relative 3D pose, flip augmentation, validation with flip test. An "epoch" is a fixed number
+of samples (by default the training frames x2 with flipping, the released epoch length), so that huge datasets still
+decay the learning rate at a sensible pace. Checkpoints use the released layout (`epoch`, `lr`, `optimizer`,
+`model_pos` with the `module.` prefix, `random_state`) plus our own keys for exact resumption, and only contain
+tensors and plain Python values so that `torch.load(weights_only=True)` reads them.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.training.metrics import mpjpe, mpjpe_torch, p_mpjpe
+from pipeline.training.windows import SequenceSet, WindowSampler, flip_poses
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRAIN_ROOT = Path.home() / ".cache" / "poseformerv2-demo" / "train"
+LAST_CHECKPOINT = "last.bin"
+BEST_CHECKPOINT = "best.bin"
+
+
+def default_run_dir(run_name: str) -> Path:
+    return DEFAULT_TRAIN_ROOT / run_name
+
+
+@dataclass
+class TrainConfig:
+    run_dir: Path
+    batch_size: int = 64
+    threads: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    lr_decay: float = 0.99  # per epoch
+    epochs: int = 60
+    samples_per_epoch: int | None = None  # None: training frames (x2 with flip augmentation), as released
+    max_samples: int | None = None  # stop this call after this many training samples (then checkpoint)
+    max_minutes: float | None = None  # stop this call after this much wall time (then checkpoint)
+    checkpoint_minutes: float = 10.0
+    checkpoint_every_steps: int | None = None  # additionally checkpoint (and validate) every this many steps
+    validation_frames: int = 2048  # fixed, evenly spaced subset of the validation frames
+    validation_batch: int = 128
+    best_metric: str = "mpjpe"  # or "p_mpjpe": which validation error picks best.bin
+    flip_augment: bool = True
+    flip_test: bool = True
+    seed: int = 1234
+    resume: bool = False  # continue from run_dir/last.bin if it exists
+    log_every_steps: int = 50
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir).expanduser()
+        if self.best_metric not in ("mpjpe", "p_mpjpe"):
+            raise ValueError(f"best_metric must be 'mpjpe' or 'p_mpjpe', got {self.best_metric!r}")
+        if self.batch_size < 1 or self.threads < 1:
+            raise ValueError("batch_size and threads must be positive")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    epoch: int
+    samples_seen: int
+    losses: list[float] = field(default_factory=list)  # training loss of every step of this call, metres
+    validation: dict[str, float] = field(default_factory=dict)  # last validation errors, metres
+    finished: bool = False  # all epochs done
+
+
+def build_model(model_config) -> torch.nn.Module:
+    from pipeline.poseformerv2 import PoseFormerV2
+
+    return PoseFormerV2(model_config)
+
+
+def model_frames(model_config) -> int:
+    return int(model_config.frames)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def rng_state_to_plain(rng: np.random.RandomState) -> dict:
+    """A RandomState's state as plain Python values (safe under `weights_only=True`)."""
+    name, key, pos, has_gauss, cached = rng.get_state()
+    return {"bit_generator": name, "key": [int(k) for k in key], "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def rng_from_plain(state: dict) -> np.random.RandomState:
+    rng = np.random.RandomState()
+    rng.set_state((state["bit_generator"], np.asarray(state["key"], dtype=np.uint32), state["pos"],
+                   state["has_gauss"], state["cached_gaussian"]))
+    return rng
+
+
+def plain_config(config) -> dict:
+    """A dataclass config as a dict of plain values (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int, lr: float,
+                    rng: np.random.RandomState, extra: dict | None = None) -> None:
+    """Write a checkpoint in the released layout, atomically (temp file, then rename)."""
+    payload = {
+        "epoch": int(epoch),
+        "lr": float(lr),
+        "random_state": rng_state_to_plain(rng),
+        "optimizer": optimizer.state_dict(),
+        # The released checkpoints come from nn.DataParallel, hence the prefix; their loaders expect it.
+        "model_pos": {f"module.{k}": v for k, v in model.state_dict().items()},
+    }
+    payload.update(extra or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def strip_module_prefix(state: dict) -> dict:
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inference with flip test
+
+
+def predict_centre(model: torch.nn.Module, inputs_2d: np.ndarray, flip_test: bool,
+                   flip_permutation: np.ndarray) -> np.ndarray:
+    """Windows (B, T, J, 2) -> centre-frame predictions (B, J, 3); with flip test, averaged with the un-mirrored
+    prediction of the mirrored input, as the released evaluation does."""
+    with torch.inference_mode():
+        pred = model(torch.from_numpy(np.ascontiguousarray(inputs_2d)))[:, 0].numpy()
+        if flip_test:
+            flipped = model(torch.from_numpy(flip_poses(inputs_2d, flip_permutation)))[:, 0].numpy()
+            pred = (pred + flip_poses(flipped, flip_permutation)) / 2
+    return pred
+
+
+def validate(model: torch.nn.Module, sampler: WindowSampler, frame_ids: np.ndarray, batch_size: int,
+             flip_test: bool) -> dict[str, float]:
+    """MPJPE and P-MPJPE (metres) of the centre frames of a fixed set of validation windows."""
+    was_training = model.training
+    model.eval()
+    preds, targets = [], []
+    for i in range(0, len(frame_ids), batch_size):
+        batch = sampler.gather(frame_ids[i:i + batch_size])
+        preds.append(predict_centre(model, batch.inputs_2d, flip_test, sampler.flip_permutation))
+        targets.append(batch.targets_3d)
+    model.train(was_training)
+    pred, target = np.concatenate(preds), np.concatenate(targets)
+    return {"mpjpe": mpjpe(pred, target), "p_mpjpe": p_mpjpe(pred, target)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training loop
+
+
+def train(model_config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig) -> TrainResult:
+    """Train (or continue training) a PoseFormerV2 built from `model_config`; checkpoints go to `config.run_dir`."""
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(model_config, train_set, val_set, config)
+    finally:
+        torch.set_num_threads(previous_threads)
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _train(model_config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig) -> TrainResult:
+    frames = model_frames(model_config)
+    sampler = WindowSampler(train_set, frames=frames, flip=config.flip_augment)
+    val_sampler = WindowSampler(val_set, frames=frames, flip=False) if val_set is not None and len(val_set) else None
+    val_ids = val_sampler.evenly_spaced_frames(config.validation_frames) if val_sampler is not None else None
+    samples_per_epoch = config.samples_per_epoch or sampler.num_frames * (2 if config.flip_augment else 1)
+
+    torch.manual_seed(config.seed)
+    model = build_model(model_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.RandomState(config.seed)
+    lr, epoch, step, samples_seen, samples_in_epoch = config.lr, 0, 0, 0, 0
+    best = math.inf
+    model_config_plain = plain_config(model_config)
+
+    last_path = config.run_dir / LAST_CHECKPOINT
+    if config.resume and last_path.exists():
+        chk = load_checkpoint(last_path)
+        saved_config = chk.get("model_config")
+        if saved_config is not None and saved_config != model_config_plain:
+            raise ValueError(f"{last_path} was trained with model config {saved_config}, not {model_config_plain}; "
+                             "use another run directory or the same model config")
+        model.load_state_dict(strip_module_prefix(chk["model_pos"]))
+        optimizer.load_state_dict(chk["optimizer"])
+        rng = rng_from_plain(chk["random_state"])
+        torch.set_rng_state(chk["torch_rng_state"])
+        progress = chk["progress"]
+        lr, epoch = chk["lr"], chk["epoch"]
+        step, samples_seen, samples_in_epoch = progress["step"], progress["samples_seen"], progress["samples_in_epoch"]
+        best = progress["best"]
+        log.info("resumed %s: epoch %d, step %d, %d samples, lr %.3g", last_path, epoch, step, samples_seen, lr)
+    elif config.resume:
+        log.warning("no checkpoint at %s: starting a new run", last_path)
+
+    log.info("training %d frames in %d sequences, validating on %d frames; window %d, batch %d, %d threads, "
+             "epoch = %d samples, %d epochs", sampler.num_frames, len(train_set),
+             0 if val_ids is None else len(val_ids), frames, config.batch_size, config.threads, samples_per_epoch,
+             config.epochs)
+
+    def checkpoint(validation: dict[str, float]) -> None:
+        nonlocal best
+        extra = {
+            "torch_rng_state": torch.get_rng_state(),
+            "model_config": model_config_plain,
+            "train_config": plain_config(config),
+            "progress": {"step": step, "samples_seen": samples_seen, "samples_in_epoch": samples_in_epoch,
+                         "best": best},
+        }
+        value = validation.get(config.best_metric)
+        if value is not None and value < best:
+            best = value
+            extra["progress"]["best"] = best
+            save_checkpoint(config.run_dir / BEST_CHECKPOINT, model, optimizer, epoch=epoch, lr=lr, rng=rng,
+                            extra={**extra, "validation": validation})
+        save_checkpoint(last_path, model, optimizer, epoch=epoch, lr=lr, rng=rng,
+                        extra={**extra, "validation": validation})
+
+    def run_validation() -> dict[str, float]:
+        if val_sampler is None:
+            return {}
+        t0 = time.perf_counter()
+        result = validate(model, val_sampler, val_ids, config.validation_batch, config.flip_test)
+        log.info("validation at step %d (epoch %d): MPJPE %.1f mm, P-MPJPE %.1f mm (%.0f s)", step, epoch,
+                 result["mpjpe"] * 1000, result["p_mpjpe"] * 1000, time.perf_counter() - t0)
+        return result
+
+    model.train()
+    start = time.monotonic()
+    last_checkpoint_time = start
+    window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+    samples_this_call = 0
+    losses: list[float] = []
+    validation: dict[str, float] = {}
+    while epoch < config.epochs:
+        batch = sampler.sample(config.batch_size, rng)
+        inputs = torch.from_numpy(batch.inputs_2d)
+        targets = torch.from_numpy(batch.targets_3d)
+        optimizer.zero_grad(set_to_none=True)
+        loss = mpjpe_torch(model(inputs)[:, 0], targets)
+        loss.backward()
+        optimizer.step()
+
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"training loss became {loss_value} at step {step}; lower the learning rate "
+                                     "or check the data for NaNs")
+        losses.append(loss_value)
+        n = len(inputs)
+        step += 1
+        samples_seen += n
+        samples_this_call += n
+        samples_in_epoch += n
+        window_loss += loss_value * n
+        window_samples += n
+        if samples_in_epoch >= samples_per_epoch:
+            samples_in_epoch -= samples_per_epoch
+            epoch += 1
+            lr *= config.lr_decay
+            for group in optimizer.param_groups:
+                group["lr"] *= config.lr_decay
+            log.info("epoch %d done at step %d; lr now %.4g", epoch, step, lr)
+
+        if step % config.log_every_steps == 0:
+            elapsed = time.perf_counter() - window_start
+            log.info("step %d epoch %d: loss %.1f mm, %.1f samples/s, lr %.4g", step, epoch,
+                     window_loss / window_samples * 1000, window_samples / max(elapsed, 1e-9), lr)
+            window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+
+        now = time.monotonic()
+        stop = (epoch >= config.epochs
+                or (config.max_samples is not None and samples_this_call >= config.max_samples)
+                or (config.max_minutes is not None and now - start >= config.max_minutes * 60))
+        due = (now - last_checkpoint_time >= config.checkpoint_minutes * 60
+               or (config.checkpoint_every_steps is not None and step % config.checkpoint_every_steps == 0))
+        if stop or due:
+            validation = run_validation()
+            checkpoint(validation)
+            last_checkpoint_time = time.monotonic()
+            log.info("checkpoint %s (step %d, epoch %d)", last_path, step, epoch)
+        if stop:
+            break
+
+    return TrainResult(run_dir=config.run_dir, step=step, epoch=epoch, samples_seen=samples_seen, losses=losses,
+                       validation=validation, finished=epoch >= config.epochs)

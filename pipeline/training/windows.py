@@ -1,0 +1,150 @@
+"""Training data as arrays: a set of sequences and a sampler of fixed-length windows around centre frames.
+
+`SequenceSet` is the currency between the data readers (Human3.6M, motion capture) and the trainer: per-sequence
+2D inputs, screen-normalised like the released code (`X / w * 2 - [1, h / w]`), and camera-space 3D targets in metres
+(x right, y down, z forward). Windows are gathered batch by batch with index arithmetic on one concatenated copy of
+the data, so memory stays at ~340 bytes per frame (17 joints x 5 float32) however many windows are drawn.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.skeleton import H36M
+
+
+@dataclass
+class SequenceSet:
+    inputs_2d: list[np.ndarray]  # per sequence (T_i, J, 2) float32, screen-normalised
+    targets_3d: list[np.ndarray]  # per sequence (T_i, J, 3) float32, camera space, metres
+    names: list[str]  # one per sequence, e.g. "S9/Walking 1/cam0"
+    groups: list[str] | None = None  # one per sequence, e.g. the action, for per-group metrics
+
+    def __post_init__(self) -> None:
+        n = len(self.inputs_2d)
+        if len(self.targets_3d) != n or len(self.names) != n or (self.groups is not None and len(self.groups) != n):
+            raise ValueError(
+                f"SequenceSet needs as many targets/names/groups as inputs ({n}); got "
+                f"{len(self.targets_3d)}/{len(self.names)}/{None if self.groups is None else len(self.groups)}"
+            )
+        for name, x2, x3 in zip(self.names, self.inputs_2d, self.targets_3d):
+            if x2.ndim != 3 or x2.shape[-1] != 2 or x3.ndim != 3 or x3.shape[-1] != 3 or x2.shape[:2] != x3.shape[:2]:
+                raise ValueError(
+                    f"sequence {name!r}: expected inputs (T, J, 2) and targets (T, J, 3) with equal T and J, "
+                    f"got {x2.shape} and {x3.shape}"
+                )
+            if len(x2) == 0:
+                raise ValueError(f"sequence {name!r} is empty; drop it before building the SequenceSet")
+
+    def __len__(self) -> int:
+        return len(self.inputs_2d)
+
+    @property
+    def num_frames(self) -> int:
+        return int(sum(len(x) for x in self.inputs_2d))
+
+    @property
+    def num_joints(self) -> int:
+        return int(self.inputs_2d[0].shape[1]) if self.inputs_2d else H36M.num_joints
+
+    def select(self, indices: list[int] | np.ndarray) -> "SequenceSet":
+        idx = [int(i) for i in indices]
+        return SequenceSet(
+            inputs_2d=[self.inputs_2d[i] for i in idx],
+            targets_3d=[self.targets_3d[i] for i in idx],
+            names=[self.names[i] for i in idx],
+            groups=None if self.groups is None else [self.groups[i] for i in idx],
+        )
+
+
+def normalize_screen_coordinates(pixels: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Pixels (..., 2) -> [-1, 1] along x, aspect ratio kept, as the released code feeds the lifter."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    return (pixels / np.float32(width) * 2 - np.array([1, height / width], dtype=np.float32)).astype(np.float32)
+
+
+def flip_poses(poses: np.ndarray, permutation: np.ndarray | None = None) -> np.ndarray:
+    """Mirror poses (..., J, C) left-right: negate x and swap left/right joints (a new array)."""
+    perm = H36M.flip_permutation if permutation is None else permutation
+    out = poses[..., perm, :].copy()
+    out[..., 0] *= -1
+    return out
+
+
+def root_relative(poses: np.ndarray) -> np.ndarray:
+    """Subtract joint 0 (the pelvis), as the released training and evaluation do."""
+    return poses - poses[..., :1, :]
+
+
+@dataclass
+class Batch:
+    inputs_2d: np.ndarray  # (B, T, J, 2) float32
+    targets_3d: np.ndarray  # (B, J, 3) float32, centre frame, root-relative
+    flipped: np.ndarray  # (B,) bool
+
+
+@dataclass
+class WindowSampler:
+    """Draws T-frame windows (edge-padded at sequence ends) around uniformly random centre frames.
+
+    `frames` must be odd: the window is centred on the frame whose 3D pose is the target. Flip augmentation mirrors
+    half of the windows (2D and 3D together), in expectation what the released code does by adding a mirrored copy
+    of every window to each epoch.
+    """
+
+    sequences: SequenceSet
+    frames: int
+    flip: bool = True
+    flip_permutation: np.ndarray = field(default_factory=lambda: H36M.flip_permutation)
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.frames % 2 == 0:
+            raise ValueError(f"window length must be odd and positive, got {self.frames}")
+        if len(self.sequences) == 0:
+            raise ValueError("cannot sample windows from an empty SequenceSet")
+        lengths = np.array([len(x) for x in self.sequences.inputs_2d], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self._lengths = lengths
+        self._all_2d = np.concatenate(self.sequences.inputs_2d).astype(np.float32, copy=False)
+        self._all_3d = np.concatenate(self.sequences.targets_3d).astype(np.float32, copy=False)
+        # Sequence of every frame, so that a uniform draw over all frames maps back to its sequence.
+        self._frame_sequence = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+        self._offsets = np.arange(self.frames, dtype=np.int64) - self.frames // 2
+
+    @property
+    def num_frames(self) -> int:
+        return int(self._lengths.sum())
+
+    def window_indices(self, frame_ids: np.ndarray) -> np.ndarray:
+        """Global frame ids (N,) -> (N, T) indices of their windows into the concatenated arrays, edge-padded."""
+        frame_ids = np.asarray(frame_ids, dtype=np.int64)
+        seq = self._frame_sequence[frame_ids]
+        start, length = self._starts[seq], self._lengths[seq]
+        local = frame_ids - start
+        window = np.clip(local[:, None] + self._offsets[None, :], 0, (length - 1)[:, None])
+        return window + start[:, None]
+
+    def gather(self, frame_ids: np.ndarray, flipped: np.ndarray | None = None) -> Batch:
+        """The windows around the given global frame ids, mirrored where `flipped` is set."""
+        frame_ids = np.asarray(frame_ids, dtype=np.int64)
+        inputs = self._all_2d[self.window_indices(frame_ids)]
+        targets = root_relative(self._all_3d[frame_ids])
+        if flipped is None:
+            flipped = np.zeros(len(frame_ids), dtype=bool)
+        if flipped.any():
+            inputs[flipped] = flip_poses(inputs[flipped], self.flip_permutation)
+            targets[flipped] = flip_poses(targets[flipped], self.flip_permutation)
+        return Batch(inputs_2d=inputs, targets_3d=targets, flipped=flipped)
+
+    def sample(self, batch_size: int, rng: np.random.RandomState) -> Batch:
+        """A random batch; all randomness comes from `rng`, so saving its state makes resuming exact."""
+        frame_ids = rng.randint(0, self.num_frames, size=batch_size)
+        flipped = rng.rand(batch_size) < 0.5 if self.flip else np.zeros(batch_size, dtype=bool)
+        return self.gather(frame_ids, flipped)
+
+    def evenly_spaced_frames(self, count: int) -> np.ndarray:
+        """`count` global frame ids spread evenly over all frames: a fixed validation subset."""
+        count = min(count, self.num_frames)
+        return np.linspace(0, self.num_frames - 1, count).round().astype(np.int64)
+
