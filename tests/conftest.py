@@ -1,0 +1,78 @@
+"""Shared test fixtures: the read-only ../shared folder and the PoseFormerV2 conformance fixture."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+POSEFORMERV2_FIXTURE_DIR = SHARED_DIR / "fixtures" / "poseformerv2"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared relative to the repository root; tests using it skip when it is absent."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DIR} is absent")
+    return SHARED_DIR
+
+
+def _read_manifest(path: Path) -> list[tuple[int, str, tuple[int, ...], str]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        index, key, shape, init = line.split("\t")
+        rows.append((int(index), key, tuple(int(s) for s in shape.split(",")), init))
+    return rows
+
+
+def _deterministic_weights(rows) -> dict[str, torch.Tensor]:
+    """The fixture README's weight rule: default_rng(index).standard_normal(shape) * 0.05 (+1 for LayerNorm weights)."""
+    weights = {}
+    for index, key, shape, init in rows:
+        w = np.random.default_rng(index).standard_normal(shape).astype(np.float32) * np.float32(0.05)
+        if init.startswith("1+"):
+            w = w + np.float32(1.0)
+        weights[key] = torch.from_numpy(w)
+    return weights
+
+
+@pytest.fixture(scope="session")
+def poseformerv2_reference(shared_dir):
+    """The 243/27/27 conformance fixture: {"state_dict": released-style `module.` weights, "npz": arrays}."""
+    manifest = POSEFORMERV2_FIXTURE_DIR / "manifest_243_27_27.tsv"
+    arrays = POSEFORMERV2_FIXTURE_DIR / "fixture_243_27_27.npz"
+    if not manifest.is_file() or not arrays.is_file():
+        pytest.skip(f"PoseFormerV2 fixture missing in {POSEFORMERV2_FIXTURE_DIR}")
+    with np.load(arrays) as npz:
+        data = {name: npz[name] for name in npz.files}
+    return {"state_dict": _deterministic_weights(_read_manifest(manifest)), "npz": data}
+
+
+@pytest.fixture(scope="session")
+def released_state_dict(shared_dir):
+    """Factory: deterministic `module.`-prefixed weights for a released-style T/f/n configuration.
+
+    Built from the 243/27/27 manifest by analogy: only the temporal position embeddings and the two weighted-mean
+    poolings depend on f (frames kept) and n (coefficients kept).
+    """
+    manifest = POSEFORMERV2_FIXTURE_DIR / "manifest_243_27_27.tsv"
+    if not manifest.is_file():
+        pytest.skip(f"PoseFormerV2 manifest missing in {POSEFORMERV2_FIXTURE_DIR}")
+    rows = _read_manifest(manifest)
+
+    def build(frames_kept: int, coeffs_kept: int) -> dict[str, torch.Tensor]:
+        reshaped = {
+            "module.Temporal_pos_embed": lambda s: (1, frames_kept, s[2]),
+            "module.Temporal_pos_embed_": lambda s: (1, coeffs_kept, s[2]),
+            "module.weighted_mean.weight": lambda s: (1, coeffs_kept, 1),
+            "module.weighted_mean_.weight": lambda s: (1, frames_kept, 1),
+        }
+        return _deterministic_weights(
+            [(i, k, reshaped[k](s) if k in reshaped else s, init) for i, k, s, init in rows]
+        )
+
+    return build
