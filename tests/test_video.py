@@ -1,0 +1,157 @@
+"""Video decoding on small synthetic clips made with the imageio-ffmpeg binary, and on the shared sample clip."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.video import VideoError, count_frames, ffmpeg_exe, iter_frames, probe_video
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "sports2d_demo.mp4"
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def make_clip(path: Path, frames: int, size: str = "160x90", rate: int = 25, extra: tuple[str, ...] = (),
+              pix_fmt: str = "yuv420p") -> Path:
+    ffmpeg("-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}", *extra, "-frames:v", str(frames),
+           "-pix_fmt", pix_fmt, "-c:v", "libx264", "-g", "5", str(path))
+    return path
+
+
+def raw_frames(path: Path, width: int, height: int) -> np.ndarray:
+    """Decoded frames without any rotation, straight from ffmpeg, as the reference."""
+    out = subprocess.run([ffmpeg_exe(), "-v", "error", "-noautorotate", "-i", str(path), "-f", "rawvideo",
+                          "-pix_fmt", "bgr24", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(out, np.uint8).reshape(-1, height, width, 3)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("clips")
+    base = make_clip(d / "base.mp4", 12)
+    rotated = d / "rotated.mp4"  # a phone held upright: stored landscape, displayed turned 90 degrees
+    ffmpeg("-display_rotation", "90", "-i", str(base), "-c", "copy", str(rotated))
+    single = make_clip(d / "single.mp4", 1, size="33x17", pix_fmt="yuv444p")  # odd sizes, one frame
+    with_audio = d / "audio.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-f", "lavfi", "-i", "sine=frequency=440",
+           "-frames:v", "7", "-t", "0.7", "-pix_fmt", "yuv420p", "-c:v", "libx264", "-c:a", "aac", str(with_audio))
+    audio_only = d / "audio_only.mp4"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=0.5", "-c:a", "aac", str(audio_only))
+    text = d / "notes.mp4"
+    text.write_text("this is not a video\n")
+    # Truncations: a file cut in its middle keeps its header only when the index (moov) comes first.
+    faststart = make_clip(d / "faststart.mp4", 40, extra=("-movflags", "+faststart"))
+    data = faststart.read_bytes()
+    cut_data = d / "cut_data.mp4"
+    cut_data.write_bytes(data[: len(data) * 2 // 3])
+    cut_index = d / "cut_index.mp4"
+    cut_index.write_bytes(base.read_bytes()[:2000])  # moov at the end: nothing but the start of the data
+    return {"base": base, "rotated": rotated, "single": single, "audio": with_audio, "audio_only": audio_only,
+            "text": text, "faststart": faststart, "cut_data": cut_data, "cut_index": cut_index}
+
+
+def test_probe_and_decode_plain_clip(clips):
+    info = probe_video(clips["base"])
+    assert (info.width, info.height, info.rotation, info.codec, info.has_audio) == (160, 90, 0, "h264", False)
+    assert info.fps == pytest.approx(25.0)
+    frames = list(iter_frames(clips["base"]))
+    assert len(frames) == 12 == count_frames(clips["base"]) == count_frames(clips["base"], decode=False)
+    assert all(f.shape == (90, 160, 3) and f.dtype == np.uint8 for f in frames)
+    np.testing.assert_array_equal(np.stack(frames), raw_frames(clips["base"], 160, 90))
+
+
+def test_frames_are_bgr(tmp_path):
+    red = tmp_path / "red.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=32x32:rate=5", "-frames:v", "2", "-pix_fmt", "yuv444p",
+           "-c:v", "libx264", "-qp", "0", str(red))
+    frame = next(iter_frames(red))
+    b, g, r = frame[16, 16].astype(int)
+    assert r > 240 and g < 15 and b < 15
+
+
+def test_rotation_metadata_is_applied(clips):
+    info = probe_video(clips["rotated"])
+    assert (info.width, info.height) == (90, 160)
+    assert info.rotation == 270  # 90 degrees counter-clockwise = 270 clockwise
+    frames = np.stack(list(iter_frames(clips["rotated"])))
+    assert frames.shape == (12, 160, 90, 3)
+    stored = raw_frames(clips["base"], 160, 90)
+    np.testing.assert_array_equal(frames, np.rot90(stored, k=1, axes=(1, 2)))
+
+
+def test_one_frame_video_with_odd_size(clips):
+    info = probe_video(clips["single"])
+    assert (info.width, info.height) == (33, 17)
+    frames = list(iter_frames(clips["single"]))
+    assert len(frames) == 1 and frames[0].shape == (17, 33, 3)
+    assert count_frames(clips["single"]) == 1
+
+
+def test_audio_is_reported_and_ignored(clips):
+    info = probe_video(clips["audio"])
+    assert info.has_audio and info.fps == pytest.approx(10.0)
+    assert len(list(iter_frames(clips["audio"]))) == 7
+
+
+def test_frame_range_is_exact(clips):
+    every = list(iter_frames(clips["base"]))
+    part = list(iter_frames(clips["base"], start=3, end=8))
+    assert len(part) == 5
+    for a, b in zip(part, every[3:8]):
+        np.testing.assert_array_equal(a, b)
+    assert len(list(iter_frames(clips["base"], start=10, end=100))) == 2  # past the end: stops at the last frame
+    with pytest.raises(VideoError, match="from frame 50"):
+        list(iter_frames(clips["base"], start=50))
+    with pytest.raises(ValueError, match="bad frame range"):
+        list(iter_frames(clips["base"], start=5, end=5))
+
+
+def test_stopping_early_ends_ffmpeg(clips):
+    gen = iter_frames(clips["base"])
+    next(gen)
+    gen.close()  # the generator's cleanup kills the ffmpeg process; nothing hangs or leaks
+
+
+def test_truncated_files(clips):
+    full = count_frames(clips["faststart"])
+    frames = list(iter_frames(clips["cut_data"]))
+    assert 0 < len(frames) < full == 40
+    assert probe_video(clips["cut_data"]).frame_count_header == 40  # the header still claims the full length
+    with pytest.raises(VideoError, match="cut_index.mp4"):
+        probe_video(clips["cut_index"])
+
+
+@pytest.mark.parametrize("name, message", [("text", "not a readable video"), ("audio_only", "no video stream")])
+def test_files_that_are_not_videos(clips, name, message):
+    with pytest.raises(VideoError, match=message) as err:
+        probe_video(clips[name])
+    assert "\n" not in str(err.value)
+    with pytest.raises(VideoError, match=message):
+        list(iter_frames(clips[name]))
+    with pytest.raises(VideoError, match=message):
+        count_frames(clips[name])
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(VideoError, match="not found"):
+        probe_video(tmp_path / "nope.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoError, match="empty"):
+        probe_video(tmp_path / "empty.mp4")
+    with pytest.raises(VideoError, match="not a file"):
+        probe_video(tmp_path)
+
+
+def test_sample_clip():
+    if not SAMPLE.exists():
+        pytest.skip("../shared sample clip not present")
+    info = probe_video(SAMPLE)
+    assert (info.width, info.height, info.fps, info.codec) == (1768, 994, 30.0, "vp9")
+    assert count_frames(SAMPLE, decode=False) == 230
+    frames = list(iter_frames(SAMPLE, start=228))
+    assert len(frames) == 2 and frames[0].shape == (994, 1768, 3)
