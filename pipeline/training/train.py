@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
 from pipeline.training.metrics import mpjpe, mpjpe_torch, p_mpjpe
 from pipeline.training.windows import SequenceSet, WindowSampler, flip_poses
 
@@ -43,7 +44,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.1
     lr_decay: float = 0.99  # per epoch
-    epochs: int = 60
+    epochs: int = 200  # released default
     samples_per_epoch: int | None = None  # None: training frames (x2 with flip augmentation), as released
     max_samples: int | None = None  # stop this call after this many training samples (then checkpoint)
     max_minutes: float | None = None  # stop this call after this much wall time (then checkpoint)
@@ -77,13 +78,11 @@ class TrainResult:
     finished: bool = False  # all epochs done
 
 
-def build_model(model_config) -> torch.nn.Module:
-    from pipeline.poseformerv2 import PoseFormerV2
-
+def build_model(model_config: PoseFormerV2Config) -> torch.nn.Module:
     return PoseFormerV2(model_config)
 
 
-def model_frames(model_config) -> int:
+def model_frames(model_config: PoseFormerV2Config) -> int:
     return int(model_config.frames)
 
 
@@ -172,7 +171,7 @@ def validate(model: torch.nn.Module, sampler: WindowSampler, frame_ids: np.ndarr
 # Training loop
 
 
-def train(model_config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig) -> TrainResult:
+def train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig) -> TrainResult:
     """Train (or continue training) a PoseFormerV2 built from `model_config`; checkpoints go to `config.run_dir`."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +190,7 @@ def train(model_config, train_set: SequenceSet, val_set: SequenceSet | None, con
         handler.close()
 
 
-def _train(model_config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig) -> TrainResult:
+def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig) -> TrainResult:
     frames = model_frames(model_config)
     sampler = WindowSampler(train_set, frames=frames, flip=config.flip_augment)
     val_sampler = WindowSampler(val_set, frames=frames, flip=False) if val_set is not None and len(val_set) else None
@@ -315,3 +314,108 @@ def _train(model_config, train_set: SequenceSet, val_set: SequenceSet | None, co
 
     return TrainResult(run_dir=config.run_dir, step=step, epoch=epoch, samples_seen=samples_seen, losses=losses,
                        validation=validation, finished=epoch >= config.epochs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Throughput measurement
+
+
+def measure_throughput(model_config: PoseFormerV2Config, batch_size: int, threads: int, steps: int = 5,
+                       warmup: int = 1, seed: int = 0) -> float:
+    """Training samples per second (forward, backward, AdamW step) on random inputs, after `warmup` steps."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        model = build_model(model_config).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+        gen = torch.Generator().manual_seed(seed)
+        inputs = torch.randn(batch_size, model_config.frames, model_config.num_joints, 2, generator=gen)
+        targets = torch.randn(batch_size, model_config.num_joints, 3, generator=gen)
+        for i in range(warmup + steps):
+            if i == warmup:
+                t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            mpjpe_torch(model(inputs)[:, 0], targets).backward()
+            optimizer.step()
+        return steps * batch_size / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.training.train",
+        description="Train PoseFormerV2 on VideoPose3D-format Human3.6M files (train S1 S5 S6 S7 S8, validate on "
+                    "S9 S11) with the released recipe; checkpoints and log go outside the repository.")
+    p.add_argument("--h36m-dir", type=Path, help="folder with data_3d_h36m.npz and data_2d_h36m_<keypoints>.npz")
+    p.add_argument("--keypoints", default="cpn_ft_h36m_dbb", help="2D detections name (default %(default)s)")
+    p.add_argument("--frames", type=int, default=243, help="input window T (default %(default)s)")
+    p.add_argument("--f", "--frames-kept", dest="frames_kept", type=int, default=27, help="centre frames kept")
+    p.add_argument("--n", "--coeffs-kept", dest="coeffs_kept", type=int, default=27, help="DCT coefficients kept")
+    p.add_argument("--embed-dim-ratio", type=int, default=32)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (released training: 0.1)")
+    p.add_argument("--run", help="run name; checkpoints in ~/.cache/poseformerv2-demo/train/<run>")
+    p.add_argument("--run-dir", type=Path, help="explicit run directory (overrides --run)")
+    p.add_argument("--resume", action="store_true", help="continue from <run dir>/last.bin")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-decay", type=float, default=0.99, help="lr factor per epoch")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--samples-per-epoch", type=int, help="epoch length in samples (default: training frames x2)")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
+    p.add_argument("--max-samples", type=int, help="stop (with a checkpoint) after this many samples")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p.add_argument("--val-frames", type=int, default=2048, help="size of the fixed validation subset")
+    p.add_argument("--no-flip", action="store_true", help="disable flip augmentation and flip test")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where converted Human3.6M arrays are cached (default ~/.cache/poseformerv2-demo/h36m)")
+    p.add_argument("--benchmark", action="store_true",
+                   help="only measure training samples/s for batch sizes and threads (no data needed)")
+    p.add_argument("--benchmark-batch-sizes", default="64")
+    p.add_argument("--benchmark-threads", default="1,2")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.training.h36m import DEFAULT_CACHE_DIR, load_h36m
+
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    model_config = PoseFormerV2Config(frames=args.frames, frames_kept=args.frames_kept, coeffs_kept=args.coeffs_kept,
+                                      embed_dim_ratio=args.embed_dim_ratio, depth=args.depth,
+                                      drop_path_rate=args.drop_path)
+    if args.benchmark:
+        for threads in (int(t) for t in args.benchmark_threads.split(",")):
+            for batch in (int(b) for b in args.benchmark_batch_sizes.split(",")):
+                rate = measure_throughput(model_config, batch, threads)
+                log.info("%d/%d/%d batch %d threads %d: %.1f samples/s", args.frames, args.frames_kept,
+                         args.coeffs_kept, batch, threads, rate)
+        return 0
+    if args.h36m_dir is None:
+        raise SystemExit("--h36m-dir is required (the folder with data_3d_h36m.npz and data_2d_h36m_<k>.npz)")
+    run_dir = args.run_dir or default_run_dir(
+        args.run or f"h36m_{args.keypoints}_{args.frames}_{args.frames_kept}_{args.coeffs_kept}")
+    data = load_h36m(args.h36m_dir, args.keypoints, cache_dir=args.cache_dir or DEFAULT_CACHE_DIR)
+    config = TrainConfig(
+        run_dir=run_dir, batch_size=args.batch_size, threads=args.threads, lr=args.lr, weight_decay=args.weight_decay,
+        lr_decay=args.lr_decay, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
+        max_samples=args.max_samples, max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
+        validation_frames=args.val_frames, flip_augment=not args.no_flip, flip_test=not args.no_flip,
+        seed=args.seed, resume=args.resume)
+    result = train(model_config, data.train, data.test, config)
+    log.info("stopped at step %d, epoch %d (%s); checkpoints in %s", result.step, result.epoch,
+             "finished" if result.finished else "resume with --resume", result.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+from pipeline.skeleton import H36M
+from pipeline.training import h36m
+from pipeline.training.train import (
+    BEST_CHECKPOINT, LAST_CHECKPOINT, TrainConfig, load_checkpoint, strip_module_prefix, train,
+)
+from pipeline.training.windows import SequenceSet, WindowSampler, flip_poses, normalize_screen_coordinates
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TINY = PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3, embed_dim_ratio=8, depth=1, drop_path_rate=0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Synthetic VideoPose3D-format files
+
+
+def _hamilton(a, b):
+    w1, x1, y1, z1 = a
+    w2, x2, y2, z2 = b
+    return np.array([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                     w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
+
+
+def _reference_world_to_camera(p, q, t_mm):
+    """q^-1 (p - t) q, written with explicit quaternion products (independent of the module's matrix)."""
+    q = np.asarray(q) / np.linalg.norm(q)
+    q_inv = q * np.array([1, -1, -1, -1])
+    out = np.empty_like(p, dtype=np.float64)
+    for idx in np.ndindex(p.shape[:-1]):
+        v = np.concatenate([[0.0], p[idx] - np.asarray(t_mm) / 1000])
+        out[idx] = _hamilton(_hamilton(q_inv, v), q)[1:]
+    return out
+
+
+def _write_h36m(folder: Path, lengths: dict[str, dict[str, int]], extra_2d_frames=3, seed=0):
+    rng = np.random.default_rng(seed)
+    positions_3d, positions_2d = {}, {}
+    for subject, actions in lengths.items():
+        positions_3d[subject], positions_2d[subject] = {}, {}
+        for action, n in actions.items():
+            # A person-sized cloud near the middle of the capture volume, in front of every camera.
+            world = (np.array([0.0, 0.0, 1.0]) + 0.4 * rng.standard_normal((n, 32, 3))).astype(np.float32)
+            positions_3d[subject][action] = world
+            cams = []
+            for cam, (q, t) in zip(h36m.CAMERAS, h36m.EXTRINSICS[subject]):
+                c = _reference_world_to_camera(world[:, list(h36m.KEPT_MOCAP_JOINTS)], q, t)
+                px = c[..., :2] / c[..., 2:] * np.array(cam.focal_length) + np.array(cam.center)
+                px = np.concatenate([px, rng.uniform(0, 1000, (extra_2d_frames, 17, 2))])
+                cams.append(px.astype(np.float32))
+            positions_2d[subject][action] = cams
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "data_3d_h36m.npz", positions_3d=positions_3d)
+    metadata = {"layout_name": "h36m", "num_joints": 17,
+                "keypoints_symmetry": [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]]}
+    np.savez_compressed(folder / "data_2d_h36m_synth.npz", positions_2d=positions_2d, metadata=metadata)
+    return positions_3d, positions_2d
+
+
+def test_h36m_reader_projects_trims_normalises_and_splits(tmp_path):
+    lengths = {"S1": {"Walking 1": 12, "Eating": 10}, "S5": {"Walking": 11}, "S9": {"Walking 1": 13}}
+    pos3d, pos2d = _write_h36m(tmp_path / "data", lengths)
+    data = h36m.load_h36m(tmp_path / "data", "synth", train_subjects=("S1", "S5"), test_subjects=("S9",),
+                          cache_dir=tmp_path / "cache")
+    assert len(data.train) == 3 * 4 and len(data.test) == 4
+    assert data.train.names[0] == "S1/Eating/54138969"
+    assert sorted(set(data.train.groups)) == ["Eating", "Walking"]  # "Walking 1" and "Walking" pool
+    assert data.test.groups == ["Walking"] * 4
+    assert data.train.num_frames == 4 * (12 + 10 + 11)
+
+    i = data.train.names.index("S5/Walking/58860488")
+    cam, (q, t) = h36m.CAMERAS[2], h36m.EXTRINSICS["S5"][2]
+    expected_3d = _reference_world_to_camera(pos3d["S5"]["Walking"][:, list(h36m.KEPT_MOCAP_JOINTS)], q, t)
+    np.testing.assert_allclose(data.train.targets_3d[i], expected_3d, atol=1e-5)
+    assert (data.train.targets_3d[i][..., 2] > 1).all()  # in front of the camera
+    px = pos2d["S5"]["Walking"][2][:11]  # extra 2D frames beyond the mocap are cut
+    np.testing.assert_allclose(data.train.inputs_2d[i], px / 1000 * 2 - np.array([1, 1000 / 1000]), atol=1e-6)
+    # Camera 0 is 1000x1002: y is normalised with h / w, not centred at 0.
+    j = data.train.names.index("S5/Walking/54138969")
+    np.testing.assert_allclose(data.train.inputs_2d[j][..., 1], pos2d["S5"]["Walking"][0][:11, :, 1] / 500 - 1.002,
+                               atol=1e-6)
+
+    # The second read comes from the plain-array cache and gives the same sets.
+    cached = list((tmp_path / "cache").glob("*.npz"))
+    assert len(cached) == 2
+    again = h36m.load_h36m(tmp_path / "data", "synth", train_subjects=("S1", "S5"), test_subjects=("S9",),
+                           cache_dir=tmp_path / "cache")
+    assert again.train.names == data.train.names and again.test.groups == data.test.groups
+    for a, b in zip(again.train.targets_3d, data.train.targets_3d):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_h36m_reader_rejects_short_2d_and_code_in_pickles(tmp_path):
+    _write_h36m(tmp_path / "short", {"S1": {"Walking": 10}, "S9": {"Walking": 10}}, extra_2d_frames=0)
+    pos2d = h36m.read_npz_entry(tmp_path / "short" / "data_2d_h36m_synth.npz", "positions_2d")
+    pos2d["S1"]["Walking"][1] = pos2d["S1"]["Walking"][1][:7]
+    np.savez_compressed(tmp_path / "short" / "data_2d_h36m_synth.npz", positions_2d=pos2d,
+                        metadata={"num_joints": 17})
+    with pytest.raises(ValueError, match="7 2D frames but 10 3D frames"):
+        h36m.load_h36m(tmp_path / "short", "synth", ("S1",), ("S9",), cache_dir=None)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.npz"
+    payload = np.empty((), dtype=object)
+    payload[()] = {"S1": Evil()}
+    np.savez(evil, positions_3d=payload)
+    with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
+        h36m.read_npz_entry(evil, "positions_3d")
+    assert zipfile.is_zipfile(evil)
+
+
+def test_quaternion_convention_matches_the_released_demo_fixture():
+    fixture = SHARED / "fixtures" / "poseformerv2" / "fixture_243_27_27.npz"
+    if not fixture.is_file():
+        pytest.skip("../shared fixture not available")
+    d = np.load(fixture)
+    # The demo rotates camera-space output into the world with Human3.6M S1 camera 0's orientation, then puts each
+    # frame's lowest joint at z = 0.
+    world = h36m.camera_to_world(d["seq50_camera"], h36m.EXTRINSICS["S1"][0][0], np.zeros(3))
+    world[..., 2] -= world[..., 2].min(axis=-1, keepdims=True)
+    np.testing.assert_allclose(world, d["seq50_world"], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Windows
+
+
+def _sequences(lengths=(5, 8), seed=0, joints=17):
+    rng = np.random.default_rng(seed)
+    return SequenceSet(
+        inputs_2d=[rng.standard_normal((n, joints, 2)).astype(np.float32) for n in lengths],
+        targets_3d=[rng.standard_normal((n, joints, 3)).astype(np.float32) for n in lengths],
+        names=[f"seq{i}" for i in range(len(lengths))],
+    )
+
+
+def test_windows_are_edge_padded_within_their_sequence():
+    seqs = _sequences((5, 8))
+    sampler = WindowSampler(seqs, frames=7, flip=False)
+    idx = sampler.window_indices(np.array([0, 4, 5, 12]))
+    np.testing.assert_array_equal(idx[0], [0, 0, 0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(idx[1], [1, 2, 3, 4, 4, 4, 4])  # never crosses into the next sequence
+    np.testing.assert_array_equal(idx[2], [5, 5, 5, 5, 6, 7, 8])
+    np.testing.assert_array_equal(idx[3], [9, 10, 11, 12, 12, 12, 12])
+    batch = sampler.gather(np.array([6]))
+    np.testing.assert_array_equal(batch.inputs_2d[0, 0], seqs.inputs_2d[1][0])
+    np.testing.assert_array_equal(batch.inputs_2d[0, 3], seqs.inputs_2d[1][1])
+    target = seqs.targets_3d[1][1]
+    np.testing.assert_allclose(batch.targets_3d[0], target - target[0])
+
+
+def test_flip_mirrors_2d_and_3d_together():
+    seqs = _sequences((6,))
+    sampler = WindowSampler(seqs, frames=3, flip=True)
+    plain = sampler.gather(np.array([2, 2]), flipped=np.array([False, True]))
+    left, right = H36M.index("left_wrist"), H36M.index("right_wrist")
+    np.testing.assert_array_equal(plain.inputs_2d[1, :, left, 0], -plain.inputs_2d[0, :, right, 0])
+    np.testing.assert_array_equal(plain.inputs_2d[1, :, left, 1], plain.inputs_2d[0, :, right, 1])
+    np.testing.assert_array_equal(plain.targets_3d[1, left], plain.targets_3d[0, right] * np.array([-1, 1, 1]))
+    np.testing.assert_array_equal(flip_poses(flip_poses(plain.targets_3d)), plain.targets_3d)
+    drawn = sampler.sample(200, np.random.RandomState(0))
+    assert 60 < drawn.flipped.sum() < 140
+
+
+def test_screen_normalisation():
+    out = normalize_screen_coordinates(np.array([[0.0, 0.0], [1280, 720], [640, 360]]), 1280, 720)
+    np.testing.assert_allclose(out, [[-1, -0.5625], [1, 0.5625], [0, 0]])
+
+
+def test_sequence_set_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="equal T"):
+        SequenceSet([np.zeros((4, 17, 2), np.float32)], [np.zeros((5, 17, 3), np.float32)], ["a"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _overfit_set(frames=40, seed=1):
+    """A smooth 3D motion and its perspective projection, so that the 2D determines the 3D."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((17, 3)).astype(np.float32) * 0.3
+    t = np.linspace(0, 2 * np.pi, frames, dtype=np.float32)[:, None, None]
+    pose = base[None] + 0.2 * np.sin(t + base[None, :, :1] * 3)
+    cam = pose + np.array([0, 0, 4.0], np.float32)
+    two_d = (cam[..., :2] / cam[..., 2:]).astype(np.float32)
+    return SequenceSet([two_d], [cam.astype(np.float32)], ["overfit"])
+
+
+def test_training_reduces_the_loss_and_writes_loadable_checkpoints(tmp_path):
+    data = _overfit_set()
+    config = TrainConfig(run_dir=tmp_path / "run", batch_size=16, threads=1, lr=1e-3, weight_decay=0.0,
+                         max_samples=16 * 80, samples_per_epoch=16 * 40, validation_frames=20)
+    result = train(TINY, data, data, config)
+    assert result.step == 80 and result.epoch == 2
+    assert np.mean(result.losses[-10:]) < 0.5 * np.mean(result.losses[:5])
+    assert set(result.validation) == {"mpjpe", "p_mpjpe"}
+
+    chk = load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT)  # weights_only=True inside
+    assert {"epoch", "lr", "optimizer", "model_pos", "random_state"} <= set(chk)
+    assert chk["epoch"] == 2 and chk["lr"] == pytest.approx(1e-3 * 0.99**2)
+    assert all(k.startswith("module.") for k in chk["model_pos"])
+    assert (tmp_path / "run" / BEST_CHECKPOINT).is_file()
+    assert "validation at step 80" in (tmp_path / "run" / "train.log").read_text()
+
+    model = PoseFormerV2(TINY).eval()
+    model.load_state_dict(strip_module_prefix(chk["model_pos"]))
+    window = WindowSampler(data, frames=9, flip=False).gather(np.array([20]))
+    with torch.no_grad():
+        pred = model(torch.from_numpy(window.inputs_2d))[0, 0].numpy()
+    assert np.linalg.norm(pred - window.targets_3d[0], axis=-1).mean() < np.mean(result.losses[:5])
+
+
+def test_resume_continues_bit_exactly(tmp_path):
+    data = _overfit_set(frames=30)
+    common = dict(batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8)
+    straight = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "a", max_samples=8 * 8, **common))
+    first = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "b", max_samples=8 * 4, **common))
+    second = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "b", max_samples=8 * 4, resume=True, **common))
+    assert second.step == 8 and second.epoch == straight.epoch == 2
+    assert first.losses + second.losses == straight.losses  # drop path and sampling resume exactly
+    a = load_checkpoint(tmp_path / "a" / LAST_CHECKPOINT)["model_pos"]
+    b = load_checkpoint(tmp_path / "b" / LAST_CHECKPOINT)["model_pos"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_another_architecture(tmp_path):
+    data = _overfit_set(frames=20)
+    common = dict(run_dir=tmp_path / "run", batch_size=4, threads=1, max_samples=4, validation_frames=4)
+    train(TINY, data, data, TrainConfig(**common))
+    other = PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=5, embed_dim_ratio=8, depth=1)
+    with pytest.raises(ValueError, match="trained with model config"):
+        train(other, data, data, TrainConfig(resume=True, **common))
