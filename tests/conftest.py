@@ -76,3 +76,59 @@ def released_state_dict(shared_dir):
         )
 
     return build
+
+
+class _Numpy1RandomState:
+    """Pickles the way numpy 1.26's RandomState.__reduce__ does: (__randomstate_ctor, ('MT19937',
+    __bit_generator_ctor), state), the layout of the released checkpoints' `random_state` entry."""
+
+    def __init__(self, seed: int) -> None:
+        self.state = np.random.RandomState(seed).get_state(legacy=False)
+
+    def __reduce__(self):
+        from numpy.random import _pickle as random_pickle
+
+        # getattr: a literal `random_pickle.__randomstate_ctor` would be name-mangled inside this class.
+        ctor = getattr(random_pickle, "__randomstate_ctor")
+        return ctor, ("MT19937", getattr(random_pickle, "__bit_generator_ctor")), self.state
+
+
+def _numpy1_style_torch_file(path: Path, payload: dict) -> None:
+    """torch.save with pickle protocol 2 (text GLOBAL opcodes), then rename numpy 2's `numpy._core` module in the
+    pickle to numpy 1.x's `numpy.core`, so the file names exactly the globals a numpy-1.26 writer puts there."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer, pickle_protocol=2)
+    buffer.seek(0)
+    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("/data.pkl"):
+                data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+                assert b"numpy._core" not in data and b"cnumpy.core.multiarray\n_reconstruct\n" in data
+            dst.writestr(info, data)
+
+
+@pytest.fixture(scope="session")
+def write_released_checkpoint():
+    """Factory: write `state_dict` into a file shaped like a released PoseFormerV2 checkpoint, as numpy 1.26 + torch
+    write it: {'epoch', 'lr', 'random_state' (numpy-1.x RandomState pickle), 'optimizer', 'model_pos' (`module.`)}."""
+
+    def write(path: Path, state_dict: dict[str, torch.Tensor], epoch: int = 80) -> Path:
+        param = torch.nn.Parameter(torch.zeros(3))
+        optimizer = torch.optim.AdamW([param], lr=1e-3)
+        param.grad = torch.ones(3)
+        optimizer.step()
+        payload = {
+            "epoch": epoch,
+            "lr": 1e-3 * 0.99**epoch,
+            "random_state": _Numpy1RandomState(1234),
+            "optimizer": optimizer.state_dict(),
+            "model_pos": {k if k.startswith("module.") else f"module.{k}": v for k, v in state_dict.items()},
+        }
+        _numpy1_style_torch_file(Path(path), payload)
+        return Path(path)
+
+    return write
