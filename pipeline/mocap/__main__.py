@@ -1,0 +1,128 @@
+"""Command line for the mocap data path: `python -m pipeline.mocap {unpack,build,train,evaluate,export}`.
+
+    python -m pipeline.mocap unpack                # archives from ../shared/data/mocap -> ~/.cache/poseformerv2-demo/mocap
+    python -m pipeline.mocap build                 # render + cache train/validation/CMU sets (~3 min)
+    nohup nice -n 10 python -m pipeline.mocap train --frames 27 --f 3 --n 3 --run mocap_27 --resume &
+    python -m pipeline.mocap evaluate --checkpoint ~/.cache/poseformerv2-demo/train/mocap_27/best.bin
+    python -m pipeline.mocap export --checkpoint .../best.bin --out weights/poseformerv2_mocap_27_3_3.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.mocap.dataset import DEFAULT_DATA_DIR, DEFAULT_MOCAP_DIR, RenderConfig, build_sets
+
+log = logging.getLogger("pipeline.mocap")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SHARED_MOCAP = PROJECT_ROOT.parent / "shared" / "data" / "mocap"
+ARCHIVES = ("bandai_namco_research_motion_bvh.tar.xz", "cmu_mocap_subset.tar.xz")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.mocap", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mocap-dir", type=Path, default=DEFAULT_MOCAP_DIR, help="unpacked archives")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="cache of rendered sets")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("unpack", help="unpack the shared mocap archives into --mocap-dir")
+    b = sub.add_parser("build", help="render and cache the train/validation/CMU sets")
+    b.add_argument("--limit-clips", type=int, help="use only this many Bandai clips (quick experiments)")
+
+    t = sub.add_parser("train", help="train PoseFormerV2 on the cached Bandai sets (resumable)")
+    t.add_argument("--frames", type=int, default=243)
+    t.add_argument("--f", dest="frames_kept", type=int, default=27)
+    t.add_argument("--n", dest="coeffs_kept", type=int, default=27)
+    t.add_argument("--run", required=True, help="run name: checkpoints in ~/.cache/poseformerv2-demo/train/<run>")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--lr", type=float, default=4e-4)
+    t.add_argument("--lr-decay", type=float, default=0.97)
+    t.add_argument("--samples-per-epoch", type=int, default=50_000)
+    t.add_argument("--epochs", type=int, default=200)
+    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--val-frames", type=int, default=4096)
+
+    e = sub.add_parser("evaluate", help="MPJPE / P-MPJPE of a checkpoint on held-out Bandai and CMU")
+    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--max-frames", type=int, default=20000, help="evenly spaced centre frames per set")
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--half", action="store_true", help="round the weights to float16 first")
+    e.add_argument("--json", type=Path, help="also write the metrics here")
+
+    x = sub.add_parser("export", help="a training checkpoint -> safetensors with the config in its metadata")
+    x.add_argument("--checkpoint", type=Path, required=True)
+    x.add_argument("--out", type=Path, required=True)
+    x.add_argument("--half", action="store_true", help="store float16 weights")
+    return p
+
+
+def _unpack(mocap_dir: Path) -> None:
+    mocap_dir.mkdir(parents=True, exist_ok=True)
+    for name in ARCHIVES:
+        archive = SHARED_MOCAP / name
+        if not archive.exists():
+            raise SystemExit(f"{archive} not found; the shared data folder must sit next to the repository")
+        log.info("unpacking %s -> %s", archive, mocap_dir)
+        subprocess.run(["tar", "xJf", str(archive), "-C", str(mocap_dir)], check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "unpack":
+        _unpack(args.mocap_dir)
+        return 0
+    if args.command == "build":
+        data = build_sets(args.mocap_dir, args.data_dir, limit_clips=args.limit_clips)
+        for name, s in (("train", data.train), ("validation", data.validation), ("cmu", data.cmu)):
+            log.info("%s: %d sequences, %d frames", name, len(s), s.num_frames)
+        return 0
+    if args.command == "train":
+        return _train(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
+    if args.command == "export":
+        return _export(args)
+    return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipeline.poseformerv2 import PoseFormerV2Config
+    from pipeline.training.train import TrainConfig, default_run_dir, train
+
+    torch.set_num_threads(args.threads)
+    data = build_sets(args.mocap_dir, args.data_dir, with_cmu=False)
+    model_config = PoseFormerV2Config(frames=args.frames, frames_kept=args.frames_kept, coeffs_kept=args.coeffs_kept,
+                                      drop_path_rate=0.1)
+    config = TrainConfig(run_dir=default_run_dir(args.run), batch_size=args.batch_size, threads=args.threads,
+                         lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
+                         samples_per_epoch=args.samples_per_epoch, max_minutes=args.max_minutes,
+                         checkpoint_minutes=args.checkpoint_minutes, validation_frames=args.val_frames,
+                         resume=args.resume)
+    result = train(model_config, data.train, data.validation, config)
+    log.info("stopped at step %d, epoch %d; validation %s; checkpoints in %s", result.step, result.epoch,
+             json.dumps({k: round(v * 1000, 1) for k, v in result.validation.items()}), result.run_dir)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    raise SystemExit("not implemented yet")
+
+
+def _export(args: argparse.Namespace) -> int:
+    raise SystemExit("not implemented yet")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

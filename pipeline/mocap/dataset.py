@@ -1,0 +1,282 @@
+"""Mocap clips -> `SequenceSet`s of runtime-like 2D inputs and camera-space H36M-17 targets, cached as .npz.
+
+For every clip and virtual camera: forward kinematics (Bandai clips with randomised body proportions, since the
+studio aligned all actors to one skeleton), a random playback speed, H36M-17 and COCO-17 3D points, a random camera,
+projection, detector-like noise on the COCO points, the runtime's COCO-to-H36M remap, and screen normalisation.
+Bandai clips are split into training and validation by (dataset, content, style) group, so takes of one motion never
+land on both sides; CMU clips are only ever rendered for evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.mocap import amc, bvh
+from pipeline.mocap.cameras import Camera, CameraConfig, sample_camera
+from pipeline.mocap.h36m_joints import BANDAI, CMU_ASF, CMU_BVH, BodyModel, Rig, map_skeleton
+from pipeline.mocap.noise import DetectorNoiseConfig, corrupt_keypoints
+from pipeline.skeleton import coco_to_h36m
+from pipeline.training.windows import SequenceSet, normalize_screen_coordinates
+
+log = logging.getLogger(__name__)
+
+CACHE_ROOT = Path.home() / ".cache" / "poseformerv2-demo"
+DEFAULT_MOCAP_DIR = CACHE_ROOT / "mocap"  # where the archives are unpacked
+DEFAULT_DATA_DIR = CACHE_ROOT / "data"  # cached rendered sets
+
+# Bandai body-proportion randomisation: joint -> (low, high) factor on its local translation, mirrored joints share a
+# draw. The studio's skeleton has narrow shoulders (10 cm from the midline vs ~15-19 cm in people) and a short torso.
+BANDAI_PROPORTIONS: dict[tuple[str, ...], tuple[float, float]] = {
+    ("UpperArm_L", "UpperArm_R"): (1.0, 2.0),  # clavicle length -> shoulder width
+    ("Spine", "Chest", "Neck"): (1.0, 1.25),  # torso length
+    ("Head",): (1.0, 1.4),  # neck length
+    ("LowerArm_L", "LowerArm_R"): (0.95, 1.15),  # upper arm
+    ("Hand_L", "Hand_R"): (0.95, 1.15),  # forearm
+    ("LowerLeg_L", "LowerLeg_R", "Foot_L", "Foot_R"): (0.93, 1.08),  # thigh and shin
+    ("UpperLeg_L", "UpperLeg_R"): (1.0, 1.5),  # hip width
+}
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    cameras_per_clip: int = 4
+    speed: tuple[float, float] = (0.8, 1.25)  # playback speed factor (runtime videos are 24-60 fps, motions vary)
+    body_scale: tuple[float, float] = (0.88, 1.1)  # overall person size
+    proportions: bool = True
+    noise: DetectorNoiseConfig = field(default_factory=DetectorNoiseConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    body: BodyModel = field(default_factory=BodyModel)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MocapClip:
+    name: str  # e.g. "dataset-2_walk_active_001"
+    group: str  # split unit, e.g. "dataset-2_walk_active"
+    h36m_world: np.ndarray  # (F, 17, 3) metres, Y up
+    coco_world: np.ndarray  # (F, 17, 3) metres, Y up
+    fps: float
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Clip discovery and loading
+
+
+def bandai_clip_paths(mocap_dir: Path) -> list[Path]:
+    paths = sorted(Path(mocap_dir).glob("dataset/Bandai-Namco-Research-Motiondataset-*/data/*.bvh"))
+    if not paths:
+        raise FileNotFoundError(
+            f"no Bandai BVH clips under {mocap_dir}/dataset/; unpack "
+            "../shared/data/mocap/bandai_namco_research_motion_bvh.tar.xz there (python -m pipeline.mocap unpack)")
+    return paths
+
+
+def bandai_group(name: str) -> str:
+    """Split unit of a Bandai clip: its dataset, content and style ("dataset-2_walk_active_001" -> without "_001")."""
+    return name.rsplit("_", 1)[0]
+
+
+def is_validation_group(group: str, share: float = 0.1) -> bool:
+    """Deterministic hash split by group name: about `share` of the groups are held out."""
+    digest = hashlib.sha1(group.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2 ** 32 < share
+
+
+def _scaled_bvh(clip: bvh.BvhClip, rng: np.random.Generator | None, scale_range: tuple[float, float],
+                proportions: dict[tuple[str, ...], tuple[float, float]]) -> bvh.BvhClip:
+    """The clip with every joint's translation (offset and position channels) scaled by a random body variant."""
+    if rng is None:
+        return clip
+    sk = clip.skeleton
+    factors = np.full(sk.num_joints, rng.uniform(*scale_range))
+    for joints, (low, high) in proportions.items():
+        f = rng.uniform(low, high)
+        for name in joints:
+            factors[sk.index(name)] *= f
+    motion = clip.motion.copy()
+    col = 0
+    for j, chans in enumerate(sk.channels):
+        for k, ch in enumerate(chans):
+            if ch.endswith("position"):
+                motion[:, col + k] *= factors[j]
+        col += len(chans)
+    skeleton = dataclasses.replace(sk, offsets=sk.offsets * factors[:, None])
+    return bvh.BvhClip(skeleton, motion, clip.frame_time)
+
+
+def load_bvh_clip(path: Path, rig: Rig, group: str, rng: np.random.Generator | None = None,
+                  scale_range: tuple[float, float] = (1.0, 1.0),
+                  proportions: dict[tuple[str, ...], tuple[float, float]] | None = None,
+                  body: BodyModel = BodyModel()) -> MocapClip:
+    clip = bvh.parse_bvh(Path(path).read_text())
+    clip = _scaled_bvh(clip, rng, scale_range, proportions or {})
+    positions, rotations = bvh.forward_kinematics(clip)
+    h36m, coco = map_skeleton(positions, rotations, clip.skeleton.names, rig, body)
+    return MocapClip(Path(path).stem, group, h36m, coco, 1.0 / clip.frame_time)
+
+
+def load_amc_clip(asf_path: Path, amc_path: Path, body: BodyModel = BodyModel()) -> MocapClip:
+    skeleton = amc.parse_asf(Path(asf_path).read_text())
+    motion = amc.parse_amc(Path(amc_path).read_text(), skeleton)
+    positions, rotations = amc.forward_kinematics(skeleton, motion)
+    h36m, coco = map_skeleton(positions, rotations, skeleton.names, CMU_ASF, body)
+    return MocapClip(Path(amc_path).stem, Path(amc_path).stem, h36m, coco, 120.0)  # CMU AMC: 120 fps
+
+
+def resample(points: np.ndarray, factor: float) -> np.ndarray:
+    """Linear-interpolated resampling in time: `factor` > 1 plays faster (fewer frames)."""
+    num = points.shape[0]
+    times = np.arange(0, num - 1 + 1e-9, factor)
+    lo = np.floor(times).astype(int)
+    hi = np.minimum(lo + 1, num - 1)
+    w = (times - lo)[:, None, None]
+    return points[lo] * (1 - w) + points[hi] * w
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def render(clip_h36m: np.ndarray, clip_coco: np.ndarray, camera: Camera, rng: np.random.Generator,
+           noise: DetectorNoiseConfig | None) -> tuple[np.ndarray, np.ndarray]:
+    """World H36M/COCO points (F, 17, 3) -> (2D input (F, 17, 2) screen-normalised, as the lifter sees it at run time,
+    3D target (F, 17, 3) in camera space, metres)."""
+    coco_px = camera.project(camera.to_camera(clip_coco))
+    if noise is not None:
+        coco_px = corrupt_keypoints(coco_px, rng, noise)
+    h36m_px, _ = coco_to_h36m(coco_px)
+    inputs = normalize_screen_coordinates(h36m_px, camera.width, camera.height)
+    targets = camera.to_camera(clip_h36m).astype(np.float32)
+    return inputs, targets
+
+
+def _render_cameras(clip: MocapClip, cameras: int, rng: np.random.Generator, config: RenderConfig,
+                    speed: tuple[float, float]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    out = []
+    for k in range(cameras):
+        factor = rng.uniform(*speed)
+        h36m, coco = resample(clip.h36m_world, factor), resample(clip.coco_world, factor)
+        camera = sample_camera(coco, rng, config.camera)
+        inputs, targets = render(h36m, coco, camera, rng, config.noise)
+        out.append((f"{clip.name}/cam{k}", inputs, targets))
+    return out
+
+
+def render_bandai(paths: list[Path], config: RenderConfig, cameras: int) -> SequenceSet:
+    """Every clip through `cameras` random cameras, each with its own body variant, speed and noise."""
+    inputs, targets, names, groups = [], [], [], []
+    for i, path in enumerate(paths):
+        rng = np.random.default_rng([config.seed, int(hashlib.sha1(path.stem.encode()).hexdigest()[:8], 16)])
+        for k in range(cameras):
+            clip = load_bvh_clip(path, BANDAI, bandai_group(path.stem), rng if config.proportions else None,
+                                 config.body_scale, BANDAI_PROPORTIONS, config.body)
+            name, x2, x3 = _render_cameras(clip, 1, rng, config, config.speed)[0]
+            inputs.append(x2)
+            targets.append(x3)
+            names.append(f"{clip.name}/cam{k}")
+            groups.append(clip.group)
+        if (i + 1) % 200 == 0:
+            log.info("rendered %d/%d clips", i + 1, len(paths))
+    return SequenceSet(inputs, targets, names, groups)
+
+
+def cmu_clips(mocap_dir: Path, body: BodyModel = BodyModel()) -> list[MocapClip]:
+    """The CMU evaluation subset at 30 fps (AMC 120 fps and BVH 120 fps, every 4th frame)."""
+    clips = []
+    for asf_path in sorted(Path(mocap_dir).glob("cmu_asfamc/*/*.asf")):
+        for amc_path in sorted(asf_path.parent.glob("*.amc")):
+            c = load_amc_clip(asf_path, amc_path, body)
+            clips.append(dataclasses.replace(c, h36m_world=c.h36m_world[::4], coco_world=c.coco_world[::4], fps=30.0))
+    for path in sorted(Path(mocap_dir).glob("cmu_bvh/*.bvh")):
+        c = load_bvh_clip(path, CMU_BVH, path.stem, body=body)
+        step = max(int(round(c.fps / 30)), 1)
+        clips.append(dataclasses.replace(c, h36m_world=c.h36m_world[::step], coco_world=c.coco_world[::step],
+                                         fps=c.fps / step))
+    if not clips:
+        raise FileNotFoundError(f"no CMU clips under {mocap_dir}/cmu_asfamc or cmu_bvh; unpack "
+                                "../shared/data/mocap/cmu_mocap_subset.tar.xz there (python -m pipeline.mocap unpack)")
+    return clips
+
+
+def render_clips(clips: list[MocapClip], config: RenderConfig, cameras: int) -> SequenceSet:
+    """Evaluation rendering: fixed seed per clip name, original speed and body."""
+    inputs, targets, names, groups = [], [], [], []
+    for clip in clips:
+        rng = np.random.default_rng([config.seed, int(hashlib.sha1(clip.name.encode()).hexdigest()[:8], 16)])
+        for name, x2, x3 in _render_cameras(clip, cameras, rng, config, (1.0, 1.0)):
+            inputs.append(x2)
+            targets.append(x3)
+            names.append(name)
+            groups.append(clip.group)
+    return SequenceSet(inputs, targets, names, groups)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Cache
+
+
+def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> str:
+    """A short hash of everything that determines a rendered set (bump `version` when the code's output changes)."""
+    payload = {"kind": kind, "version": 1, "config": dataclasses.asdict(config),
+               "proportions": {"+".join(k): v for k, v in BANDAI_PROPORTIONS.items()}, **(extra or {})}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def save_set(path: Path, sequences: SequenceSet) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, inputs_2d=np.concatenate(sequences.inputs_2d), targets_3d=np.concatenate(sequences.targets_3d),
+             lengths=np.array([len(x) for x in sequences.inputs_2d]), names=np.array(sequences.names),
+             groups=np.array(sequences.groups if sequences.groups is not None else sequences.names))
+    tmp.replace(path)
+
+
+def load_set(path: Path) -> SequenceSet:
+    with np.load(path, allow_pickle=False) as data:
+        bounds = np.cumsum(data["lengths"])[:-1]
+        return SequenceSet(np.split(data["inputs_2d"], bounds), np.split(data["targets_3d"], bounds),
+                           [str(n) for n in data["names"]], [str(g) for g in data["groups"]])
+
+
+@dataclass
+class MocapData:
+    train: SequenceSet  # Bandai training groups
+    validation: SequenceSet  # held-out Bandai groups
+    cmu: SequenceSet | None  # CMU evaluation subset (never for training)
+
+
+def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DATA_DIR,
+               config: RenderConfig = RenderConfig(), validation_cameras: int = 2, with_cmu: bool = True,
+               limit_clips: int | None = None) -> MocapData:
+    """Render (or load from the cache) the Bandai train/validation sets and the CMU evaluation set."""
+    paths = bandai_clip_paths(mocap_dir)
+    if limit_clips is not None:
+        paths = paths[:: max(len(paths) // limit_clips, 1)][:limit_clips]
+    val_paths = [p for p in paths if is_validation_group(bandai_group(p.stem))]
+    train_paths = [p for p in paths if not is_validation_group(bandai_group(p.stem))]
+    extra = {"clips": len(paths), "limit": limit_clips}
+    sets = {}
+    for kind, clip_paths, cams in (("bandai_train", train_paths, config.cameras_per_clip),
+                                   ("bandai_val", val_paths, validation_cameras)):
+        path = Path(data_dir) / f"{kind}_{settings_key(kind, config, {**extra, 'cameras': cams})}.npz"
+        if path.exists():
+            sets[kind] = load_set(path)
+        else:
+            log.info("rendering %s: %d clips x %d cameras -> %s", kind, len(clip_paths), cams, path)
+            sets[kind] = render_bandai(clip_paths, config, cams)
+            save_set(path, sets[kind])
+    cmu = None
+    if with_cmu:
+        path = Path(data_dir) / f"cmu_{settings_key('cmu', config, {'cameras': validation_cameras})}.npz"
+        if path.exists():
+            cmu = load_set(path)
+        else:
+            cmu = render_clips(cmu_clips(mocap_dir, config.body), config, validation_cameras)
+            save_set(path, cmu)
+    return MocapData(sets["bandai_train"], sets["bandai_val"], cmu)

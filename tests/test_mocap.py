@@ -1,0 +1,264 @@
+"""Mocap data path: parsers + forward kinematics on hand-written files, skeleton mapping on a real clip, cameras,
+detector noise, rendering and the clip-level split."""
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.mocap import amc, bvh
+from pipeline.mocap.cameras import Camera, CameraConfig, inside_share, look_at, sample_camera
+from pipeline.mocap.dataset import bandai_group, is_validation_group, render, resample
+from pipeline.mocap.h36m_joints import BANDAI, body_forward, map_skeleton
+from pipeline.mocap.noise import COCO_SIGMAS, DetectorNoiseConfig, corrupt_keypoints, fill_gaps, person_size
+from pipeline.skeleton import COCO, H36M, coco_to_h36m
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BANDAI_ARCHIVE = SHARED / "data" / "mocap" / "bandai_namco_research_motion_bvh.tar.xz"
+
+TINY_BVH = """HIERARCHY
+ROOT hips
+{
+  OFFSET 0 0 0
+  CHANNELS 6 Xposition Yposition Zposition Zrotation Xrotation Yrotation
+  JOINT arm
+  {
+    OFFSET 0 1 0
+    CHANNELS 3 Zrotation Xrotation Yrotation
+    End Site
+    {
+      OFFSET 0 0 2
+    }
+  }
+}
+MOTION
+Frames: 2
+Frame Time: 0.0333333
+10 20 30 0 0 0 0 0 0
+10 20 30 90 0 0 90 90 0
+"""
+
+
+def test_bvh_forward_kinematics_matches_hand_computed_positions():
+    clip = bvh.parse_bvh(TINY_BVH)
+    assert clip.skeleton.names == ("hips", "arm", "arm_end")
+    assert clip.skeleton.parents == (-1, 0, 1)
+    assert clip.motion.shape == (2, 9)
+    assert clip.frame_time == pytest.approx(1 / 30, rel=1e-4)
+    pos, rot = bvh.forward_kinematics(clip)
+    # Frame 0: rest pose, root translated.
+    np.testing.assert_allclose(pos[0], [[10, 20, 30], [10, 21, 30], [10, 21, 32]], atol=1e-9)
+    # Frame 1: root Rz(90) turns the arm offset (0,1,0) into (-1,0,0); the arm's Rz(90) @ Rx(90) (declared order)
+    # turns the end offset (0,0,2): Rx(90) -> (0,-2,0), Rz(90) -> (2,0,0), then the root's Rz(90) -> (0,2,0).
+    np.testing.assert_allclose(pos[1], [[10, 20, 30], [9, 20, 30], [9, 22, 30]], atol=1e-9)
+    np.testing.assert_allclose(rot[1, 0] @ rot[1, 0].T, np.eye(3), atol=1e-12)
+
+
+def test_bvh_position_channels_replace_offsets():
+    text = TINY_BVH.replace("CHANNELS 3 Zrotation Xrotation Yrotation", "CHANNELS 6 Xposition Yposition Zposition "
+                            "Zrotation Xrotation Yrotation").replace("10 20 30 0 0 0 0 0 0", "0 0 0 0 0 0 5 0 0 0 0 0")
+    text = text.replace("10 20 30 90 0 0 90 90 0", "0 0 0 0 0 0 5 0 0 0 0 0")
+    pos, _ = bvh.forward_kinematics(bvh.parse_bvh(text))
+    np.testing.assert_allclose(pos[0, 1], [5, 0, 0])
+
+
+def test_bvh_rejects_wrong_value_count():
+    with pytest.raises(ValueError, match="expected 2 frames"):
+        bvh.parse_bvh(TINY_BVH.replace("90 90 0\n", "90 90\n"))
+
+
+TINY_ASF = """:version 1.10
+:units
+  mass 1.0
+  length 0.5
+  angle deg
+:root
+   order TX TY TZ RX RY RZ
+   axis XYZ
+   position 0 0 0
+   orientation 0 0 0
+:bonedata
+  begin
+     id 1
+     name upper
+     direction 1 0 0
+     length 2
+     axis 0 0 90  XYZ
+    dof rx
+  end
+  begin
+     id 2
+     name lower
+     direction 0 1 0
+     length 1
+     axis 0 0 0  XYZ
+    dof rz
+  end
+:hierarchy
+  begin
+    root upper
+    upper lower
+  end
+"""
+
+TINY_AMC = """:FULLY-SPECIFIED
+:DEGREES
+1
+root 0.5 0 0 0 0 0
+upper 0
+lower 0
+2
+root 0 0 0 0 0 0
+upper 90
+lower 90
+"""
+
+
+def test_asf_amc_forward_kinematics_matches_hand_computed_positions():
+    skeleton = amc.parse_asf(TINY_ASF)
+    assert skeleton.names == ("root", "upper", "lower")
+    unit = 0.0254 / 0.5  # length 0.5: a file unit is 2 inches
+    assert skeleton.length_to_m == pytest.approx(unit)
+    motion = amc.parse_amc(TINY_AMC, skeleton)
+    pos, _ = amc.forward_kinematics(skeleton, motion)
+    # Frame 1: rest pose, root at x = 0.5 units.
+    np.testing.assert_allclose(pos[0] / unit, [[0.5, 0, 0], [2.5, 0, 0], [2.5, 1, 0]], atol=1e-9)
+    # Frame 2: "upper" rotates 90 deg about its local x axis, which its axis (Rz 90) turns into the world y axis:
+    # direction (1,0,0) -> (0,0,-1). "lower" then adds Rz(90) about the same world z: (0,1,0) -> (-1,0,0) in
+    # upper's frame, which upper's rotation (about y) maps to (0,0,1).
+    np.testing.assert_allclose(pos[1] / unit, [[0, 0, 0], [0, 0, -2], [0, 0, -1]], atol=1e-9)
+
+
+def _first_bandai_clip() -> str:
+    if not BANDAI_ARCHIVE.exists():
+        pytest.skip("../shared mocap archive not available")
+    with tarfile.open(BANDAI_ARCHIVE, "r|xz") as tar:
+        for member in tar:
+            if member.name.endswith(".bvh"):
+                return tar.extractfile(member).read().decode()
+    pytest.fail("no BVH file in the Bandai archive")
+
+
+def test_bandai_clip_maps_to_plausible_h36m_and_coco_skeletons():
+    clip = bvh.parse_bvh(_first_bandai_clip())
+    assert clip.frame_time == pytest.approx(1 / 30, rel=1e-3)
+    pos, rot = bvh.forward_kinematics(clip)
+    h36m, coco = map_skeleton(pos, rot, clip.skeleton.names, BANDAI)
+    assert h36m.shape == (len(pos), 17, 3) and coco.shape == (len(pos), 17, 3)
+    lengths = {(H36M.joints[a], H36M.joints[b]): np.linalg.norm(h36m[:, a] - h36m[:, b], axis=-1)
+               for a, b in H36M.bones}
+    for (a, b), length in lengths.items():
+        # Widened H36M hips make the thighs vary by ~1 cm with hip flexion; every other bone is rigid.
+        assert np.ptp(length) < 0.02, f"bone {a}-{b} changes length over the clip"
+        assert 0.08 < length.mean() < 0.5, f"bone {a}-{b} is {length.mean():.3f} m"
+    thigh = lengths[("left_hip", "left_knee")].mean()
+    assert 0.35 < thigh < 0.5
+    # Left joints are on the person's left: the body frame is right-handed with Y up.
+    fwd = body_forward(h36m)
+    up = np.array([0.0, 1.0, 0.0])
+    left = np.cross(up, fwd)
+    side = ((h36m[:, H36M.index("left_wrist")] - h36m[:, H36M.index("right_wrist")]) * left).sum(-1)
+    assert np.mean(side > 0) > 0.9
+    # Face points: the nose is in front of the ears and above the shoulders; the head top is the highest point.
+    c = COCO.index
+    ears = (coco[:, c("left_ear")] + coco[:, c("right_ear")]) / 2
+    assert np.mean(((coco[:, c("nose")] - ears) * fwd).sum(-1) > 0.05) > 0.9
+    assert np.mean(coco[:, c("nose"), 1] > coco[:, c("left_shoulder"), 1]) > 0.95
+    assert np.mean(h36m[:, H36M.index("head"), 1] >= h36m[:, :, 1].max(axis=1) - 0.05) > 0.8
+
+
+def _camera() -> Camera:
+    position = np.array([3.0, 1.5, 4.0])
+    return Camera(look_at(position, np.array([0.0, 1.0, 0.0]), 0.05), position, 1000.0, (960.0, 540.0), 1920, 1080)
+
+
+def test_camera_projection_round_trip_and_axes():
+    cam = _camera()
+    rng = np.random.default_rng(0)
+    world = rng.uniform(-1, 2, (50, 3))
+    local = cam.to_camera(world)
+    np.testing.assert_allclose(cam.unproject(cam.project(local), local[:, 2]), local, atol=1e-9)
+    np.testing.assert_allclose(cam.rotation @ cam.rotation.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(cam.rotation) == pytest.approx(1.0)
+    # The look-at target lands on the principal point; a point higher in the world is higher in the image.
+    np.testing.assert_allclose(cam.project(cam.to_camera(np.array([0.0, 1.0, 0.0]))), [960, 540], atol=1e-6)
+    assert cam.project(cam.to_camera(np.array([0.0, 2.0, 0.0])))[1] < 540
+
+
+def test_sampled_cameras_keep_the_subject_in_view():
+    rng = np.random.default_rng(1)
+    t = np.linspace(0, 3, 90)
+    person = np.stack([np.stack([t, np.full_like(t, y), np.zeros_like(t)], -1) for y in np.linspace(0.05, 1.7, 17)], 1)
+    for _ in range(10):
+        cam = sample_camera(person, rng, CameraConfig())
+        assert inside_share(cam, person) >= 0.9
+        distance = np.linalg.norm(cam.position[[0, 2]] - person.reshape(-1, 3).mean(0)[[0, 2]])
+        assert distance >= 2.5 - 1e-6
+        assert 40 <= np.rad2deg(2 * np.arctan(cam.width / 2 / cam.focal)) <= 90 + 1e-6
+
+
+def _standing_person_px(num_frames: int = 3000) -> np.ndarray:
+    kp = np.zeros((17, 2))
+    for i, name in enumerate(COCO.joints):
+        kp[i] = (500 + (40 if "left" in name else -40 if "right" in name else 0), 200 + 30 * i)
+    return np.repeat(kp[None], num_frames, axis=0)
+
+
+def test_noise_scales_with_coco_sigmas_and_person_size():
+    clean = _standing_person_px()
+    config = DetectorNoiseConfig(level=(1.0, 1.0), outlier_rate=(0.0, 0.0), swap_rate=0.0, dropout_rate=0.0,
+                                 person_dropout_rate=0.0)
+    noisy = corrupt_keypoints(clean, np.random.default_rng(0), config)
+    std = (noisy - clean).std(axis=0).mean(axis=-1)  # (17,) per-axis std
+    expected = np.asarray(COCO_SIGMAS) * person_size(clean)[0] / np.sqrt(2)
+    np.testing.assert_allclose(std, expected, rtol=0.15)
+    # The drifting part makes consecutive frames' errors correlated.
+    err = (noisy - clean)[:, COCO.index("left_hip"), 0]
+    assert 0.3 < np.corrcoef(err[1:], err[:-1])[0, 1] < 0.8
+    bigger = corrupt_keypoints(clean * 2, np.random.default_rng(0), config)
+    np.testing.assert_allclose((bigger - clean * 2).std(), 2 * (noisy - clean).std(), rtol=1e-6)
+
+
+def test_noise_outliers_and_dropouts_happen_at_their_rates():
+    clean = _standing_person_px(5000)
+    config = DetectorNoiseConfig(level=(0.0, 0.0), outlier_rate=(0.01, 0.01), outlier_size=0.3, swap_rate=0.0,
+                                 dropout_rate=0.0, person_dropout_rate=0.0)
+    err = np.linalg.norm(corrupt_keypoints(clean, np.random.default_rng(0), config) - clean, axis=-1)
+    assert 0.006 < np.mean(err > 1.0) < 0.014
+
+
+def test_fill_gaps_interpolates_linearly_and_holds_ends():
+    kp = np.zeros((6, 1, 2))
+    kp[:, 0, 0] = [0, 99, 99, 6, 8, 99]
+    valid = np.array([[True], [False], [False], [True], [True], [False]])
+    out = fill_gaps(kp, valid)
+    np.testing.assert_allclose(out[:, 0, 0], [0, 2, 4, 6, 8, 8])
+
+
+def test_render_without_noise_is_the_runtime_remap_of_the_projection():
+    cam = _camera()
+    rng = np.random.default_rng(0)
+    coco_world = rng.uniform(0, 1.8, (5, 17, 3))
+    h36m_world = rng.uniform(0, 1.8, (5, 17, 3))
+    inputs, targets = render(h36m_world, coco_world, cam, rng, None)
+    px, _ = coco_to_h36m(cam.project(cam.to_camera(coco_world)))
+    np.testing.assert_allclose((inputs + [1, 1080 / 1920]) * 1920 / 2, px, atol=1e-2)
+    np.testing.assert_allclose(targets, cam.to_camera(h36m_world), atol=1e-5)
+    assert inputs.dtype == np.float32 and targets.dtype == np.float32
+
+
+def test_resample_keeps_endpoints_and_interpolates():
+    pts = np.arange(10, dtype=float)[:, None, None] * np.ones((1, 2, 3))
+    out = resample(pts, 1.5)
+    np.testing.assert_allclose(out[:, 0, 0], np.arange(0, 9.01, 1.5))
+
+
+def test_split_is_by_clip_group_and_holds_out_about_a_tenth():
+    names = [f"dataset-2_{c}_{s}_{i:03d}" for c in ("walk", "run", "wave") for s in "abcdefghijklmnopqrst"
+             for i in range(1, 6)]
+    val = {n for n in names if is_validation_group(bandai_group(n))}
+    train = set(names) - val
+    assert {bandai_group(n) for n in val}.isdisjoint({bandai_group(n) for n in train})
+    groups = {bandai_group(n) for n in names}
+    assert 0.0 < len({bandai_group(n) for n in val}) / len(groups) < 0.25
+    assert bandai_group("dataset-1_walk-left_tired_001") == "dataset-1_walk-left_tired"
