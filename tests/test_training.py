@@ -9,6 +9,8 @@ import torch
 from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
 from pipeline.skeleton import H36M
 from pipeline.training import h36m
+from pipeline.training.evaluate import evaluate_model, load_model, predict_sequences, score
+from pipeline.training.evaluate import main as evaluate_main
 from pipeline.training.train import (
     BEST_CHECKPOINT, LAST_CHECKPOINT, TrainConfig, load_checkpoint, strip_module_prefix, train,
 )
@@ -208,6 +210,7 @@ def test_training_reduces_the_loss_and_writes_loadable_checkpoints(tmp_path):
 
     chk = load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT)  # weights_only=True inside
     assert {"epoch", "lr", "optimizer", "model_pos", "random_state"} <= set(chk)
+    assert isinstance(chk["random_state"], np.random.RandomState)  # as the released training code stores it
     assert chk["epoch"] == 2 and chk["lr"] == pytest.approx(1e-3 * 0.99**2)
     assert all(k.startswith("module.") for k in chk["model_pos"])
     assert (tmp_path / "run" / BEST_CHECKPOINT).is_file()
@@ -241,3 +244,63 @@ def test_resume_refuses_another_architecture(tmp_path):
     other = PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=5, embed_dim_ratio=8, depth=1)
     with pytest.raises(ValueError, match="trained with model config"):
         train(other, data, data, TrainConfig(resume=True, **common))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+class _FirstFrameModel(torch.nn.Module):
+    """Predicts the window's first frame with z = 0: the output shows which frames each window holds."""
+
+    def forward(self, x):
+        return torch.nn.functional.pad(x[:, :1], (0, 1))
+
+
+def test_evaluation_centres_a_window_on_every_frame_with_edge_padding_and_flip_test():
+    seqs = _sequences((4, 6))
+    preds = predict_sequences(_FirstFrameModel(), 5, seqs, flip_test=True, batch_size=3)
+    for x, p in zip(seqs.inputs_2d, preds):
+        first = x[np.clip(np.arange(len(x)) - 2, 0, None)]
+        np.testing.assert_allclose(p[..., :2], first, atol=1e-6)  # the mirror-averaged output equals the plain one
+        assert (p[..., 2] == 0).all()
+
+
+def test_score_pools_frames_per_group_and_averages_groups():
+    seqs = _sequences((4, 6, 5))
+    seqs.groups = ["Walking", "Walking", "Eating"]
+    targets = [t - t[:, :1] for t in seqs.targets_3d]
+    offsets = [0.010, 0.020, 0.040]
+    preds = [t + np.array([0, 0, o]) for t, o in zip(targets, offsets)]
+    result = score(preds, seqs)
+    assert result.per_group["Walking"]["frames"] == 10
+    assert result.per_group["Walking"]["mpjpe"] == pytest.approx((4 * 0.010 + 6 * 0.020) / 10)
+    assert result.per_group["Eating"]["mpjpe"] == pytest.approx(0.040)
+    assert result.average["mpjpe"] == pytest.approx((0.016 + 0.040) / 2)
+    assert result.average["mpjve"] == pytest.approx(0, abs=1e-12)
+    assert result.average["p_mpjpe"] == pytest.approx(0, abs=1e-9)
+    assert "Eating" in result.table_mm() and "40.0" in result.table_mm()
+
+
+def test_evaluate_cli_on_a_trained_checkpoint(tmp_path, capsys):
+    _write_h36m(tmp_path / "data", {"S1": {"Walking 1": 12}, "S9": {"Walking 1": 10, "Eating 2": 9}})
+    data = h36m.load_h36m(tmp_path / "data", "synth", ("S1",), ("S9",), cache_dir=None)
+    run = tmp_path / "run"
+    train(TINY, data.train, data.test, TrainConfig(run_dir=run, batch_size=8, threads=1, max_samples=16,
+                                                   validation_frames=1000))
+    model, frames = load_model(run / LAST_CHECKPOINT)
+    assert frames == 9
+    direct = evaluate_model(model, frames, data.test)
+    assert set(direct.per_group) == {"Walking", "Eating"}
+    # Validation during training used the same windows and flip test on every frame of the (small) test set.
+    validation = load_checkpoint(run / LAST_CHECKPOINT)["validation"]
+    frames_total = data.test.num_frames
+    pooled = sum(e["mpjpe"] * e["frames"] for e in direct.per_group.values()) / frames_total
+    assert validation["mpjpe"] == pytest.approx(pooled, rel=1e-5)
+
+    assert evaluate_main(["--checkpoint", str(run / LAST_CHECKPOINT), "--h36m-dir", str(tmp_path / "data"),
+                          "--keypoints", "synth", "--subjects", "S9", "--threads", "1",
+                          "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "Walking" in out and "Eating" in out and "average" in out
+    assert f"{direct.average['mpjpe'] * 1000:8.1f}" in out.splitlines()[-1]

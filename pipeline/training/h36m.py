@@ -309,6 +309,9 @@ def load_h36m(data_dir: Path, keypoints: str, train_subjects: tuple[str, ...] = 
     sets: dict[str, SequenceSet] = {}
     todo = {}
     for split, subjects in (("train", tuple(train_subjects)), ("test", tuple(test_subjects))):
+        if not subjects:
+            sets[split] = SequenceSet(inputs_2d=[], targets_3d=[], names=[], groups=[])
+            continue
         cached = None if cache_dir is None else Path(cache_dir) / f"{keypoints}_{split}_{_cache_key([path_3d, path_2d], subjects)}.npz"
         if cached is not None and cached.is_file():
             log.info("reading cached %s set %s", split, cached)

@@ -4,8 +4,9 @@ Recipe (released `run_poseformer.py`): AdamW (lr 1e-4, weight decay 0.1), lr x0.
 the centre frame's root-relative 3D pose, flip augmentation, validation with flip test. An "epoch" is a fixed number
 of samples (by default the training frames x2 with flipping, the released epoch length), so that huge datasets still
 decay the learning rate at a sensible pace. Checkpoints use the released layout (`epoch`, `lr`, `optimizer`,
-`model_pos` with the `module.` prefix, `random_state`) plus our own keys for exact resumption, and only contain
-tensors and plain Python values so that `torch.load(weights_only=True)` reads them.
+`model_pos` with the `module.` prefix, `random_state` = numpy RandomState) plus our own keys for exact resumption
+(`torch_rng_state`, `progress`, `model_config`, `train_config`, `validation`); they hold only tensors, plain Python
+values and the RandomState, so `pipeline.checkpoints.read_checkpoint` (weights_only=True + allow-list) reads them.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.checkpoints import read_checkpoint
 from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
 from pipeline.training.metrics import mpjpe, mpjpe_torch, p_mpjpe
 from pipeline.training.windows import SequenceSet, WindowSampler, flip_poses
@@ -90,20 +92,6 @@ def model_frames(model_config: PoseFormerV2Config) -> int:
 # Checkpoints
 
 
-def rng_state_to_plain(rng: np.random.RandomState) -> dict:
-    """A RandomState's state as plain Python values (safe under `weights_only=True`)."""
-    name, key, pos, has_gauss, cached = rng.get_state()
-    return {"bit_generator": name, "key": [int(k) for k in key], "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-
-
-def rng_from_plain(state: dict) -> np.random.RandomState:
-    rng = np.random.RandomState()
-    rng.set_state((state["bit_generator"], np.asarray(state["key"], dtype=np.uint32), state["pos"],
-                   state["has_gauss"], state["cached_gaussian"]))
-    return rng
-
-
 def plain_config(config) -> dict:
     """A dataclass config as a dict of plain values (paths as strings)."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
@@ -115,7 +103,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     payload = {
         "epoch": int(epoch),
         "lr": float(lr),
-        "random_state": rng_state_to_plain(rng),
+        # A numpy RandomState, as the released code stores its generator's; `pipeline.checkpoints` allow-lists it.
+        "random_state": rng,
         "optimizer": optimizer.state_dict(),
         # The released checkpoints come from nn.DataParallel, hence the prefix; their loaders expect it.
         "model_pos": {f"module.{k}": v for k, v in model.state_dict().items()},
@@ -129,7 +118,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """A checkpoint read with `torch.load(weights_only=True)` and the project's allow-list (numpy RandomState)."""
+    return read_checkpoint(path)
 
 
 def strip_module_prefix(state: dict) -> dict:
@@ -214,7 +204,7 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
                              "use another run directory or the same model config")
         model.load_state_dict(strip_module_prefix(chk["model_pos"]))
         optimizer.load_state_dict(chk["optimizer"])
-        rng = rng_from_plain(chk["random_state"])
+        rng = chk["random_state"]
         torch.set_rng_state(chk["torch_rng_state"])
         progress = chk["progress"]
         lr, epoch = chk["lr"], chk["epoch"]
