@@ -1,0 +1,214 @@
+"""SideBySideRenderer: output layout, colours by side on both panels, fixed 3D limits, marking of undetected frames."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.render import (
+    BANNER_BGR,
+    CENTER_BGR,
+    INVALID_BGR,
+    LEFT_BGR,
+    RIGHT_BGR,
+    RenderConfig,
+    SideBySideRenderer,
+    WorldLimits,
+    output_layout,
+    view_axes,
+)
+from pipeline.skeleton import H36M
+
+J = H36M.index
+
+
+def star_pose() -> np.ndarray:
+    """(17, 3) a standing person with arms and legs spread sideways (along world y), z up, feet at z=0."""
+    pose = np.zeros((17, 3))
+    pose[J("pelvis")] = [0, 0, 0.95]
+    pose[J("spine")] = [0, 0, 1.2]
+    pose[J("thorax")] = [0, 0, 1.45]
+    pose[J("neck_nose")] = [0, 0, 1.58]
+    pose[J("head")] = [0, 0, 1.75]
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        pose[J(f"{side}_hip")] = [0, sign * 0.15, 0.95]
+        pose[J(f"{side}_knee")] = [0, sign * 0.3, 0.5]
+        pose[J(f"{side}_ankle")] = [0, sign * 0.45, 0.0]
+        pose[J(f"{side}_shoulder")] = [0, sign * 0.2, 1.45]
+        pose[J(f"{side}_elbow")] = [0, sign * 0.5, 1.5]
+        pose[J(f"{side}_wrist")] = [0, sign * 0.8, 1.55]
+    return pose
+
+
+def image_points(pose: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(17, 2) pixels: the pose seen from the front, filling most of a frame of `size`."""
+    width, height = size
+    scale = height * 0.45
+    return np.stack([width / 2 + pose[:, 1] * scale, height * 0.95 - pose[:, 2] * scale], axis=-1)
+
+
+def count_color(image: np.ndarray, color) -> int:
+    return int(np.all(image == np.array(color, np.uint8), axis=-1).sum())
+
+
+def panels(renderer: SideBySideRenderer, out: np.ndarray) -> list[np.ndarray]:
+    """The left panel, then each 3D panel."""
+    parts = [out[:, : renderer.left_width]]
+    for k in range(renderer.num_panels):
+        x0 = renderer.left_width + k * renderer.panel_width
+        parts.append(out[:, x0 : x0 + renderer.panel_width])
+    return parts
+
+
+@pytest.fixture
+def frame() -> np.ndarray:
+    """A mid-grey 1768x994 frame (the sample clip's size): none of the skeleton colours occur in it."""
+    return np.full((994, 1768, 3), 100, np.uint8)
+
+
+@pytest.mark.parametrize("size,num_panels", [((1768, 994), 1), ((1768, 994), 3), ((641, 479), 2), ((480, 854), 1),
+                                             ((320, 240), 0)])
+def test_output_size_is_even_bounded_and_keeps_the_aspect(size, num_panels):
+    pose = star_pose()
+    renderer = SideBySideRenderer(size, [f"c{k}.bin" for k in range(num_panels)], WorldLimits.from_worlds([pose]))
+    width, height = renderer.output_size
+    assert width % 2 == 0 and height % 2 == 0
+    assert height == min(size[1], 720) // 2 * 2
+    assert abs(renderer.left_width / height - size[0] / size[1]) < 2.5 / height
+    assert width == renderer.left_width + num_panels * renderer.panel_width
+    assert renderer.panel_width == (height if num_panels else 0)
+    frame = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    out = renderer.render(frame, image_points(pose, size), None, True, [pose] * num_panels)
+    assert out.shape == (height, width, 3) and out.dtype == np.uint8
+
+
+def test_layout_of_the_sample_clip_size():
+    assert output_layout((1768, 994), 1, RenderConfig()) == (720, 1280, 720)
+    assert output_layout((1768, 994), 2, RenderConfig(max_height=540, panel_aspect=0.75)) == (540, 960, 404)
+
+
+def test_side_colours_appear_on_both_panels_where_the_joints_are(frame):
+    pose = star_pose()
+    renderer = SideBySideRenderer((1768, 994), ["a.bin", "b.bin"], WorldLimits.from_worlds([pose]),
+                                  RenderConfig(elev=0.0, azim=0.0))  # a front view: left and right apart
+    keypoints = image_points(pose, (1768, 994))
+    out = renderer.render(frame, keypoints, None, True, [pose, pose])
+    for part in panels(renderer, out):
+        for color in (LEFT_BGR, RIGHT_BGR, CENTER_BGR):
+            assert count_color(part, color) > 50
+    # At each wrist and ankle (joints far from any other) the pixel has that side's colour on every panel.
+    left_2d = panels(renderer, out)[0]
+    scaled = keypoints * renderer.left_width / 1768
+    for panel_index, part in enumerate(panels(renderer, out)):
+        for side, color in (("left", LEFT_BGR), ("right", RIGHT_BGR)):
+            for joint in (J(f"{side}_wrist"), J(f"{side}_ankle")):
+                if panel_index == 0:
+                    x, y = np.round(scaled[joint]).astype(int)
+                    assert tuple(left_2d[y, x]) == color
+                else:
+                    (x, y), _ = renderer.panels[panel_index - 1].project(pose[joint])
+                    assert tuple(part[int(round(y)), int(round(x))]) == color
+
+
+def test_the_view_follows_matplotlib_elevation_and_azimuth():
+    right, up, towards_eye = view_axes(elev=0.0, azim=0.0)
+    np.testing.assert_allclose(towards_eye, [1, 0, 0], atol=1e-12)  # azim 0: the eye on the +x axis
+    np.testing.assert_allclose(up, [0, 0, 1], atol=1e-12)
+    np.testing.assert_allclose(view_axes(0.0, 90.0)[2], [0, 1, 0], atol=1e-12)  # azim 90: the eye on +y
+    np.testing.assert_allclose(view_axes(90.0, 30.0)[2], [0, 0, 1], atol=1e-12)  # elev 90: looking straight down
+    axes = view_axes(15.0, 70.0)
+    np.testing.assert_allclose(axes @ axes.T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(np.cross(axes[0], axes[1]), axes[2], atol=1e-12)  # right-handed
+
+    # On screen: z goes up, and at azim=0 the +y axis goes to the right.
+    pose = star_pose()
+    renderer = SideBySideRenderer((640, 480), ["a"], WorldLimits.from_worlds([pose]),
+                                  RenderConfig(elev=0.0, azim=0.0))
+    (origin, top, side), depth = renderer.panels[0].project(np.array([[0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]))
+    assert top[1] < origin[1] and abs(top[0] - origin[0]) < 1e-9
+    assert side[0] > origin[0] and abs(side[1] - origin[1]) < 1e-9
+
+
+def test_3d_limits_are_fixed_for_the_clip(frame):
+    """The same pose gives the same 3D panel whatever comes before or after it: no autoscaling jitter."""
+    rng = np.random.default_rng(1)
+    clip = np.stack([star_pose() + rng.normal(0, 0.2, (17, 3)) * (t % 3) for t in range(12)])
+    clip[:, :, 2] -= clip[:, :, 2].min(axis=1, keepdims=True)
+    renderer = SideBySideRenderer((1768, 994), ["a.bin"], WorldLimits.from_worlds([clip]))
+    keypoints = image_points(star_pose(), (1768, 994))
+    first = renderer.render(frame, keypoints, None, True, [clip[0]])
+    for pose in clip[1:]:
+        renderer.render(frame + 20, keypoints + 30, None, True, [pose])
+    again = renderer.render(frame, keypoints, None, True, [clip[0]])
+    np.testing.assert_array_equal(panels(renderer, first)[1], panels(renderer, again)[1])
+    # Different poses do give different panels (the comparison above can fail).
+    other = renderer.render(frame, keypoints, None, True, [clip[1]])
+    assert not np.array_equal(panels(renderer, first)[1], panels(renderer, other)[1])
+    # Every joint of every frame projects inside its panel, below the title.
+    panel = renderer.panels[0]
+    pixels, _ = panel.project(clip)
+    assert pixels[..., 0].min() >= 0 and pixels[..., 0].max() < renderer.panel_width
+    assert pixels[..., 1].min() >= renderer.height / 16 and pixels[..., 1].max() < renderer.height
+
+
+def test_limits_hold_every_checkpoint_and_start_at_the_ground():
+    a = star_pose()[None]
+    b = star_pose()[None] * [1, 2, 1.2] + [0.3, 0, 0]
+    limits = WorldLimits.from_worlds([a, b], margin=0.1)
+    low, high = np.array(limits.low), np.array(limits.high)
+    points = np.concatenate([a, b]).reshape(-1, 3)
+    assert (points >= low).all() and (points <= high).all()
+    assert low[2] <= 0.0
+    assert high[0] - low[0] == pytest.approx(high[1] - low[1])  # square on the ground
+    with pytest.raises(ValueError, match="no finite 3D joint"):
+        WorldLimits.from_worlds([np.full((3, 17, 3), np.nan)])
+
+
+def test_undetected_frames_are_marked_on_both_panels(frame):
+    pose = star_pose()
+    renderer = SideBySideRenderer((1768, 994), ["a.bin"], WorldLimits.from_worlds([pose]))
+    keypoints = image_points(pose, (1768, 994))
+    detected = renderer.render(frame, keypoints, None, True, [pose])
+    missing = renderer.render(frame, keypoints, None, False, [pose])
+    for shown, marked in zip(panels(renderer, detected), panels(renderer, missing)):
+        assert count_color(shown, BANNER_BGR) == 0 and count_color(marked, BANNER_BGR) > 1000
+        assert count_color(marked, INVALID_BGR) > count_color(shown, INVALID_BGR) + 50  # (text edges have greys)
+        for color in (LEFT_BGR, RIGHT_BGR, CENTER_BGR):  # the skeleton is grey, not in side colours
+            assert count_color(shown, color) > 50 and count_color(marked, color) == 0
+
+
+def test_low_confidence_joints_are_dimmed(frame):
+    pose = star_pose()
+    renderer = SideBySideRenderer((1768, 994), [], WorldLimits.from_worlds([pose]), RenderConfig(min_score=0.3))
+    keypoints = image_points(pose, (1768, 994))
+    scores = np.ones(17)
+    scores[J("left_wrist")] = 0.1
+    out = renderer.render(frame, keypoints, scores, True, [])
+    x, y = np.round(keypoints[J("left_wrist")] * renderer.left_width / 1768).astype(int)
+    assert tuple(out[y, x]) != LEFT_BGR and tuple(out[y, x]) != tuple(frame[0, 0])
+    x, y = np.round(keypoints[J("right_wrist")] * renderer.left_width / 1768).astype(int)
+    assert tuple(out[y, x]) == RIGHT_BGR
+
+
+def test_missing_joints_are_skipped_and_bad_input_is_rejected(frame):
+    pose = star_pose()
+    renderer = SideBySideRenderer((1768, 994), ["a.bin"], WorldLimits.from_worlds([pose]))
+    keypoints = image_points(pose, (1768, 994))
+    holes = pose.copy()
+    holes[J("left_wrist")] = np.nan
+    out = renderer.render(frame, np.full((17, 2), np.nan), None, True, [holes])
+    assert count_color(panels(renderer, out)[0], LEFT_BGR) == 0  # no 2D keypoints: nothing drawn on the frame
+    with pytest.raises(ValueError, match="1768x994 BGR uint8 frame"):
+        renderer.render(frame[:-2], keypoints, None, True, [pose])
+    with pytest.raises(ValueError, match="2 world poses for 1 3D panels"):
+        renderer.render(frame, keypoints, None, True, [pose, pose])
+
+
+def test_panel_titles_are_drawn(frame):
+    pose = star_pose()
+    limits = WorldLimits.from_worlds([pose])
+    keypoints = image_points(pose, (1768, 994))
+    a = SideBySideRenderer((1768, 994), ["27_243_45.2.bin"], limits).render(frame, keypoints, None, True, [pose])
+    b = SideBySideRenderer((1768, 994), ["81_243_47.6.bin"], limits).render(frame, keypoints, None, True, [pose])
+    top = slice(0, 720 // 16)
+    assert not np.array_equal(a[top], b[top])
+    np.testing.assert_array_equal(a[100:], b[100:])
