@@ -1,0 +1,306 @@
+"""H.264 mp4 writing through the ffmpeg binary that imageio-ffmpeg ships: frames go straight from memory into ffmpeg.
+
+`VideoWriter` converts each BGR frame to yuv420p (the pixel format every browser plays) with OpenCV and pipes it into
+`ffmpeg -f rawvideo ... -c:v libx264`, optionally muxing in the audio track of the source clip. Why convert in Python:
+OpenCV's BT.601 conversion costs ~1.7 ms for a 2000x720 frame where ffmpeg's default swscale path costs ~5 ms and
+shifts greys by up to 5 levels (see tests/test_encode.py), and the pipe carries half the bytes. The stream is tagged
+BT.601 limited range (smpte170m, tv) so that players, browsers included, convert back with the same matrix. The file is written under a temporary name
+in the destination folder and renamed into place only when ffmpeg finished cleanly with exactly the expected number of
+frames; an exception or Ctrl-C kills ffmpeg and deletes the temporary file, so the destination is never half-written.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Audio codecs that go into an mp4 unchanged and play in browsers; anything else is re-encoded to AAC.
+MP4_AUDIO_CODECS = ("aac", "mp3")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    # veryfast/crf 20: measured with benchmarks/bench_render.py on 2 cores, see the README's rendering section.
+    preset: str = "veryfast"
+    crf: int = 20
+    audio_bitrate: str = "160k"  # only used when the source audio has to be re-encoded
+    ffmpeg: str | None = None  # path of the ffmpeg binary; None = the one imageio-ffmpeg ships
+
+
+def ffmpeg_exe(config: EncoderConfig = EncoderConfig()) -> str:
+    if config.ffmpeg:
+        return config.ffmpeg
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def frame_rate_fraction(fps: float | Fraction | str) -> Fraction:
+    """The exact frame rate as a fraction: 29.97002997 -> 30000/1001, 25.0 -> 25, '24000/1001' -> 24000/1001.
+
+    Readers report NTSC rates as floats (29.97, 29.97002997...); writing those as decimals would make the output's
+    timing drift from the input's by a frame every few minutes, so rates within 0.001 of N*1000/1001 are snapped.
+    """
+    if isinstance(fps, str):
+        rate = Fraction(fps.strip())
+    elif isinstance(fps, Fraction):
+        rate = fps
+    else:
+        value = float(fps)
+        if not np.isfinite(value):
+            raise ValueError(f"frame rate must be a finite number, got {fps!r}")
+        rate = None
+        for base in (24, 30, 48, 60, 120, 240):
+            if abs(value - base * 1000 / 1001) < 1e-3:
+                rate = Fraction(base * 1000, 1001)
+                break
+        if rate is None:
+            rate = Fraction(value).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"frame rate must be positive, got {fps!r}")
+    return rate
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What `ffmpeg -i` reports about a file's first video and first audio stream (None when absent)."""
+
+    video_codec: str | None
+    pix_fmt: str | None
+    width: int | None
+    height: int | None
+    fps: float | None
+    audio_codec: str | None
+
+
+def probe_media(path: Path, config: EncoderConfig = EncoderConfig()) -> MediaInfo:
+    """Stream properties from ffmpeg's description of the input (imageio-ffmpeg ships no ffprobe)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"media file not found: {path}")
+    proc = subprocess.run([ffmpeg_exe(config), "-hide_banner", "-nostdin", "-i", str(path)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    text = proc.stderr.decode("utf-8", errors="replace")
+    video = re.search(r"Stream #\S+.*?: Video: (\w+)([^\n]*)", text)
+    audio = re.search(r"Stream #\S+.*?: Audio: (\w+)", text)
+    if video is None and audio is None:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "At least one output" not in ln]
+        raise ValueError(f"ffmpeg cannot read {path}: {lines[-1] if lines else 'no stream found'}")
+    pix_fmt = width = height = fps = None
+    if video:
+        details = video.group(2)
+        pix = re.search(r", (yuv\w+|rgb\w+|bgr\w+|gray\w*|nv\w+)[(,]", details)
+        size = re.search(r", (\d{2,5})x(\d{2,5})", details)
+        rate = re.search(r", ([\d.]+k?) fps", details)
+        pix_fmt = pix.group(1) if pix else None
+        if size:
+            width, height = int(size.group(1)), int(size.group(2))
+        if rate:
+            fps = float(rate.group(1)[:-1]) * 1000 if rate.group(1).endswith("k") else float(rate.group(1))
+    return MediaInfo(
+        video_codec=video.group(1) if video else None, pix_fmt=pix_fmt, width=width, height=height, fps=fps,
+        audio_codec=audio.group(1) if audio else None,
+    )
+
+
+def count_video_frames(path: Path, config: EncoderConfig = EncoderConfig()) -> int:
+    """Frames in the first video stream, counted by reading every packet (no decoding, no trust in headers)."""
+    proc = subprocess.run(
+        [ffmpeg_exe(config), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy",
+         "-f", "null", "-"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
+    )
+    text = proc.stderr.decode("utf-8", errors="replace")
+    counts = re.findall(r"frame=\s*(\d+)", text)
+    if proc.returncode != 0 or not counts:
+        raise RuntimeError(f"could not count the frames of {path}: {text.strip().splitlines()[-1:] or 'no output'}")
+    return int(counts[-1])
+
+
+class VideoWriter:
+    """Context manager writing BGR uint8 frames of one size into an H.264/yuv420p mp4.
+
+        with VideoWriter(path, (width, height), fps, frame_count=n, audio_source=clip) as writer:
+            for frame in frames:
+                writer.write(frame)
+
+    `frame_count`: when given, closing with any other number of frames written is an error (nothing is kept), and the
+    copied audio is cut to the video's duration. `audio_source`: a media file whose first audio track (if it has one)
+    is copied in, starting at `audio_start` seconds (for clips rendered from the middle of a video).
+    The video keeps exactly the frames written at exactly `fps` (no -shortest: a short audio track never cuts video).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        size: tuple[int, int],
+        fps: float | Fraction | str,
+        *,
+        frame_count: int | None = None,
+        audio_source: Path | None = None,
+        audio_start: float = 0.0,
+        config: EncoderConfig = EncoderConfig(),
+    ):
+        self.path = Path(path)
+        self.width, self.height = int(size[0]), int(size[1])
+        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
+            raise ValueError(f"frame size must be positive and even for yuv420p, got {self.width}x{self.height}")
+        self.fps = frame_rate_fraction(fps)
+        if frame_count is not None and frame_count < 0:
+            raise ValueError(f"frame_count must be >= 0, got {frame_count}")
+        self.frame_count = frame_count
+        self.audio_source = Path(audio_source) if audio_source is not None else None
+        if self.audio_source is not None and not self.audio_source.is_file():
+            raise FileNotFoundError(f"audio source not found: {self.audio_source}")
+        if audio_start < 0:
+            raise ValueError(f"audio_start must be >= 0 seconds, got {audio_start}")
+        self.audio_start = float(audio_start)
+        self.config = config
+        self.frames_written = 0
+        self.temp_path = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
+        self._process: subprocess.Popen | None = None
+        self._stderr = None
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "VideoWriter":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def open(self) -> None:
+        if self._process is not None:
+            raise RuntimeError("VideoWriter is already open")
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"output folder does not exist: {self.path.parent}")
+        command = self._command()
+        log.debug("ffmpeg command: %s", " ".join(command))
+        self._stderr = tempfile.TemporaryFile()
+        # A new session: Ctrl-C in the terminal reaches only Python, which then kills ffmpeg and removes the temporary
+        # file; ffmpeg must not finalise a half video on its own.
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=self._stderr, start_new_session=True)
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        if self._process is None:
+            raise RuntimeError("VideoWriter is not open: use it as a context manager or call open()")
+        if frame_bgr.shape != (self.height, self.width, 3) or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"expected a {self.width}x{self.height} BGR uint8 frame, "
+                             f"got shape {frame_bgr.shape} {frame_bgr.dtype}")
+        if self.frame_count is not None and self.frames_written >= self.frame_count:
+            raise ValueError(f"more frames written than the {self.frame_count} announced")
+        yuv = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2YUV_I420)  # BT.601, limited range: (h * 3 / 2, w) planes
+        try:
+            self._process.stdin.write(yuv.data)
+        except (BrokenPipeError, ValueError):
+            self._process.wait()
+            raise RuntimeError(f"ffmpeg stopped while encoding {self.path.name}: {self._ffmpeg_message()}") from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the file, check it and move it into place; on any problem nothing is left behind."""
+        if self._process is None:
+            raise RuntimeError("VideoWriter is not open")
+        try:
+            if self.frame_count is not None and self.frames_written != self.frame_count:
+                raise RuntimeError(f"{self.frames_written} frames written to {self.path.name}, "
+                                   f"{self.frame_count} expected: the output was not kept")
+            if self.frames_written == 0:
+                raise RuntimeError(f"no frame written to {self.path.name}: the output was not kept")
+            try:
+                self._process.stdin.close()
+            except BrokenPipeError:
+                pass
+            code = self._process.wait()
+            if code != 0:
+                raise RuntimeError(f"ffmpeg failed (exit code {code}) writing {self.path.name}: "
+                                   f"{self._ffmpeg_message()}")
+            encoded = count_video_frames(self.temp_path, self.config)
+            if encoded != self.frames_written:
+                raise RuntimeError(f"{self.path.name}: ffmpeg encoded {encoded} frames of the {self.frames_written} "
+                                   f"written: the output was not kept")
+            os.replace(self.temp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._release()
+
+    def abort(self) -> None:
+        """Kill ffmpeg and delete the temporary file; the destination is left as it was."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            try:
+                self._process.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            self._process.wait()
+        self.temp_path.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._stderr is not None:
+            self._stderr.close()
+        self._process = None
+        self._stderr = None
+
+    # ------------------------------------------------------------------------------------------------- helpers
+
+    def _ffmpeg_message(self) -> str:
+        if self._stderr is None:
+            return "no message"
+        self._stderr.seek(0)
+        text = self._stderr.read().decode("utf-8", errors="replace")
+        log.debug("ffmpeg stderr:\n%s", text)
+        # The first line names the cause ("invalid preset", "No space left on device"); later ones are consequences.
+        lines = [re.sub(r"^(\[[^\]]*@ 0x[0-9a-f]+\] ?)+", "", ln.strip()) for ln in text.splitlines() if ln.strip()]
+        return lines[0] if lines else "no message"
+
+    def _audio_args(self) -> tuple[list[str], list[str]]:
+        """(input arguments, output arguments) for the audio track, or two empty lists when there is none."""
+        if self.audio_source is None:
+            return [], []
+        audio_codec = probe_media(self.audio_source, self.config).audio_codec
+        if audio_codec is None:
+            return [], []
+        inputs = []
+        if self.audio_start > 0:
+            inputs += ["-ss", f"{self.audio_start:.6f}"]
+        if self.frame_count is not None:
+            # Cut the audio at the video's end instead of -shortest, which could cut the video when audio is short.
+            inputs += ["-t", f"{float(self.frame_count / self.fps):.6f}"]
+        inputs += ["-i", str(self.audio_source)]
+        codec = ["-c:a", "copy"] if audio_codec in MP4_AUDIO_CODECS else ["-c:a", "aac", "-b:a",
+                                                                         self.config.audio_bitrate]
+        return inputs, ["-map", "1:a:0?", *codec]
+
+    def _command(self) -> list[str]:
+        audio_inputs, audio_outputs = self._audio_args()
+        rate = f"{self.fps.numerator}/{self.fps.denominator}"
+        return [
+            ffmpeg_exe(self.config), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{self.width}x{self.height}", "-framerate", rate,
+            "-i", "pipe:0",
+            *audio_inputs,
+            "-map", "0:v:0", *audio_outputs,
+            "-c:v", "libx264", "-preset", self.config.preset, "-crf", str(self.config.crf), "-pix_fmt", "yuv420p",
+            "-colorspace", "smpte170m", "-color_primaries", "smpte170m", "-color_trc", "smpte170m",
+            "-color_range", "tv",
+            "-r", rate, "-fps_mode", "cfr",
+            "-movflags", "+faststart", "-f", "mp4", str(self.temp_path),
+        ]
