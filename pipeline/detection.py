@@ -76,8 +76,6 @@ def _locate_weights(weights: str | Path) -> Path:
     path = Path(weights).expanduser()
     if path.is_file():
         return path
-    if path.suffix in (".yaml", ".yml"):
-        raise DetectorError(f"model config not found: {weights}")
     if len(path.parts) > 1:
         raise DetectorError(f"detector weights not found: {path}")
     from ultralytics.utils.downloads import attempt_download_asset
@@ -113,8 +111,13 @@ def load_yolo(weights: str | Path | None = None):
 
     if weights is None:
         return YOLO(str(default_detector_weights()))  # verified by hash: the official file
-    if str(weights).endswith((".yaml", ".yml")):
-        return YOLO(str(weights))  # an untrained architecture (tests): nothing is unpickled
+    if str(weights).endswith((".yaml", ".yml")):  # an untrained architecture (tests): nothing is unpickled
+        if len(Path(weights).parts) > 1 and not Path(weights).expanduser().is_file():
+            raise DetectorError(f"model config not found: {weights}")
+        try:
+            return YOLO(str(weights))
+        except FileNotFoundError as exc:  # a bare name Ultralytics does not ship
+            raise DetectorError(f"model config not found: {weights}") from exc
     path = _locate_weights(weights)
     _check_safe_to_unpickle(path)
     return YOLO(str(path))

