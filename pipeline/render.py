@@ -78,7 +78,7 @@ class WorldLimits:
             raise ValueError("no finite 3D joint in the world poses: nothing to set the 3D view limits from")
         low, high = points.min(axis=0), points.max(axis=0)
         centre_xy = (low[:2] + high[:2]) / 2
-        half_xy = max((high[:2] - low[:2]).max() / 2, 0.25) + margin
+        half_xy = max((high[:2] - low[:2]).max() / 2, 0.5) + margin  # at least ~1 m of ground: context
         z_low = min(0.0, low[2]) - margin / 3
         z_high = max(high[2], z_low + 0.5) + margin
         return cls(
@@ -255,6 +255,22 @@ class SideBySideRenderer:
             LEFT_BGR if skeleton.side(j) == "left" else RIGHT_BGR if skeleton.side(j) == "right" else CENTER_BGR
             for j in range(skeleton.num_joints)
         ]
+
+    @classmethod
+    def for_clip(
+        cls,
+        input_size: tuple[int, int],
+        panel_titles: Sequence[str],
+        worlds_per_panel: Sequence[np.ndarray],
+        config: RenderConfig = RenderConfig(),
+        skeleton: Skeleton = H36M,
+    ) -> "SideBySideRenderer":
+        """A renderer whose 3D limits hold every frame of every panel's (T, J, 3) poses: the usual way to build one."""
+        if len(worlds_per_panel) != len(panel_titles):
+            raise ValueError(f"got {len(worlds_per_panel)} world pose arrays for {len(panel_titles)} panel titles")
+        limits = WorldLimits.from_worlds(worlds_per_panel, margin=config.margin) if len(panel_titles) else \
+            WorldLimits((-1.0, -1.0, 0.0), (1.0, 1.0, 2.0))
+        return cls(input_size, panel_titles, limits, config, skeleton)
 
     def render(
         self,

@@ -212,3 +212,18 @@ def test_panel_titles_are_drawn(frame):
     top = slice(0, 720 // 16)
     assert not np.array_equal(a[top], b[top])
     np.testing.assert_array_equal(a[100:], b[100:])
+
+
+def test_for_clip_takes_the_limits_from_every_panel(frame):
+    rng = np.random.default_rng(2)
+    a = np.stack([star_pose() for _ in range(5)])
+    b = a * 1.5 + rng.normal(0, 0.05, a.shape)
+    renderer = SideBySideRenderer.for_clip((1768, 994), ["a.bin", "b.bin"], [a, b])
+    assert renderer.panels[0].scale == renderer.panels[1].scale  # one scale: checkpoints compare at a glance
+    for panel in renderer.panels:
+        pixels, _ = panel.project(np.concatenate([a, b]))
+        assert pixels.min() >= 0 and pixels[..., 0].max() < renderer.panel_width
+    out = renderer.render(frame, image_points(star_pose(), (1768, 994)), None, True, [a[0], b[0]])
+    assert out.shape == (720, 1280 + 2 * 720, 3)
+    with pytest.raises(ValueError, match="1 world pose arrays for 2 panel titles"):
+        SideBySideRenderer.for_clip((1768, 994), ["a.bin", "b.bin"], [a])
