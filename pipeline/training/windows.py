@@ -77,6 +77,31 @@ def root_relative(poses: np.ndarray) -> np.ndarray:
     return poses - poses[..., :1, :]
 
 
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _memory_root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    """float32 concatenation; free when the arrays are consecutive pieces of one array (as `np.split` of a cached
+    flat array gives), so that a set of millions of frames is not held twice."""
+    first = arrays[0]
+    root = _memory_root(first)
+    if (root.flags.c_contiguous
+            and all(a.dtype == np.float32 and a.flags.c_contiguous and a.shape[1:] == first.shape[1:] for a in arrays)
+            and all(_address(a) + a.nbytes == _address(b) for a, b in zip(arrays[:-1], arrays[1:]))
+            and all(_memory_root(a) is root for a in arrays)):
+        start = _address(first) - _address(root)
+        nbytes = sum(a.nbytes for a in arrays)
+        return root.reshape(-1).view(np.uint8)[start:start + nbytes].view(np.float32).reshape(-1, *first.shape[1:])
+    return np.concatenate(arrays).astype(np.float32, copy=False)
+
+
 @dataclass
 class Batch:
     inputs_2d: np.ndarray  # (B, T, J, 2) float32
@@ -106,8 +131,8 @@ class WindowSampler:
         lengths = np.array([len(x) for x in self.sequences.inputs_2d], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         self._lengths = lengths
-        self._all_2d = np.concatenate(self.sequences.inputs_2d).astype(np.float32, copy=False)
-        self._all_3d = np.concatenate(self.sequences.targets_3d).astype(np.float32, copy=False)
+        self._all_2d = _concatenate(self.sequences.inputs_2d)
+        self._all_3d = _concatenate(self.sequences.targets_3d)
         # Sequence of every frame, so that a uniform draw over all frames maps back to its sequence.
         self._frame_sequence = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
         self._offsets = np.arange(self.frames, dtype=np.int64) - self.frames // 2
