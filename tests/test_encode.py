@@ -214,3 +214,4 @@ def _stream_seconds(path: Path, stream: str) -> float:
                            "-c", "copy", "-f", "null", "-"], capture_output=True, text=True, check=True)
     hours, minutes, seconds = proc.stderr.rsplit("time=", 1)[1].split()[0].split(":")
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
