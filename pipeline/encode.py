@@ -3,10 +3,12 @@
 `VideoWriter` converts each BGR frame to yuv420p (the pixel format every browser plays) with OpenCV and pipes it into
 `ffmpeg -f rawvideo ... -c:v libx264`, optionally muxing in the audio track of the source clip. Why convert in Python:
 OpenCV's BT.601 conversion costs ~1.7 ms for a 2000x720 frame where ffmpeg's default swscale path costs ~5 ms and
-shifts greys by up to 5 levels (see tests/test_encode.py), and the pipe carries half the bytes. The stream is tagged
-BT.601 limited range (smpte170m, tv) so that players, browsers included, convert back with the same matrix. The file is written under a temporary name
-in the destination folder and renamed into place only when ffmpeg finished cleanly with exactly the expected number of
-frames; an exception or Ctrl-C kills ffmpeg and deletes the temporary file, so the destination is never half-written.
+shifts greys by up to 5 levels (the brightness check in tests/test_encode.py fails with it), and the pipe carries half
+the bytes. The stream is tagged BT.601 limited range (smpte170m, tv) so that players convert back with that matrix.
+
+The file is written under a temporary name in the destination folder and renamed into place only when ffmpeg finished
+cleanly with exactly the expected number of frames; an exception or Ctrl-C kills ffmpeg and deletes the temporary
+file, so the destination is never half-written.
 """
 from __future__ import annotations
 
