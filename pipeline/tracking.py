@@ -316,7 +316,7 @@ def select_tracks(tracks: list[TrackSequence], num_frames: int, person: int | No
                   min_track_frames: int = 30) -> list[TrackSequence]:
     """Whom to follow: the main subject, the chosen `person` id, or every track detected long enough.
 
-    The main subject is the track with the largest detected-frames x median-box-area: the person present longest and
+    The main subject is the track with the largest frames-present x median-box-height: the person present longest and
     largest, not a passer-by who crosses the picture, and not necessarily whoever was there first. With all_people,
     every track detected in at least min(min_track_frames, num_frames) frames is returned, main subject first, the
     rest by decreasing score (the main subject always, even when it is shorter than that).

@@ -75,7 +75,7 @@ def test_missing_weights_give_a_clear_error(tmp_path, no_network):
 
 def test_random_pose_model_batched_output(no_network):
     model = load_yolo("yolo11n-pose.yaml")  # random weights, built offline
-    detector = PersonDetector(DetectorConfig(conf=0.01, imgsz=320), model=model)
+    detector = PersonDetector(DetectorConfig(conf=0.0, imgsz=320), model=model)  # untrained: scores near 0
     assert detector.has_keypoints
     calls = []
     predict = model.predict
@@ -91,21 +91,21 @@ def test_random_pose_model_batched_output(no_network):
     assert len(out) == 3
     for det in out:
         n = len(det)
+        assert n > 0
         assert det.boxes.shape == (n, 4) and det.confidences.shape == (n,)
         assert det.keypoints.shape == (n, 17, 2) and det.keypoint_scores.shape == (n, 17)
         assert det.boxes.dtype == np.float32
         assert np.all(np.diff(det.confidences) <= 0)  # most confident first
-        if n:
-            assert det.boxes[:, [0, 2]].min() >= 0 and det.boxes[:, [0, 2]].max() <= 320
-            assert det.boxes[:, [1, 3]].min() >= 0 and det.boxes[:, [1, 3]].max() <= 240
+        assert det.boxes[:, [0, 2]].min() >= 0 and det.boxes[:, [0, 2]].max() <= 320  # frame pixels
+        assert det.boxes[:, [1, 3]].min() >= 0 and det.boxes[:, [1, 3]].max() <= 240
     assert detector([]) == []
 
 
 def test_random_detection_only_model(no_network):
-    detector = PersonDetector(DetectorConfig(conf=0.01, imgsz=320), model=load_yolo("yolo11n.yaml"))
+    detector = PersonDetector(DetectorConfig(conf=0.0, imgsz=160), model=load_yolo("yolo11n.yaml"))
     assert not detector.has_keypoints
     out = detector(frames_with_noise(2))
-    assert len(out) == 2 and all(d.keypoints is None and d.keypoint_scores is None for d in out)
+    assert len(out) == 2 and all(len(d) > 0 and d.keypoints is None and d.keypoint_scores is None for d in out)
 
 
 def test_empty_detections_have_the_right_shapes():

@@ -1,0 +1,234 @@
+"""The 2D stage: gap filling by hand, the whole stage on scripted detections, HRNet's second pass, random YOLO
+weights end to end, and the real sample clip with the bundled weights."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.detection import DetectorConfig, FrameDetections, PersonDetector, load_yolo
+from pipeline.pose2d import Pose2DConfig, Pose2DEstimator, estimate_2d, fill_gaps
+from pipeline.skeleton import coco_to_h36m
+from pipeline.tracking import NoPersonError, TrackerConfig
+from pipeline.video import iter_frames
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "sports2d_demo.mp4"
+
+
+def test_fill_gaps_by_hand():
+    frames = np.array([2, 5, 20])
+    values = np.array([[0.0], [30.0], [100.0]])
+    out = fill_gaps(frames, values, num_frames=25, max_gap=3)
+    expected = np.zeros(25)
+    expected[:3] = 0  # before the first detection: its value
+    expected[3], expected[4], expected[5] = 10, 20, 30  # a 2-frame gap: linear
+    expected[6:13] = 30  # a 14-frame gap is too long to interpolate: nearest detected frame...
+    expected[13:] = 100  # ...and after the last detection its value
+    np.testing.assert_allclose(out[:, 0], expected)
+    long = fill_gaps(frames, values, num_frames=25, max_gap=14)
+    np.testing.assert_allclose(long[6, 0], 30 + 70 / 15)
+    np.testing.assert_allclose(long[19, 0], 30 + 70 * 14 / 15)
+    single = fill_gaps(np.array([0]), np.ones((1, 17, 2)), num_frames=1, max_gap=5)
+    assert single.shape == (1, 17, 2)
+    with pytest.raises(ValueError):
+        fill_gaps(np.array([3, 1]), np.zeros((2, 1)), 5, 1)
+
+
+def coded_frames(n: int, h: int = 48, w: int = 64):
+    """Tiny frames whose pixels carry their own index, so test doubles know which frame they are given."""
+    for i in range(n):
+        yield np.full((h, w, 3), i, np.uint8)
+
+
+def pose_for(frame: int, person: int) -> np.ndarray:
+    rng = np.random.default_rng(1000 * person + frame)
+    return (rng.uniform(0, 40, (17, 2)) + [100 * person, 0]).astype(np.float32)
+
+
+def box_for(frame: int, person: int) -> np.ndarray:
+    return np.array([100 * person + frame, 0, 100 * person + frame + 40, 40], np.float32)
+
+
+class ScriptedDetector:
+    """Stands in for PersonDetector: returns the detections a script gives for each frame index."""
+
+    has_keypoints = True
+
+    def __init__(self, script: dict[int, list[int]]):
+        self.script = script  # frame index -> people (0, 1, ...) visible in it
+        self.batches: list[int] = []
+
+    def __call__(self, frames):
+        self.batches.append(len(frames))
+        out = []
+        for frame in frames:
+            i = int(frame[0, 0, 0])
+            people = self.script.get(i, [])
+            if not people:
+                out.append(FrameDetections.empty(with_keypoints=True))
+                continue
+            out.append(FrameDetections(
+                np.stack([box_for(i, p) for p in people]), np.full(len(people), 0.9, np.float32),
+                np.stack([pose_for(i, p) for p in people]), np.full((len(people), 17), 0.8, np.float32)))
+        return out
+
+
+# Person 0: frames 3..39 except a 4-frame miss at 10..13; person 1 passes by in frames 20..25; frames 0..2 are empty.
+SCRIPT = {i: [p for p in (0, 1) if (p == 0 and 3 <= i < 40 and not 10 <= i < 14) or (p == 1 and 20 <= i < 26)]
+          for i in range(40)}
+
+
+def test_stage_on_scripted_detections():
+    detector = ScriptedDetector(SCRIPT)
+    progress = []
+    config = Pose2DConfig(batch_size=16, max_gap=5)
+    out = estimate_2d(coded_frames(40), config, progress=lambda name, n: progress.append((name, n)),
+                      detector=detector)
+    assert detector.batches == [16, 16, 8]
+    assert progress == [("detect", 16), ("detect", 32), ("detect", 40)]
+    assert out.num_frames == 40 and out.image_size == (64, 48)
+    assert [t["track_id"] for t in out.tracks] == [1, 2]
+    (person,) = out.people
+    assert person.track_id == 1
+    assert person.keypoints.shape == (40, 17, 2) and person.scores.shape == (40, 17)
+    assert person.keypoints_coco.shape == (40, 17, 2) and person.boxes.shape == (40, 4)
+    expected_valid = np.array([3 <= i and not 10 <= i < 14 for i in range(40)])
+    np.testing.assert_array_equal(person.valid, expected_valid)
+    for i in np.flatnonzero(expected_valid):
+        np.testing.assert_allclose(person.keypoints_coco[i], pose_for(i, 0))
+        np.testing.assert_allclose(person.boxes[i], box_for(i, 0))
+    for i in range(3):  # the empty first frames take the first detection's values
+        np.testing.assert_allclose(person.keypoints_coco[i], pose_for(3, 0))
+    for i in range(10, 14):  # the short miss is interpolated
+        w = (i - 9) / 5
+        np.testing.assert_allclose(person.keypoints_coco[i], (1 - w) * pose_for(9, 0) + w * pose_for(14, 0),
+                                   rtol=1e-5)
+    assert np.all(person.scores_coco[~expected_valid] == 0) and np.all(person.scores_coco[expected_valid] == 0.8)
+    h36m, h36m_scores = coco_to_h36m(person.keypoints_coco, person.scores_coco)
+    np.testing.assert_allclose(person.keypoints, h36m)
+    np.testing.assert_allclose(person.scores, h36m_scores)
+
+
+def test_choosing_a_person_and_everyone():
+    out = estimate_2d(coded_frames(40), Pose2DConfig(person=2), detector=ScriptedDetector(SCRIPT))
+    (passer_by,) = out.people
+    assert passer_by.track_id == 2 and passer_by.valid.sum() == 6 and passer_by.valid[20:26].all()
+    np.testing.assert_allclose(passer_by.keypoints_coco[0], pose_for(20, 1))  # edge values before the first frame
+    everyone = estimate_2d(coded_frames(40), Pose2DConfig(all_people=True, min_track_frames=5),
+                           detector=ScriptedDetector(SCRIPT))
+    assert [p.track_id for p in everyone.people] == [1, 2]
+    assert len(estimate_2d(coded_frames(40), Pose2DConfig(all_people=True, min_track_frames=10),
+                           detector=ScriptedDetector(SCRIPT)).people) == 1
+
+
+def test_nobody_in_the_video_is_a_clear_error():
+    with pytest.raises(NoPersonError, match="no person detected in any of the 12 frames"):
+        estimate_2d(coded_frames(12), Pose2DConfig(), detector=ScriptedDetector({}))
+    with pytest.raises(ValueError, match="gave no frames"):
+        estimate_2d(iter([]), Pose2DConfig(), detector=ScriptedDetector({}))
+
+
+def test_one_frame_video():
+    out = estimate_2d(coded_frames(1), Pose2DConfig(), detector=ScriptedDetector({0: [0]}))
+    assert out.num_frames == 1 and out.people[0].valid.tolist() == [True]
+
+
+class RecordingTopDown:
+    """Stands in for pipeline.topdown.TopDownEstimator: keypoints at the box corners, records what it is given."""
+
+    def __init__(self):
+        self.calls: list[tuple[list[int], np.ndarray]] = []
+
+    def __call__(self, images, boxes):
+        boxes = np.asarray(boxes, np.float32)
+        self.calls.append(([int(im[0, 0, 0]) for im in images], boxes.copy()))
+        kp = np.repeat(boxes[:, None, :2], 17, axis=1) + np.arange(17, dtype=np.float32)[None, :, None]
+        return kp, np.full((len(boxes), 17), 0.7, np.float32)
+
+
+def test_hrnet_backend_runs_on_the_chosen_boxes_in_a_second_pass():
+    topdown = RecordingTopDown()
+    progress = []
+    config = Pose2DConfig(keypoints="hrnet", batch_size=8)
+    out = estimate_2d(lambda: coded_frames(40), config, progress=lambda name, n: progress.append((name, n)),
+                      detector=ScriptedDetector(SCRIPT), topdown=topdown)
+    seen_frames = [i for frames, _ in topdown.calls for i in frames]
+    expected = [i for i in range(40) if 0 in SCRIPT[i]]
+    assert seen_frames == expected  # the main subject's detected frames only, each once, in order
+    assert all(len(frames) <= 8 for frames, _ in topdown.calls)
+    boxes = np.concatenate([b for _, b in topdown.calls])
+    np.testing.assert_allclose(boxes, np.stack([box_for(i, 0) for i in expected]))
+    person = out.people[0]
+    for i in expected:
+        np.testing.assert_allclose(person.keypoints_coco[i, 5], box_for(i, 0)[:2] + 5)
+    assert person.scores_coco[expected].min() == pytest.approx(0.7)
+    assert progress[-1] == ("hrnet", 40) and ("detect", 40) in progress
+    with pytest.raises(TypeError, match="reads the frames twice"):
+        estimate_2d(coded_frames(40), config, detector=ScriptedDetector(SCRIPT), topdown=topdown)
+    lengths = iter([40, 39])
+    with pytest.raises(ValueError, match="second pass over the video gave 39 frames"):
+        estimate_2d(lambda: coded_frames(next(lengths)), config, detector=ScriptedDetector(SCRIPT), topdown=topdown)
+
+
+def test_detection_only_model_needs_hrnet():
+    detector = ScriptedDetector(SCRIPT)
+    detector.has_keypoints = False
+    with pytest.raises(ValueError, match="detection-only"):
+        Pose2DEstimator(Pose2DConfig(keypoints="yolo"), detector=detector)
+    with pytest.raises(ValueError, match="needs HRNet weights"):
+        Pose2DEstimator(Pose2DConfig(keypoints="hrnet"), detector=detector)
+    with pytest.raises(ValueError, match="'yolo' or 'hrnet'"):
+        Pose2DConfig(keypoints="openpose")
+
+
+def test_random_yolo_model_end_to_end():
+    """The real detector plumbing with untrained weights: every frame gets a row whatever the model sees."""
+    detector = PersonDetector(DetectorConfig(conf=0.0, imgsz=160), model=load_yolo("yolo11n-pose.yaml"))
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (90, 160, 3), dtype=np.uint8) for _ in range(5)]
+    config = Pose2DConfig(batch_size=2, tracker=TrackerConfig(new_track_conf=0.0, min_conf=0.0))
+    out = estimate_2d(iter(frames), config, detector=detector)
+    person = out.people[0]
+    assert out.num_frames == 5 and person.keypoints.shape == (5, 17, 2) and person.valid.shape == (5,)
+    assert person.valid.any() and np.isfinite(person.keypoints).all()
+
+
+@pytest.fixture(scope="module")
+def sample_result():
+    if not SAMPLE.exists():
+        pytest.skip("../shared sample clip not present")
+    start = time.perf_counter()
+    out = estimate_2d(lambda: iter_frames(SAMPLE), Pose2DConfig(all_people=True, batch_size=8))
+    return out, time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_sample_clip_follows_the_jumper(sample_result):
+    out, seconds = sample_result
+    assert out.num_frames == 230 and out.image_size == (1768, 994)
+    jumper, *others = out.people
+    assert jumper.keypoints.shape == (230, 17, 2) and jumper.valid.shape == (230,)
+    assert jumper.valid.sum() >= 180 and jumper.valid[0] and jumper.valid[-10:].any()
+    feet_y = jumper.boxes[:, 3]
+    centre_x = (jumper.boxes[:, 0] + jumper.boxes[:, 2]) / 2
+    # Frames 0-120: standing on the roof of the hut (feet above y=520), left of centre.
+    assert np.all(feet_y[:120] < 520) and np.all((centre_x[:120] > 550) & (centre_x[:120] < 950))
+    # After the jump, on the grass in the lower right (feet below y=800).
+    assert np.all(feet_y[195:][jumper.valid[195:]] > 800) and centre_x[200] > 1000
+    # The walker crosses from right to left on the ground and is a different track.
+    walker = next(p for p in others if p.valid.sum() > 100)
+    walked = (walker.boxes[walker.valid, 0] + walker.boxes[walker.valid, 2]) / 2
+    assert walked[0] - walked[-1] > 1000 and np.all(walker.boxes[walker.valid, 3] > 850)
+    # Keypoints lie on the jumper: the confident ones inside the box (5 % margin) in every detected frame.
+    box = jumper.boxes[jumper.valid]
+    kp = jumper.keypoints_coco[jumper.valid]
+    confident = jumper.scores_coco[jumper.valid] > 0.5
+    margin = 0.05 * (box[:, 3] - box[:, 1])[:, None]
+    inside = ((kp[..., 0] >= box[:, None, 0] - margin) & (kp[..., 0] <= box[:, None, 2] + margin)
+              & (kp[..., 1] >= box[:, None, 1] - margin) & (kp[..., 1] <= box[:, None, 3] + margin))
+    assert inside[confident].mean() > 0.98 and confident.mean() > 0.6
+    # Undetected frames are filled and marked.
+    assert np.isfinite(jumper.keypoints).all() and np.all(jumper.scores[~jumper.valid] == 0)
+    print(f"sample clip: {out.num_frames} frames in {seconds:.1f} s ({out.num_frames / seconds:.1f} frames/s)")
