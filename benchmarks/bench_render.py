@@ -119,6 +119,8 @@ def main() -> None:
 
     # Wall-clock rates depend on what else runs on the machine; CPU milliseconds per frame (this process plus ffmpeg)
     # do not, and show what an otherwise idle 2-core machine can reach.
+    for i in range(5):  # warm-up: first calls pay for allocations and OpenCV's thread pool start
+        render(i)
     clock = Clock()
     rendered = [render(i) for i in range(min(args.frames, 60))]
     print(f"render alone:      {clock.report(len(rendered))}")
