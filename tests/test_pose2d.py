@@ -232,3 +232,30 @@ def test_sample_clip_follows_the_jumper(sample_result):
     # Undetected frames are filled and marked.
     assert np.isfinite(jumper.keypoints).all() and np.all(jumper.scores[~jumper.valid] == 0)
     print(f"sample clip: {out.num_frames} frames in {seconds:.1f} s ({out.num_frames / seconds:.1f} frames/s)")
+
+
+def test_hrnet_backend_with_a_small_random_hrnet():
+    """The real TopDownEstimator (pipeline.topdown) with an untrained, shrunken HRNet behind the 2D stage."""
+    import torch
+
+    from pipeline.hrnet import HRNetConfig, PoseHRNet
+    from pipeline.topdown import TopDownConfig, TopDownEstimator
+
+    torch.manual_seed(0)
+    net = PoseHRNet(HRNetConfig(width=8, input_size=(64, 64), stem_blocks=1, stage_modules=(1, 1, 1),
+                                blocks_per_branch=1)).eval()
+    topdown = TopDownEstimator(net, TopDownConfig(flip_test=False, batch_size=4))
+    frames = lambda: coded_frames(20, h=48, w=400)  # noqa: E731
+    script = {i: [0] for i in range(2, 20)}
+    out = estimate_2d(frames, Pose2DConfig(keypoints="hrnet", batch_size=4), detector=ScriptedDetector(script),
+                      topdown=topdown)
+    person = out.people[0]
+    assert person.keypoints.shape == (20, 17, 2) and person.valid.sum() == 18
+    assert np.isfinite(person.keypoints).all() and np.all(person.scores_coco[2:] != 0)
+    # Every keypoint comes from inside the (1.25x enlarged, square) crop around its box.
+    for i in range(2, 20):
+        x0, y0, x1, y1 = box_for(i, 0)
+        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 1.25 * max(x1 - x0, y1 - y0) / 2 + 1
+        kp = person.keypoints_coco[i]
+        assert np.all(np.abs(kp[:, 0] - cx) <= half) and np.all(np.abs(kp[:, 1] - cy) <= half)
+        assert not np.allclose(kp, pose_for(i, 0))  # HRNet's, not the detector's keypoints
