@@ -269,3 +269,71 @@ class PoseFormerV2(nn.Module):
         n = cfg.coeffs_kept
         pooled = torch.cat((self.weighted_mean(tokens[:, :n]), self.weighted_mean_(tokens[:, n:])), dim=-1)
         return self.head(pooled).reshape(b, 1, cfg.num_joints, 3)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Released state dicts: configuration inference and strict, shape-checked loading.
+
+_REQUIRED_KEYS = ("Spatial_pos_embed", "Temporal_pos_embed", "Temporal_pos_embed_", "Joint_embedding.weight",
+                  "Spatial_blocks.0.mlp.fc1.weight")
+
+
+def config_from_state_dict(state_dict: dict[str, torch.Tensor], frames: int, num_heads: int = 8) -> PoseFormerV2Config:
+    """The architecture a (prefix-free) PoseFormerV2 state dict was trained with.
+
+    f, n, embed_dim_ratio, depth, mlp_ratio, qkv_bias and the joint count are read from tensor shapes; the window
+    length T (`frames`) and the head count are not stored in the weights and must be given.
+    """
+    from pipeline.checkpoints import CheckpointError
+
+    missing = [k for k in _REQUIRED_KEYS if k not in state_dict]
+    if missing:
+        found = ", ".join(sorted(state_dict)[:5]) or "nothing"
+        raise CheckpointError(
+            f"not a PoseFormerV2 state dict: expected tensors {', '.join(missing)}; found {found}, ... "
+            f"({len(state_dict)} tensors)"
+        )
+    spatial = state_dict["Spatial_pos_embed"].shape  # (1, J, dim_s)
+    joint_embedding = state_dict["Joint_embedding.weight"].shape  # (dim_s, in_chans)
+    depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("Spatial_blocks."))
+    hidden = state_dict["Spatial_blocks.0.mlp.fc1.weight"].shape[0]
+    if len(spatial) != 3 or len(joint_embedding) != 2:
+        raise CheckpointError(
+            f"not a PoseFormerV2 state dict: Spatial_pos_embed has shape {tuple(spatial)}, expected (1, joints, dim)"
+        )
+    try:
+        return PoseFormerV2Config(
+            frames=int(frames),
+            frames_kept=int(state_dict["Temporal_pos_embed"].shape[1]),
+            coeffs_kept=int(state_dict["Temporal_pos_embed_"].shape[1]),
+            embed_dim_ratio=int(spatial[2]),
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=hidden / int(spatial[2]),
+            qkv_bias="Spatial_blocks.0.attn.qkv.bias" in state_dict,
+            num_joints=int(spatial[1]),
+            in_chans=int(joint_embedding[1]),
+        )
+    except ValueError as exc:
+        raise CheckpointError(f"the weights do not fit a {frames}-frame window: {exc}") from None
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy `state_dict` into `model` after checking every name and shape; one error lists all differences."""
+    from pipeline.checkpoints import CheckpointError
+
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: expected {tuple(v.shape)}, found {tuple(state_dict[k].shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if items:
+                parts.append(f"{len(items)} {label} ({'; '.join(items[:3])}{', ...' if len(items) > 3 else ''})")
+        raise CheckpointError(f"weights do not match the {type(model).__name__} architecture: " + ", ".join(parts))
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,345 @@
+"""2D-to-3D lifting of whole sequences with a PoseFormerV2 checkpoint, batched, on any device.
+
+Per frame the result is exactly what the released video demo (PoseFormerV2 `demo/vis.py`) computes: a T-frame window
+centred on the frame, padded at the ends by repeating the first/last frame, screen normalisation, test-time flip
+averaging and the root joint set to zero; the world view applies the demo's fixed camera-to-world rotation and puts
+each frame's lowest joint at z = 0. Unlike the demo, many windows (and their mirror images) go through one forward
+pass, and windows are gathered batch by batch from the sequence, so memory does not grow with its length.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.checkpoints import (
+    CheckpointError,
+    extract_state_dict,
+    is_safetensors,
+    read_checkpoint,
+    read_safetensors_metadata,
+    save_safetensors,
+    strip_prefix,
+)
+from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config, config_from_state_dict, load_state_dict_strict
+from pipeline.skeleton import H36M
+
+log = logging.getLogger(__name__)
+
+# Camera-to-world rotation (w, x, y, z) hard-coded in the released demo (a Human3.6M camera's orientation).
+DEMO_CAMERA_TO_WORLD = np.array(
+    [0.1407056450843811, -0.1500701755285263, -0.755240797996521, 0.6223280429840088], dtype=np.float32
+)
+# Windows per forward pass (each also runs mirrored, so the model sees twice as many). Bounds memory: with the
+# 243-frame model a batch of 256 windows peaks at about 0.5 GB of activations on the CPU.
+DEFAULT_BATCH_WINDOWS = 256
+# Released file names: {frames kept}_{window length}_{MPJPE}.bin, e.g. 27_243_45.2.bin.
+RELEASED_NAME = re.compile(r"^(?P<kept>\d+)_(?P<frames>\d+)_\d+(?:\.\d+)?\.[A-Za-z]+$")
+SAFETENSORS_FORMAT = "poseformerv2"
+CONFIG_ENTRY = "poseformerv2_config"  # extra top-level entry our .bin files carry; the released loader ignores it
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Geometry of the released demo
+
+
+def normalize_screen_coordinates(xy: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Pixels -> [-1, 1] along x with the aspect ratio preserved: X / w * 2 - [1, h / w] (VideoPose3D convention)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got width={width}, height={height}")
+    xy = np.asarray(xy, dtype=np.float64)
+    return xy / width * 2.0 - np.array([1.0, height / width])
+
+
+def quaternion_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Rotate vectors v (..., 3) by the unit quaternion q (w, x, y, z)."""
+    q = np.asarray(q, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    qvec = np.broadcast_to(q[1:], v.shape)
+    uv = np.cross(qvec, v)
+    uuv = np.cross(qvec, uv)
+    return v + 2.0 * (q[0] * uv + uuv)
+
+
+def camera_to_world(camera: np.ndarray, rotation: np.ndarray = DEMO_CAMERA_TO_WORLD, translation=0.0) -> np.ndarray:
+    """Camera-space joints (..., 3) to world space with a quaternion rotation and a translation."""
+    return (quaternion_rotate(rotation, camera) + translation).astype(np.float32)
+
+
+def demo_world_view(camera: np.ndarray) -> np.ndarray:
+    """The released demo's world view of root-relative camera poses (T, J, 3): the fixed rotation, then each frame
+    shifted vertically so its lowest joint sits at z = 0."""
+    world = camera_to_world(camera)
+    world[..., 2] -= world[..., 2].min(axis=-1, keepdims=True)
+    return world
+
+
+def flip_poses(poses: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+    """Mirror (..., J, C) poses: negate x and swap left/right joints (the demo's test-time augmentation)."""
+    flipped = poses[..., permutation, :].clone()
+    flipped[..., 0] *= -1
+    return flipped
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Devices
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then the CPU; anything else is passed to torch.device and checked."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available; use device='auto' or 'cpu'")
+    return resolved
+
+
+_AUTOCAST = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def _autocast_dtype(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    if precision in (None, "fp32", "float32", torch.float32):
+        return None
+    dtype = precision if isinstance(precision, torch.dtype) else _AUTOCAST.get(str(precision))
+    supported = {"cuda": (torch.float16, torch.bfloat16), "mps": (torch.float16, torch.bfloat16), "cpu": (torch.bfloat16,)}
+    if dtype is None or dtype not in supported.get(device.type, ()):
+        raise ValueError(
+            f"precision {precision!r} is not supported on {device.type}; use 'fp32', or 'fp16'/'bf16' on CUDA "
+            "(and 'bf16' on the CPU)"
+        )
+    return dtype
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Lifting
+
+
+@dataclass(frozen=True)
+class LiftResult:
+    camera: np.ndarray  # (T, 17, 3) float32: root-relative camera-space joints per frame (root at 0)
+    world: np.ndarray  # (T, 17, 3) float32: demo_world_view(camera)
+
+
+@dataclass
+class Lifter:
+    """A loaded PoseFormerV2 ready to lift sequences. `model` maps (B, T, 17, 2) normalised 2D joints to (B, 1, 17, 3)."""
+
+    model: PoseFormerV2
+    device: torch.device
+    checkpoint: Path | None = None  # provenance: the file the weights came from
+    autocast_dtype: torch.dtype | None = None
+    batch_size: int = DEFAULT_BATCH_WINDOWS
+
+    @property
+    def config(self) -> PoseFormerV2Config:
+        return self.model.config
+
+    @property
+    def frames(self) -> int:
+        """Window length T."""
+        return self.model.config.frames
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name if self.checkpoint else "in-memory PoseFormerV2"
+
+    def lift(
+        self,
+        keypoints_px: np.ndarray,
+        width: float,
+        height: float,
+        *,
+        flip: bool = True,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> LiftResult:
+        """(T, 17, 2) pixel keypoints of a width x height video, any T >= 1 -> 3D poses of every frame."""
+        keypoints_px = np.asarray(keypoints_px)
+        joints = self.config.num_joints
+        if keypoints_px.ndim != 3 or keypoints_px.shape[1:] != (joints, 2) or keypoints_px.shape[0] < 1:
+            raise ValueError(f"keypoints must have shape (T >= 1, {joints}, 2) in pixels, got {keypoints_px.shape}")
+        bad = np.flatnonzero(~np.isfinite(keypoints_px).all(axis=(1, 2)))
+        if bad.size:
+            raise ValueError(
+                f"keypoints are NaN/inf in {bad.size} frames (first: {bad[:5].tolist()}); fill missing detections "
+                "before lifting"
+            )
+        camera = self.lift_normalized(
+            normalize_screen_coordinates(keypoints_px, width, height), flip=flip, batch_size=batch_size,
+            progress=progress,
+        )
+        return LiftResult(camera=camera, world=demo_world_view(camera))
+
+    @torch.inference_mode()
+    def lift_normalized(
+        self,
+        keypoints: np.ndarray,
+        *,
+        flip: bool = True,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """(T, 17, 2) screen-normalised keypoints -> (T, 17, 3) root-relative camera-space poses."""
+        batch_size = int(batch_size or self.batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model.eval()
+        sequence = torch.as_tensor(np.asarray(keypoints, dtype=np.float32), device=self.device)
+        num_frames = sequence.shape[0]
+        permutation = torch.as_tensor(H36M.flip_permutation, device=self.device)
+        mirrored = flip_poses(sequence, permutation) if flip else None
+        pad = (self.frames - 1) // 2
+        offsets = torch.arange(-pad, pad + 1, device=self.device)
+        out = np.empty((num_frames, sequence.shape[1], 3), dtype=np.float32)
+        for start in range(0, num_frames, batch_size):
+            centres = torch.arange(start, min(start + batch_size, num_frames), device=self.device)
+            # Edge padding by repeating the first/last frame == clamping window indices into the sequence.
+            index = (centres[:, None] + offsets[None, :]).clamp_(0, num_frames - 1)
+            windows = sequence[index]
+            if flip:
+                windows = torch.cat((windows, mirrored[index]))
+            poses = self._forward(windows)[:, 0].float()
+            if flip:
+                n = len(centres)
+                poses = (poses[:n] + flip_poses(poses[n:], permutation)) / 2
+            poses[:, 0] = 0  # root-relative
+            out[start : start + len(centres)] = poses.cpu().numpy()
+            if progress is not None:
+                progress(len(centres))
+        return out
+
+    def _forward(self, windows: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return self.model(windows)
+        with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
+            return self.model(windows)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading and saving
+
+
+def frames_from_filename(path: str | Path) -> tuple[int, int] | None:
+    """(frames kept f, window length T) from a released file name like `27_243_45.2.bin`, else None."""
+    match = RELEASED_NAME.match(Path(path).name)
+    return (int(match["kept"]), int(match["frames"])) if match else None
+
+
+def _stored_config(path: Path, checkpoint: dict) -> dict | None:
+    """The config our own files carry (safetensors metadata or an extra .bin entry), if any."""
+    if is_safetensors(path):
+        meta = read_safetensors_metadata(path)
+        if "config" not in meta:
+            return None
+        try:
+            return json.loads(meta["config"])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: safetensors metadata 'config' is not valid JSON ({exc})") from None
+    stored = checkpoint.get(CONFIG_ENTRY)
+    return dict(stored) if isinstance(stored, dict) else None
+
+
+def load_lifter(
+    checkpoint: str | Path,
+    *,
+    frames: int | None = None,
+    device: str | torch.device = "cpu",
+    precision: str | torch.dtype | None = None,
+    num_heads: int | None = None,
+    batch_size: int = DEFAULT_BATCH_WINDOWS,
+) -> Lifter:
+    """Load a PoseFormerV2 checkpoint: a released training file (`model_pos` with `module.` keys), a plain state dict
+    (with or without `module.`), or a safetensors file.
+
+    The window length T comes from `frames`, else from the config stored in the file (our own saves), else from the
+    released name pattern `{f}_{T}_{mpjpe}.bin`. `precision` 'fp16'/'bf16' enables autocast (CUDA; bf16 on the CPU).
+    """
+    path = Path(checkpoint)
+    raw = read_checkpoint(path)
+    state_dict = strip_prefix(extract_state_dict(raw))
+    stored = _stored_config(path, raw) or {}
+    from_name = frames_from_filename(path)
+    heads = num_heads or int(stored.get("num_heads", 8))
+
+    if frames is not None:
+        window, source = int(frames), "the frames argument"
+    elif "frames" in stored:
+        window, source = int(stored["frames"]), "the config stored in the file"
+    elif from_name is not None:
+        window, source = from_name[1], f"the file name {path.name!r}"
+    else:
+        raise CheckpointError(
+            f"cannot tell the window length T of {path.name}: it is not stored in the weights; pass frames=T "
+            "(e.g. 243) or keep the released file name pattern {f}_{T}_{mpjpe}.bin (e.g. 27_243_45.2.bin)"
+        )
+    config = config_from_state_dict(state_dict, window, num_heads=heads)
+    if stored:
+        extras = {k: v for k, v in stored.items() if k in ("drop_rate", "attn_drop_rate", "drop_path_rate")}
+        config = PoseFormerV2Config.from_dict({**config.to_dict(), **extras})
+    if from_name is not None and from_name[0] != config.frames_kept and frames is None and "frames" not in stored:
+        raise CheckpointError(
+            f"file name {path.name!r} says f={from_name[0]} frames kept, but the weights have "
+            f"f={config.frames_kept}; the name does not describe this file, so pass frames=T explicitly"
+        )
+    if from_name is not None and from_name[1] != window:
+        log.warning("%s: using T=%d from %s although the file name says T=%d", path.name, window, source, from_name[1])
+
+    model = PoseFormerV2(config)
+    load_state_dict_strict(model, state_dict)
+    resolved = resolve_device(device)
+    model.to(resolved).eval()
+    log.info("loaded PoseFormerV2 %s (T=%d, f=%d, n=%d; T from %s) on %s", path.name, config.frames,
+             config.frames_kept, config.coeffs_kept, source, resolved)
+    return Lifter(model=model, device=resolved, checkpoint=path, autocast_dtype=_autocast_dtype(precision, resolved),
+                  batch_size=batch_size)
+
+
+def save_lifter_checkpoint(
+    path: str | Path,
+    model: PoseFormerV2,
+    *,
+    epoch: int = 0,
+    lr: float = 0.0,
+    optimizer_state: dict | None = None,
+    random_state: object = None,
+) -> Path:
+    """Save `model` so that `load_lifter` (and, for .bin/.pth, the released PoseFormerV2 code) reads it.
+
+    `.safetensors`: the weights (no `module.` prefix) with the config, T included, as JSON in the header metadata.
+    Anything else: the released layout {epoch, lr, random_state, optimizer, model_pos with `module.` keys}, plus a
+    `poseformerv2_config` entry of plain values.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        save_safetensors(path, state, {"format": SAFETENSORS_FORMAT, "config": model.config.to_dict()})
+    else:
+        torch.save(
+            {
+                "epoch": int(epoch),
+                "lr": float(lr),
+                "random_state": random_state,
+                "optimizer": optimizer_state or {},
+                "model_pos": {f"module.{k}": v for k, v in state.items()},
+                CONFIG_ENTRY: model.config.to_dict(),
+            },
+            path,
+        )
+    return path

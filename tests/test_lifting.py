@@ -1,0 +1,365 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.checkpoints import CheckpointError, read_checkpoint, save_safetensors
+from pipeline.lifting import (
+    DEMO_CAMERA_TO_WORLD,
+    Lifter,
+    camera_to_world,
+    demo_world_view,
+    frames_from_filename,
+    load_lifter,
+    normalize_screen_coordinates,
+    resolve_device,
+    save_lifter_checkpoint,
+)
+from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+
+RELEASED_NAMES = {  # released file name -> (T, f, n)
+    "1_27_48.7.bin": (27, 1, 3),
+    "3_27_47.9.bin": (27, 3, 3),
+    "1_81_47.6.bin": (81, 1, 3),
+    "3_81_47.1.bin": (81, 3, 3),
+    "9_81_46.0.bin": (81, 9, 9),
+}
+TINY = PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=5, embed_dim_ratio=8, depth=2, num_heads=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # These models are small: on a shared 2-core machine, intra-op threads mostly wait for each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _relative_error(ours, ref):
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def _tiny_lifter(config=TINY, seed=0):
+    torch.manual_seed(seed)
+    model = PoseFormerV2(config).eval()
+    return Lifter(model=model, device=torch.device("cpu"))
+
+
+def _keypoints(num_frames, seed=1, width=640, height=480):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform([0.3 * width, 0.2 * height], [0.7 * width, 0.8 * height], size=(1, 17, 2))
+    return (base + np.cumsum(rng.normal(0, 3, size=(num_frames, 17, 2)), axis=0)).astype(np.float32)
+
+
+def _released_demo_camera(model, keypoints_px, width, height):
+    """An independent, literal transcription of the released demo's per-frame loop (demo/vis.py)."""
+    frames = model.config.frames
+    pad = (frames - 1) // 2
+    joints_left, joints_right = [4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]
+    out = []
+    for i in range(len(keypoints_px)):
+        start, end = max(0, i - pad), min(i + pad, len(keypoints_px) - 1)
+        window = keypoints_px[start : end + 1]
+        left_pad, right_pad = 0, 0
+        if window.shape[0] != frames:
+            if i < pad:
+                left_pad = pad - i
+            if i > len(keypoints_px) - pad - 1:
+                right_pad = i + pad - (len(keypoints_px) - 1)
+            window = np.pad(window, ((left_pad, right_pad), (0, 0), (0, 0)), "edge")
+        x = window / width * 2 - [1, height / width]
+        x_aug = x.copy()
+        x_aug[:, :, 0] *= -1
+        x_aug[:, joints_left + joints_right] = x_aug[:, joints_right + joints_left]
+        with torch.no_grad():
+            plain = model(torch.from_numpy(x[None].astype("float32")))
+            flipped = model(torch.from_numpy(x_aug[None].astype("float32")))
+        flipped[:, :, :, 0] *= -1
+        flipped[:, :, joints_left + joints_right, :] = flipped[:, :, joints_right + joints_left, :]
+        pose = (plain + flipped) / 2
+        pose[:, :, 0, :] = 0
+        out.append(pose[0, 0].numpy())
+    return np.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Conformance with the reference fixture (243/27/27)
+
+
+@pytest.fixture(scope="module")
+def reference_lifter(poseformerv2_reference, write_released_checkpoint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("released") / "27_243_45.2.bin"
+    write_released_checkpoint(path, poseformerv2_reference["state_dict"])
+    return load_lifter(path)
+
+
+def test_reference_checkpoint_loads_and_reproduces_model_output(reference_lifter, poseformerv2_reference):
+    npz = poseformerv2_reference["npz"]
+    assert (reference_lifter.frames, reference_lifter.config.frames_kept, reference_lifter.config.coeffs_kept) == (
+        243, 27, 27)
+    assert reference_lifter.checkpoint.name == "27_243_45.2.bin"
+    with torch.no_grad():
+        out = reference_lifter.model(torch.from_numpy(npz["model_input"])).numpy()
+    assert out.shape == (4, 1, 17, 3)
+    assert _relative_error(out, npz["model_output"]) <= 1e-4
+
+
+@pytest.mark.parametrize("sequence", ["seq300", "seq50"])
+def test_reference_lift_reproduces_the_released_demo(reference_lifter, poseformerv2_reference, sequence):
+    npz = poseformerv2_reference["npz"]
+    result = reference_lifter.lift(npz[f"{sequence}_pixels"], int(npz["image_width"]), int(npz["image_height"]))
+    assert result.camera.shape == result.world.shape == npz[f"{sequence}_camera"].shape
+    assert _relative_error(result.camera, npz[f"{sequence}_camera"]) <= 1e-4
+    assert _relative_error(result.world, npz[f"{sequence}_world"]) <= 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED_NAMES))
+def test_other_released_configurations_load_and_lift_like_the_demo(
+    name, released_state_dict, write_released_checkpoint, tmp_path
+):
+    frames, kept, coeffs = RELEASED_NAMES[name]
+    path = write_released_checkpoint(tmp_path / name, released_state_dict(kept, coeffs))
+    lifter = load_lifter(path)
+    assert (lifter.frames, lifter.config.frames_kept, lifter.config.coeffs_kept) == (frames, kept, coeffs)
+    assert (lifter.config.embed_dim_ratio, lifter.config.depth) == (32, 4)
+    keypoints = _keypoints(12)
+    camera = lifter.lift(keypoints, 640, 480, batch_size=5).camera
+    reference = _released_demo_camera(lifter.model, keypoints, 640, 480)
+    assert _relative_error(camera, reference) <= 1e-4
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Batching and sequence lengths (small random model, no shared data needed)
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 4, 9, 40])  # T = 1, T < window, T = window, T >> window
+def test_batched_lift_matches_one_window_at_a_time(num_frames):
+    lifter = _tiny_lifter()
+    keypoints = _keypoints(num_frames)
+    reference = _released_demo_camera(lifter.model, keypoints, 640, 480)
+    for batch_size in (1, 3, 64):
+        camera = lifter.lift(keypoints, 640, 480, batch_size=batch_size).camera
+        assert camera.shape == (num_frames, 17, 3) and camera.dtype == np.float32
+        assert _relative_error(camera, reference) <= 1e-5
+
+
+def test_flip_off_is_the_plain_forward_pass():
+    lifter = _tiny_lifter()
+    keypoints = _keypoints(5)
+    camera = lifter.lift(keypoints, 640, 480, flip=False).camera
+    x = normalize_screen_coordinates(keypoints, 640, 480).astype(np.float32)
+    index = np.clip(np.arange(5)[:, None] + np.arange(-4, 5)[None, :], 0, 4)
+    with torch.no_grad():
+        expected = lifter.model(torch.from_numpy(x[index]))[:, 0].numpy()
+    expected[:, 0] = 0
+    np.testing.assert_allclose(camera, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_long_sequence_is_lifted_in_bounded_batches():
+    config = PoseFormerV2Config(frames=9, frames_kept=1, coeffs_kept=1, embed_dim_ratio=4, depth=1, num_heads=1)
+    lifter = _tiny_lifter(config)
+    batch_rows = []
+    lifter.model.register_forward_hook(lambda module, args, output: batch_rows.append(args[0].shape[0]))
+    keypoints = _keypoints(100_000, seed=3)
+    camera = lifter.lift(keypoints, 640, 480, batch_size=4096).camera
+    assert camera.shape == (100_000, 17, 3) and np.isfinite(camera).all()
+    assert max(batch_rows) == 2 * 4096  # windows plus their mirror images, never the whole sequence
+    assert sum(batch_rows) == 2 * 100_000
+    for frame in (0, 50_000, 99_999):  # spot-check against one-window-at-a-time lifting
+        lo, hi = max(0, frame - 4), min(100_000, frame + 5)
+        local = _released_demo_camera(lifter.model, keypoints[lo:hi], 640, 480)
+        single = local[frame - lo] if lo > 0 and hi < 100_000 else None
+        if single is not None:
+            np.testing.assert_allclose(camera[frame], single, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(camera[0], _released_demo_camera(lifter.model, keypoints[:9], 640, 480)[0],
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(camera[-1], _released_demo_camera(lifter.model, keypoints[-9:], 640, 480)[-1],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_progress_reports_every_window():
+    lifter = _tiny_lifter()
+    done = []
+    lifter.lift(_keypoints(10), 640, 480, batch_size=4, progress=done.append)
+    assert done == [4, 4, 2]
+
+
+@pytest.mark.parametrize(
+    "keypoints, message",
+    [(np.zeros((0, 17, 2)), r"shape \(T >= 1, 17, 2\)"), (np.zeros((5, 16, 2)), "shape"),
+     (np.full((3, 17, 2), np.nan), "NaN/inf in 3 frames")],
+)
+def test_bad_keypoints_are_rejected(keypoints, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny_lifter().lift(keypoints, 640, 480)
+
+
+def test_bad_image_size_is_rejected():
+    with pytest.raises(ValueError, match="image size must be positive"):
+        _tiny_lifter().lift(_keypoints(3), 0, 480)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Geometry
+
+
+def test_screen_normalisation():
+    xy = np.array([[0.0, 0.0], [1280.0, 720.0], [640.0, 360.0]])
+    np.testing.assert_allclose(normalize_screen_coordinates(xy, 1280, 720),
+                               [[-1, -0.5625], [1, 0.5625], [0, 0]])
+
+
+def test_world_view_uses_the_demo_rotation_and_puts_each_frame_on_the_floor():
+    from scipy.spatial.transform import Rotation
+
+    camera = np.random.default_rng(0).normal(size=(6, 17, 3)).astype(np.float32)
+    w, x, y, z = DEMO_CAMERA_TO_WORLD.astype(np.float64)
+    rotated = Rotation.from_quat([x, y, z, w]).apply(camera.reshape(-1, 3)).reshape(camera.shape)
+    np.testing.assert_allclose(camera_to_world(camera), rotated, rtol=1e-5, atol=1e-5)
+    world = demo_world_view(camera)
+    np.testing.assert_allclose(world[..., :2], rotated[..., :2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(world[..., 2].min(axis=1), 0.0, atol=1e-7)  # per frame, not per sequence
+    np.testing.assert_allclose(world[..., 2] - world[:, :1, 2], rotated[..., 2] - rotated[:, :1, 2], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading: sources of T, formats, errors
+
+
+def _tiny_state_dict(prefix=""):
+    return {prefix + k: v for k, v in _tiny_lifter().model.state_dict().items()}
+
+
+def test_frames_from_filename():
+    assert frames_from_filename("weights/27_243_45.2.bin") == (27, 243)
+    assert frames_from_filename("1_27_48.7.bin") == (1, 27)
+    assert frames_from_filename("best_epoch.bin") is None
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_plain_state_dict_with_explicit_frames(tmp_path, prefix):
+    path = tmp_path / "best_epoch.bin"
+    torch.save(_tiny_state_dict(prefix), path)
+    lifter = load_lifter(path, frames=9, num_heads=2)
+    assert lifter.config == PoseFormerV2Config(**{**TINY.to_dict(), "drop_path_rate": lifter.config.drop_path_rate})
+    keypoints = _keypoints(6)
+    np.testing.assert_allclose(lifter.lift(keypoints, 640, 480).camera, _tiny_lifter().lift(keypoints, 640, 480).camera,
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_missing_window_length_is_a_clear_error(tmp_path):
+    path = tmp_path / "best_epoch.bin"
+    torch.save(_tiny_state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"cannot tell the window length T of best_epoch.bin.*frames=T"):
+        load_lifter(path)
+
+
+def test_safetensors_without_metadata_needs_frames(tmp_path):
+    path = tmp_path / "lifter.safetensors"
+    save_safetensors(path, _tiny_state_dict(), {})
+    with pytest.raises(CheckpointError, match="cannot tell the window length"):
+        load_lifter(path)
+    assert load_lifter(path, frames=9, num_heads=2).frames == 9
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+def test_saved_lifter_round_trips_with_its_config(tmp_path, suffix):
+    model = _tiny_lifter().model
+    path = save_lifter_checkpoint(tmp_path / f"mine{suffix}", model, epoch=3, lr=0.5)
+    lifter = load_lifter(path)  # T and the head count come from the stored config
+    assert lifter.config == model.config
+    keypoints = _keypoints(5)
+    np.testing.assert_array_equal(lifter.lift(keypoints, 640, 480).camera,
+                                  _tiny_lifter().lift(keypoints, 640, 480).camera)
+    if suffix == ".bin":  # released layout, readable by the released code's strict load of model_pos
+        ckpt = read_checkpoint(path)
+        assert {"epoch", "lr", "random_state", "optimizer", "model_pos"} <= set(ckpt)
+        assert all(k.startswith("module.") for k in ckpt["model_pos"])
+        assert ckpt["epoch"] == 3
+
+
+def test_hrnet_checkpoint_is_not_a_lifter(tmp_path):
+    path = tmp_path / "27_243_45.2.bin"  # even with a lifter's name
+    torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3), "bn1.weight": torch.zeros(64)}, path)
+    with pytest.raises(CheckpointError, match=r"not a PoseFormerV2 state dict: expected tensors .*found bn1.weight"):
+        load_lifter(path)
+
+
+def test_yolo_style_pickled_model_is_refused(tmp_path):
+    path = tmp_path / "yolo11n-pose.pt"
+    torch.save({"model": torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))}, path)
+    with pytest.raises(CheckpointError, match="may be malicious or written by a tool"):
+        load_lifter(path, frames=243)
+
+
+def test_truncated_checkpoint(tmp_path, write_released_checkpoint):
+    full = write_released_checkpoint(tmp_path / "full.bin", _tiny_state_dict())
+    cut = tmp_path / "9_9_50.0.bin"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_lifter(cut)
+
+
+def test_wrong_and_missing_tensors_are_listed(tmp_path):
+    state = _tiny_state_dict()
+    state["Spatial_blocks.0.attn.qkv.weight"] = torch.zeros(23, 8)
+    del state["head.1.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "3_9_50.0.bin"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        load_lifter(path, num_heads=2)
+    message = str(info.value)
+    assert "1 missing (head.1.bias)" in message and "1 unexpected (extra.weight)" in message
+    assert "Spatial_blocks.0.attn.qkv.weight: expected (24, 8), found (23, 8)" in message
+
+
+def test_file_name_that_does_not_describe_the_weights(tmp_path):
+    path = tmp_path / "27_243_45.2.bin"  # claims f=27, holds f=3
+    torch.save(_tiny_state_dict(), path)
+    with pytest.raises(CheckpointError, match="says f=27 frames kept, but the weights have f=3"):
+        load_lifter(path, num_heads=2)
+
+
+def test_window_too_short_for_the_weights(tmp_path):
+    path = tmp_path / "best.bin"
+    torch.save(_tiny_state_dict(), path)
+    with pytest.raises(CheckpointError, match="do not fit a 3-frame window.*coeffs_kept=5"):
+        load_lifter(path, frames=3, num_heads=2)
+
+
+def test_explicit_frames_override_the_file_name_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "3_27_50.0.bin"
+    torch.save(_tiny_state_dict(), path)
+    with caplog.at_level(logging.WARNING, logger="pipeline.lifting"):
+        assert load_lifter(path, frames=9, num_heads=2).frames == 9
+    assert "file name says T=27" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Devices
+
+
+def test_device_choice():
+    auto = resolve_device("auto")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert auto.type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu9")
+
+
+def test_precision_choices_on_cpu(tmp_path):
+    path = save_lifter_checkpoint(tmp_path / "tiny.safetensors", _tiny_lifter().model)
+    with pytest.raises(ValueError, match="not supported on cpu"):
+        load_lifter(path, precision="fp16")
+    keypoints = _keypoints(6)
+    bf16 = load_lifter(path, precision="bf16").lift(keypoints, 640, 480).camera
+    fp32 = load_lifter(path).lift(keypoints, 640, 480).camera
+    assert bf16.dtype == np.float32
+    assert _relative_error(bf16, fp32) < 0.1  # bf16 keeps ~3 significant digits
