@@ -155,3 +155,30 @@ def test_sample_clip():
     assert count_frames(SAMPLE, decode=False) == 230
     frames = list(iter_frames(SAMPLE, start=228))
     assert len(frames) == 2 and frames[0].shape == (994, 1768, 3)
+
+
+# What other ffmpeg versions print for phone videos: the legacy `rotate` tag, and the display matrix side data.
+OLD_FFMPEG_PHONE_HEADER = """Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'IMG_0001.MOV':
+  Duration: 00:00:03.02, start: 0.000000, bitrate: 10432 kb/s
+    Stream #0:0(und): Video: hevc (Main 10) (hvc1 / 0x31637668), yuv420p10le(tv, bt2020nc/bt2020/arib-std-b67), \
+1920x1080, 10210 kb/s, 29.98 fps, 30 tbr, 600 tbn, 600 tbc (default)
+    Metadata:
+      rotate          : 90
+      handler_name    : Core Media Video
+    Side data:
+      displaymatrix: rotation of -90.00 degrees
+    Stream #0:1(und): Audio: aac (LC) (mp4a / 0x6134706D), 44100 Hz, mono, fltp, 91 kb/s (default)
+"""
+
+
+def test_parse_headers_of_other_ffmpeg_versions():
+    from pipeline.video import parse_ffmpeg_header
+
+    info = parse_ffmpeg_header(OLD_FFMPEG_PHONE_HEADER, Path("IMG_0001.MOV"))
+    assert (info.width, info.height, info.rotation) == (1080, 1920, 90)
+    assert info.fps == pytest.approx(29.98) and info.codec == "hevc" and info.has_audio
+    assert info.frame_count_header == round(3.02 * 29.98)
+    tag_only = OLD_FFMPEG_PHONE_HEADER.replace("      displaymatrix: rotation of -90.00 degrees\n", "")
+    tag_only = tag_only.replace("rotate          : 90", "rotate          : 180")
+    assert parse_ffmpeg_header(tag_only, Path("x.mov")).rotation == 180
+    assert parse_ffmpeg_header(tag_only, Path("x.mov")).width == 1920
