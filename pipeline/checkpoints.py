@@ -9,7 +9,6 @@ torch's own tensor/container types is accepted; any other global in the file is 
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 import re
 import struct
@@ -19,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = 0x80  # first byte of a legacy (non-zip) torch file or a raw pickle

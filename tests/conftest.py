@@ -11,6 +11,16 @@ SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 POSEFORMERV2_FIXTURE_DIR = SHARED_DIR / "fixtures" / "poseformerv2"
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one intra-op thread (restored afterwards). Small models on a shared 2-core machine run many
+    times faster this way: with two threads they mostly wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """../shared relative to the repository root; tests using it skip when it is absent."""

@@ -15,6 +15,8 @@ from pipeline.checkpoints import (
     strip_prefix,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 class _RunsShell:
     """A pickle payload that runs a shell command when unpickled without restrictions."""

@@ -25,16 +25,8 @@ RELEASED_NAMES = {  # released file name -> (T, f, n)
     "3_81_47.1.bin": (81, 3, 3),
     "9_81_46.0.bin": (81, 9, 9),
 }
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=5, embed_dim_ratio=8, depth=2, num_heads=2)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # These models are small: on a shared 2-core machine, intra-op threads mostly wait for each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _relative_error(ours, ref):

@@ -6,6 +6,8 @@ from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config, dct_matrix, 
 
 RELEASED = [(27, 1, 3), (27, 3, 3), (81, 1, 3), (81, 3, 3), (81, 9, 9), (243, 27, 27)]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _relative_error(ours, ref):
     return float(np.abs(np.asarray(ours) - ref).max() / np.abs(ref).max())
