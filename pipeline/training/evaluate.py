@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.checkpoints import extract_state_dict, read_checkpoint, strip_prefix
-from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+from pipeline.lifting import load_lifter
 from pipeline.skeleton import H36M
 from pipeline.training.metrics import sequence_error_sums
 from pipeline.training.train import predict_centre
@@ -88,32 +87,10 @@ def evaluate_model(model: torch.nn.Module, frames: int, sequences: SequenceSet, 
 
 
 def load_model(checkpoint: Path, frames: int | None = None) -> tuple[torch.nn.Module, int]:
-    """A PoseFormerV2 in eval mode from a released or our checkpoint, and its window length.
-
-    Our checkpoints carry `model_config`; for released ones the architecture is read off the tensor shapes and the
-    window length (not stored in the weights: the DCT is fixed) must be given.
-    """
-    chk = read_checkpoint(checkpoint)
-    state = strip_prefix(extract_state_dict(chk))
-    if "model_config" in chk:
-        config = PoseFormerV2Config.from_dict(dict(chk["model_config"]))
-        if frames is not None and frames != config.frames:
-            raise ValueError(f"{checkpoint} was trained with {config.frames}-frame windows, not {frames}")
-    else:
-        if frames is None:
-            raise ValueError(f"{checkpoint} does not record its window length: pass --frames (e.g. 243 for "
-                             "27_243_45.2.bin)")
-        try:
-            config = PoseFormerV2Config(
-                frames=frames, frames_kept=state["Temporal_pos_embed"].shape[1],
-                coeffs_kept=state["Temporal_pos_embed_"].shape[1], embed_dim_ratio=state["Spatial_pos_embed"].shape[2],
-                num_joints=state["Spatial_pos_embed"].shape[1],
-                depth=len({k.split(".")[1] for k in state if k.startswith("Spatial_blocks.")}))
-        except KeyError as exc:
-            raise ValueError(f"{checkpoint} is not a PoseFormerV2 checkpoint (no {exc.args[0]} tensor)") from None
-    model = PoseFormerV2(config)
-    model.load_state_dict(state)
-    return model.eval(), config.frames
+    """A PoseFormerV2 in eval mode from a released or our checkpoint (via `pipeline.lifting.load_lifter`), and its
+    window length (from `frames`, the config our checkpoints carry, or the released file name)."""
+    lifter = load_lifter(checkpoint, frames=frames)
+    return lifter.model.eval(), lifter.frames
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ the centre frame's root-relative 3D pose, flip augmentation, validation with fli
 of samples (by default the training frames x2 with flipping, the released epoch length), so that huge datasets still
 decay the learning rate at a sensible pace. Checkpoints use the released layout (`epoch`, `lr`, `optimizer`,
 `model_pos` with the `module.` prefix, `random_state` = numpy RandomState) plus our own keys for exact resumption
-(`torch_rng_state`, `progress`, `model_config`, `train_config`, `validation`); they hold only tensors, plain Python
+(`torch_rng_state`, `progress`, `model_config` (also as `poseformerv2_config`, read by `load_lifter`),
+`train_config`, `validation`); they hold only tensors, plain Python
 values and the RandomState, so `pipeline.checkpoints.read_checkpoint` (weights_only=True + allow-list) reads them.
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.checkpoints import read_checkpoint
+from pipeline.checkpoints import read_checkpoint, strip_prefix
+from pipeline.lifting import CONFIG_ENTRY
 from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
 from pipeline.training.metrics import mpjpe, mpjpe_torch, p_mpjpe
 from pipeline.training.windows import SequenceSet, WindowSampler, flip_poses
@@ -123,7 +125,8 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def strip_module_prefix(state: dict) -> dict:
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    """`model_pos` keys without nn.DataParallel's `module.` prefix."""
+    return strip_prefix(state, "module.")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -202,7 +205,7 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
         if saved_config is not None and saved_config != model_config_plain:
             raise ValueError(f"{last_path} was trained with model config {saved_config}, not {model_config_plain}; "
                              "use another run directory or the same model config")
-        model.load_state_dict(strip_module_prefix(chk["model_pos"]))
+        model.load_state_dict(strip_prefix(chk["model_pos"]))
         optimizer.load_state_dict(chk["optimizer"])
         rng = chk["random_state"]
         torch.set_rng_state(chk["torch_rng_state"])
@@ -224,6 +227,7 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
         extra = {
             "torch_rng_state": torch.get_rng_state(),
             "model_config": model_config_plain,
+            CONFIG_ENTRY: model_config_plain,  # where `pipeline.lifting.load_lifter` looks for T
             "train_config": plain_config(config),
             "progress": {"step": step, "samples_seen": samples_seen, "samples_in_epoch": samples_in_epoch,
                          "best": best},
