@@ -324,11 +324,12 @@ def config_from_state_dict(
             f"{source}: not an HRNet pose checkpoint: expected keys such as {_describe_keys(list(probes))}, "
             f"found {_describe_keys(sorted(state))}; {OFFICIAL_SOURCES}"
         )
+    for key in probes:
+        if state[key].ndim != 4:
+            raise CheckpointError(f"{source}: {key} has shape {tuple(state[key].shape)}, expected a 4-D conv "
+                                  f"weight; {OFFICIAL_SOURCES}")
     width = int(state["transition1.0.0.weight"].shape[0])
     final = state["final_layer.weight"]
-    if final.ndim != 4:
-        raise CheckpointError(f"{source}: final_layer.weight has shape {tuple(final.shape)}, expected 4-D; "
-                                f"{OFFICIAL_SOURCES}")
     if input_size is None:
         input_size = DEFAULT_INPUT_SIZE.get(width, (256, 192))
     # Module and block counts are not inferred: every released model has the same ones, and inferring them would

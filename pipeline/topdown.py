@@ -222,10 +222,11 @@ class TopDownEstimator:
     The model needs a `config` with `input_size` (height, width) and maps (B, 3, H, W) normalised RGB crops to
     (B, 17, H/4, W/4) heatmaps. `estimator(images, boxes)` -> keypoints (N, 17, 2) float32 image pixels and
     scores (N, 17) float32 (heatmap maxima, not clipped), where box i (xyxy) belongs to images[i] (BGR uint8).
+    `device` defaults to the one the model's weights are on.
     """
 
     def __init__(self, model: nn.Module, config: TopDownConfig = TopDownConfig(),
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device | None = None) -> None:
         net_config = getattr(model, "config", None)
         if net_config is None or not hasattr(net_config, "input_size"):
             raise ValueError("the pose model has no `config.input_size`; load it with pipeline.hrnet.load_hrnet")
@@ -233,6 +234,8 @@ class TopDownEstimator:
         if joints != COCO.num_joints:
             raise ValueError(f"the pose model predicts {joints} joints; top-down estimation needs COCO-17 heatmaps")
         self.config = config
+        if device is None:  # stay where load_hrnet(..., device=...) put the model
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.input_size: tuple[int, int] = tuple(net_config.input_size)
