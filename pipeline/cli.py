@@ -1,0 +1,133 @@
+"""Command line: `python demo.py --video dance.mp4` (also installed as `poseformerv2-demo`).
+
+Only this module and `pipeline.runner` know about files and flags; the stages take arrays and return arrays.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.runner import PROJECT_ROOT, RunConfig, UserError, process_clips, resolve_clips
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="demo.py",
+        description="Turn a video of a person into a side-by-side 2D/3D pose video with PoseFormerV2. "
+        "Results go to outputs/<clip>/: <clip>_pose3d.mp4, keypoints.npz, run.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io = p.add_argument_group("input and output")
+    io.add_argument("--video", type=Path, default=None,
+                    help="a video file; a bare file name is looked up in videos/; a folder processes every clip in it; "
+                    "omitted: every clip in videos/")
+    io.add_argument("--sample", action="store_true",
+                    help="fetch the README's sample clip (sports2d_demo.mp4, from the PyPI wheel sports2d==0.8.34) "
+                    "into videos/ if it is not there, and process it")
+    io.add_argument("--out", type=Path, default=PROJECT_ROOT / "outputs",
+                    help="output root; each clip writes into OUT/<clip name>/")
+    io.add_argument("--force", action="store_true", help="redo clips whose outputs are already complete")
+    io.add_argument("--no-render", action="store_true", help="stop after writing keypoints.npz (no video)")
+    io.add_argument("--start", default=None,
+                    help="first frame to process: a frame index (120) or a time in seconds (4.5s)")
+    io.add_argument("--end", default=None,
+                    help="frame (exclusive) or time in seconds at which to stop; default: the end of the clip")
+
+    m = p.add_argument_group("models")
+    m.add_argument("--checkpoint", type=Path, action="append", default=None,
+                   help="PoseFormerV2 lifter: a released .bin (e.g. 27_243_45.2.bin), a state dict or a .safetensors "
+                   "file; a bare name is looked up in weights/. Repeat to compare checkpoints side by side. "
+                   "Default: the project's shipped weights in weights/")
+    m.add_argument("--frames", type=int, default=None,
+                   help="lifter window length T when the checkpoint file name does not give it ({f}_{T}_{mpjpe}.bin)")
+    m.add_argument("--detector", default=None,
+                   help="Ultralytics model for person detection: a name (yolo11x-pose.pt, yolo11m.pt; downloaded by "
+                   "Ultralytics when online) or a local path. Default: the bundled, sha256-checked yolo11n-pose.pt")
+    m.add_argument("--keypoints", choices=("auto", "yolo", "hrnet"), default="auto",
+                   help="2D keypoint backend; auto = HRNet when --hrnet-weights or weights/pose_hrnet_*.pth exist, "
+                   "else the YOLO-pose keypoints")
+    m.add_argument("--hrnet-weights", type=Path, default=None,
+                   help="HRNet checkpoint (official pose_hrnet_w48_384x288.pth / pose_hrnet_w32_256x192.pth or mmpose)")
+    m.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="where the networks run; auto = CUDA, then MPS, then CPU")
+
+    t = p.add_argument_group("who to follow")
+    t.add_argument("--person", type=int, default=None,
+                   help="track id to lift (ids are listed in run.json); default: the person present longest and largest")
+    t.add_argument("--all-people", action="store_true",
+                   help="lift every person tracked for long enough, not only the main subject")
+
+    v = p.add_argument_group("rendering")
+    v.add_argument("--elev", type=float, default=15.0, help="3D view elevation in degrees")
+    v.add_argument("--azim", type=float, default=70.0, help="3D view azimuth in degrees")
+
+    o = p.add_argument_group("messages")
+    o.add_argument("--quiet", action="store_true", help="no progress bars, only errors and the summary line")
+    o.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return p
+
+
+def parse_frame_or_time(value: str | None, name: str) -> int | float | None:
+    """'120' -> frame 120; '4.5s' -> 4.5 seconds (a float)."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    try:
+        if text.endswith("s"):
+            seconds = float(text[:-1])
+            if seconds < 0:
+                raise ValueError
+            return seconds
+        frame = int(text)
+        if frame < 0:
+            raise ValueError
+        return frame
+    except ValueError:
+        raise UserError(f"--{name} {value!r} is neither a frame index (120) nor a time in seconds (4.5s)") from None
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        out_root=args.out.expanduser().resolve(),
+        checkpoints=list(args.checkpoint or []),
+        frames=args.frames,
+        device=args.device,
+        detector=args.detector,
+        keypoints=args.keypoints,
+        hrnet_weights=args.hrnet_weights,
+        person=args.person,
+        all_people=args.all_people,
+        start=parse_frame_or_time(args.start, "start"),
+        end=parse_frame_or_time(args.end, "end"),
+        elev=args.elev,
+        azim=args.azim,
+        render=not args.no_render,
+        force=args.force,
+        show_progress=not args.quiet,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    # Ultralytics logs every model call at INFO; its own messages are not what a user of this tool needs.
+    logging.getLogger("ultralytics").setLevel(logging.WARNING)
+    try:
+        config = config_from_args(args)
+        clips = resolve_clips(args.video, sample=args.sample)
+        return process_clips(clips, config)
+    except KeyboardInterrupt:
+        print("interrupted: no partial output was kept", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user; --debug shows the traceback
+        if args.debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, (UserError, ValueError, FileNotFoundError, RuntimeError, OSError)):
+            message = f"unexpected {type(exc).__name__}: {message} (run with --debug for the traceback)"
+        print(f"error: {message}", file=sys.stderr)
+        return 2
