@@ -164,8 +164,9 @@ class PersonDetector:
         self.model = model if model is not None else load_yolo(self.config.weights)
         self.device = resolve_device(self.config.device)
         task = getattr(self.model, "task", None)
-        if task not in ("pose", "detect"):
-            raise DetectorError(f"the detector must be an Ultralytics detection or pose model, got task {task!r}")
+        if task not in ("pose", "detect", "segment"):  # segmentation models give boxes too (masks are ignored)
+            raise DetectorError(f"the detector must be an Ultralytics detection, segmentation or pose model, "
+                                f"not a {task!r} model")
         self.has_keypoints = task == "pose"
         if self.has_keypoints:
             kpt_shape = tuple(self.model.model.kpt_shape) if hasattr(self.model.model, "kpt_shape") else None

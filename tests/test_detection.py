@@ -101,11 +101,17 @@ def test_random_pose_model_batched_output(no_network):
     assert detector([]) == []
 
 
-def test_random_detection_only_model(no_network):
-    detector = PersonDetector(DetectorConfig(conf=0.0, imgsz=160), model=load_yolo("yolo11n.yaml"))
+@pytest.mark.parametrize("config", ["yolo11n.yaml", "yolo11n-seg.yaml"])
+def test_random_detection_only_model(config, no_network):
+    detector = PersonDetector(DetectorConfig(conf=0.0, imgsz=160), model=load_yolo(config))
     assert not detector.has_keypoints
     out = detector(frames_with_noise(2))
     assert len(out) == 2 and all(len(d) > 0 and d.keypoints is None and d.keypoint_scores is None for d in out)
+
+
+def test_classification_models_are_refused(no_network):
+    with pytest.raises(DetectorError, match="not a 'classify' model"):
+        PersonDetector(model=load_yolo("yolo11n-cls.yaml"))
 
 
 def test_empty_detections_have_the_right_shapes():
