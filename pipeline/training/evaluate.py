@@ -53,12 +53,13 @@ def predict_sequences(model: torch.nn.Module, frames: int, sequences: SequenceSe
     model.eval()
     out = []
     start = 0
-    for x in sequences.inputs_2d:
+    for k, (name, x) in enumerate(zip(sequences.names, sequences.inputs_2d)):
         ids = np.arange(start, start + len(x))
         preds = [predict_centre(model, sampler.gather(ids[i:i + batch_size]).inputs_2d, flip_test, perm)
                  for i in range(0, len(ids), batch_size)]
         out.append(np.concatenate(preds))
         start += len(x)
+        log.info("predicted %s (%d frames; sequence %d/%d)", name, len(x), k + 1, len(sequences))
     model.train(was_training)
     return out
 
