@@ -259,3 +259,19 @@ def test_hrnet_backend_with_a_small_random_hrnet():
         kp = person.keypoints_coco[i]
         assert np.all(np.abs(kp[:, 0] - cx) <= half) and np.all(np.abs(kp[:, 1] - cy) <= half)
         assert not np.allclose(kp, pose_for(i, 0))  # HRNet's, not the detector's keypoints
+
+
+def test_real_clip_with_empty_first_frames():
+    """The released demo crashes when frame 0 has nobody in it; here those frames are filled and marked invalid."""
+    if not SAMPLE.exists():
+        pytest.skip("../shared sample clip not present")
+    import itertools
+
+    black = [np.zeros((994, 1768, 3), np.uint8)] * 6
+    frames = itertools.chain(black, iter_frames(SAMPLE, end=24))
+    out = estimate_2d(frames, Pose2DConfig(batch_size=10))
+    person = out.people[0]
+    assert out.num_frames == 30 and person.keypoints.shape == (30, 17, 2)
+    assert not person.valid[:6].any() and person.valid[6:].all()
+    np.testing.assert_array_equal(person.keypoints[:6], np.repeat(person.keypoints[6:7], 6, axis=0))
+    assert np.all(person.scores[:6] == 0) and np.all(person.boxes[6:, 3] < 520)  # the person on the hut's roof
