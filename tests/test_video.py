@@ -51,7 +51,12 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     cut_data.write_bytes(data[: len(data) * 2 // 3])
     cut_index = d / "cut_index.mp4"
     cut_index.write_bytes(base.read_bytes()[:2000])  # moov at the end: nothing but the start of the data
-    return {"base": base, "rotated": rotated, "single": single, "audio": with_audio, "audio_only": audio_only,
+    cover = d / "cover.png"
+    ffmpeg("-f", "lavfi", "-i", "color=c=blue:size=32x32", "-frames:v", "1", str(cover))
+    with_cover = d / "with_cover.mp4"
+    ffmpeg("-i", str(base), "-i", str(cover), "-map", "0", "-map", "1", "-c", "copy", "-disposition:v:1",
+           "attached_pic", str(with_cover))
+    return {"with_cover": with_cover, "base": base, "rotated": rotated, "single": single, "audio": with_audio, "audio_only": audio_only,
             "text": text, "faststart": faststart, "cut_data": cut_data, "cut_index": cut_index}
 
 
@@ -169,6 +174,21 @@ OLD_FFMPEG_PHONE_HEADER = """Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'IMG_0001.M
       displaymatrix: rotation of -90.00 degrees
     Stream #0:1(und): Audio: aac (LC) (mp4a / 0x6134706D), 44100 Hz, mono, fltp, 91 kb/s (default)
 """
+
+
+def test_cover_art_is_not_the_video(clips):
+    info = probe_video(clips["with_cover"])
+    assert (info.width, info.height, info.stream) == (160, 90, 0)
+    assert len(list(iter_frames(clips["with_cover"]))) == 12 == count_frames(clips["with_cover"])
+    header = """Input #0, matroska,webm, from 'x.mkv':
+  Duration: 00:00:01.00, start: 0.000000, bitrate: 46 kb/s
+  Stream #0:0: Video: mjpeg (Baseline), yuvj420p(pc, bt470bg/unknown/unknown), 600x600, 90k tbr (attached pic)
+  Stream #0:1: Video: h264 (High), yuv420p(progressive), 640x360, 25 fps, 25 tbr, 1k tbn (default)
+"""
+    from pipeline.video import parse_ffmpeg_header
+
+    info = parse_ffmpeg_header(header, Path("x.mkv"))
+    assert (info.width, info.height, info.stream, info.codec) == (640, 360, 1, "h264")
 
 
 def test_parse_headers_of_other_ffmpeg_versions():
