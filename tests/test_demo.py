@@ -1,0 +1,231 @@
+"""End-to-end tests of `python demo.py`: real detector (the bundled yolo11n-pose), real encoder, small clips made here
+from the photographs Ultralytics ships, and the real sample clip from ../shared."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.encode import VideoWriter, probe_media
+from pipeline.lifting import save_lifter_checkpoint
+from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+from pipeline.video import count_frames, ffmpeg_exe
+
+REPO = Path(__file__).resolve().parents[1]
+ULTRALYTICS_ASSETS = Path(__import__("ultralytics").__file__).parent / "assets"
+
+
+def _photo(name: str) -> np.ndarray:
+    image = cv2.imread(str(ULTRALYTICS_ASSETS / name))
+    assert image is not None, f"Ultralytics no longer ships assets/{name}"
+    return image
+
+
+def _write_clip(path: Path, frames: list[np.ndarray], fps: float = 25, audio: bool = False) -> Path:
+    """Write frames as an H.264 mp4, with a sine tone as its audio track when asked."""
+    source = None
+    if audio:
+        source = path.with_suffix(".tone.m4a")
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=5",
+                        "-c:a", "aac", str(source)], check=True)
+    h, w = frames[0].shape[:2]
+    with VideoWriter(path, (w, h), fps, frame_count=len(frames), audio_source=source) as writer:
+        for frame in frames:
+            writer.write(frame)
+    if source:
+        source.unlink()
+    return path
+
+
+def _panning(photo: np.ndarray, count: int, size: tuple[int, int], blank_first: int = 0) -> list[np.ndarray]:
+    """`count` crops of `size` (w, h) sliding across the photo; the first `blank_first` frames are black (nobody)."""
+    w, h = size
+    scale = max(w / photo.shape[1], h / photo.shape[0]) * 1.15
+    big = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    xs = np.linspace(0, big.shape[1] - w, count).astype(int)
+    frames = [np.ascontiguousarray(big[: h, x: x + w]) for x in xs]
+    for i in range(blank_first):
+        frames[i] = np.zeros_like(frames[i])
+    return frames
+
+
+@pytest.fixture(scope="module")
+def tiny_lifter(tmp_path_factory) -> Path:
+    """A small randomly initialised PoseFormerV2 (T=27, f=3, n=3) saved as safetensors with its config."""
+    torch.manual_seed(0)
+    model = PoseFormerV2(PoseFormerV2Config(frames=27, frames_kept=3, coeffs_kept=3, embed_dim_ratio=16, depth=2))
+    return save_lifter_checkpoint(tmp_path_factory.mktemp("weights") / "tiny_27_3_3.safetensors", model)
+
+
+@pytest.fixture(scope="module")
+def second_lifter(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    model = PoseFormerV2(PoseFormerV2Config(frames=9, frames_kept=1, coeffs_kept=3, embed_dim_ratio=16, depth=1))
+    return save_lifter_checkpoint(tmp_path_factory.mktemp("weights2") / "other_9_1_3.safetensors", model)
+
+
+@pytest.fixture(scope="module")
+def clip_with_audio(tmp_path_factory) -> Path:
+    """20 frames at 25 fps, 480x270, two people; the first 3 frames show nobody; an AAC tone."""
+    frames = _panning(_photo("zidane.jpg"), 20, (480, 270), blank_first=3)
+    return _write_clip(tmp_path_factory.mktemp("clips") / "two people.mp4", frames, fps=25, audio=True)
+
+
+def _run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_end_to_end_with_audio_and_empty_first_frames(tmp_path, capsys, clip_with_audio, tiny_lifter):
+    out_root = tmp_path / "out"
+    code, out, err = _run(capsys, "--video", clip_with_audio, "--checkpoint", tiny_lifter, "--out", out_root, "--quiet")
+    assert code == 0, err
+    folder = out_root / "two people"
+    video = folder / "two people_pose3d.mp4"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["cache", "keypoints.npz", "run.json", video.name])
+    # Exactly the input's frames and frame rate, H.264 yuv420p, the audio copied in.
+    media = probe_media(video)
+    assert (media.video_codec, media.pix_fmt) == ("h264", "yuv420p")
+    assert media.fps == pytest.approx(25) and media.audio_codec == "aac"
+    assert count_frames(video) == 20
+    assert media.width % 2 == 0 and media.height == 270 - 270 % 2
+
+    with np.load(folder / "keypoints.npz") as npz:
+        data = {k: npz[k] for k in npz.files}
+    assert data["keypoints_2d"].shape == (20, 17, 2) and data["scores_2d"].shape == (20, 17)
+    assert data["pose3d_camera"].shape == (1, 20, 17, 3) and data["pose3d_world"].shape == (1, 20, 17, 3)
+    assert np.isfinite(data["pose3d_camera"]).all() and np.isfinite(data["keypoints_2d"]).all()
+    np.testing.assert_array_equal(data["pose3d_camera"][:, :, 0], 0)  # root-relative
+    assert data["pose3d_world"][..., 2].min(axis=-1) == pytest.approx(0, abs=1e-5)  # lowest joint on the ground
+    # Nobody in the first three frames: kept, filled, and marked invalid; the person is found afterwards.
+    assert not data["valid"][:3].any() and data["valid"][3:].mean() > 0.8
+    assert (data["scores_2d"][:3] == 0).all()
+    assert list(data["frame_index"]) == list(range(20))
+    assert float(data["fps"]) == pytest.approx(25) and list(data["image_size"]) == [480, 270]
+    assert list(data["joint_names"])[0] == "pelvis" and data["joint_parents"][0] == -1
+    assert list(data["checkpoints"]) == [tiny_lifter.name]
+
+    run = json.loads((folder / "run.json").read_text())
+    assert run["video"]["frames"] == 20 and run["video"]["has_audio"] is True
+    assert {"pose2d", "lift", "render_encode"} <= set(run["timings"])
+    assert run["versions"]["torch"] == torch.__version__.split("+")[0] or run["versions"]["torch"].startswith("2.")
+    assert out.strip().startswith("two people.mp4: 20 frames")
+
+    # Same settings again: skipped. Another view: re-rendered from the cached 2D result, no detection.
+    code, out, err = _run(capsys, "--video", clip_with_audio, "--checkpoint", tiny_lifter, "--out", out_root, "--quiet")
+    assert code == 0 and "skipped" in out
+    code, out, err = _run(capsys, "--video", clip_with_audio, "--checkpoint", tiny_lifter, "--out", out_root,
+                          "--quiet", "--azim", "10")
+    assert code == 0, err
+    run = json.loads((folder / "run.json").read_text())
+    assert "cached" in run["timings"]["pose2d"] and run["settings"]["azim"] == 10
+    assert len(list((folder / "cache").iterdir())) == 1
+
+
+def test_two_checkpoints_side_by_side_and_disagreement(tmp_path, capsys, clip_with_audio, tiny_lifter, second_lifter):
+    code, out, err = _run(capsys, "--video", clip_with_audio, "--checkpoint", tiny_lifter, "--checkpoint",
+                          second_lifter, "--out", tmp_path, "--quiet", "--start", "5", "--end", "17")
+    assert code == 0, err
+    folder = tmp_path / "two people"
+    with np.load(folder / "keypoints.npz") as npz:
+        assert npz["pose3d_camera"].shape == (2, 12, 17, 3)
+        assert list(npz["frame_index"]) == list(range(5, 17))
+        distance = np.linalg.norm(npz["pose3d_camera"][1] - npz["pose3d_camera"][0], axis=-1).mean() * 1000
+    run = json.loads((folder / "run.json").read_text())
+    assert run["checkpoint_disagreement_mm"][second_lifter.name] == pytest.approx(distance, abs=0.1)
+    assert f"{second_lifter.name} {distance:.1f} mm" in out
+    media = probe_media(folder / "two people_pose3d.mp4")
+    assert count_frames(folder / "two people_pose3d.mp4") == 12
+    assert media.width > media.height * 2  # the input panel plus two square 3D panels
+
+
+def test_no_render_and_portrait_clip(tmp_path, capsys, tiny_lifter):
+    clip = _write_clip(tmp_path / "portrait.mp4", _panning(_photo("bus.jpg"), 8, (270, 360)), fps=30)
+    code, out, err = _run(capsys, "--video", clip, "--checkpoint", tiny_lifter, "--out", tmp_path / "out", "--quiet",
+                          "--no-render")
+    assert code == 0, err
+    folder = tmp_path / "out" / "portrait"
+    assert sorted(p.name for p in folder.iterdir()) == ["cache", "keypoints.npz", "run.json"]
+    with np.load(folder / "keypoints.npz") as npz:
+        assert npz["keypoints_2d"].shape == (8, 17, 2) and list(npz["image_size"]) == [270, 360]
+        assert npz["valid"].mean() >= 0.75
+
+
+def _assert_clean_failure(code: int, err: str, out_root: Path, *needles: str) -> None:
+    assert code != 0
+    lines = _error_lines(err)
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    leftovers = [p for p in out_root.rglob("*") if p.suffix in (".mp4", ".npz", ".json")] if out_root.exists() else []
+    assert not [p for p in leftovers if "cache" not in p.parts], leftovers
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "empty", "truncated", "nobody"])
+def test_bad_videos_fail_with_one_line(tmp_path, capsys, tiny_lifter, clip_with_audio, case):
+    path = tmp_path / f"{case}.mp4"
+    if case == "text":
+        path.write_text("this is not a video\n")
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        data = clip_with_audio.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif case == "nobody":
+        _write_clip(path, [np.full((120, 160, 3), 90 + i, np.uint8) for i in range(6)])
+    out_root = tmp_path / "out"
+    code, out, err = _run(capsys, "--video", path, "--checkpoint", tiny_lifter, "--out", out_root)
+    expected = {"missing": ["not found"], "nobody": ["no person"], "empty": [path.name]}.get(case, [])
+    _assert_clean_failure(code, err, out_root, *expected)
+
+
+def test_bad_weights_fail_with_one_line(tmp_path, capsys, clip_with_audio, tiny_lifter):
+    junk = tmp_path / "27_243_45.2.bin"
+    torch.save({"state_dict": {"conv.weight": torch.zeros(3, 3)}}, junk)
+    code, _, err = _run(capsys, "--video", clip_with_audio, "--checkpoint", junk, "--out", tmp_path / "out")
+    _assert_clean_failure(code, err, tmp_path / "out", "PoseFormerV2")
+    code, _, err = _run(capsys, "--video", clip_with_audio, "--checkpoint", tmp_path / "absent.bin",
+                        "--out", tmp_path / "out")
+    _assert_clean_failure(code, err, tmp_path / "out", "not found")
+    code, _, err = _run(capsys, "--video", clip_with_audio, "--checkpoint", tiny_lifter, "--person", "99",
+                        "--out", tmp_path / "out")
+    _assert_clean_failure(code, err, tmp_path / "out", "99")
+
+
+def test_command_line_entry_point(tmp_path):
+    """The real `python demo.py`: --help documents the flags; a bad input exits non-zero with one stderr line."""
+    help_text = subprocess.run([sys.executable, str(REPO / "demo.py"), "--help"], capture_output=True, text=True,
+                               cwd=tmp_path, check=True).stdout
+    for flag in ("--video", "--checkpoint", "--frames", "--device", "--detector", "--keypoints", "--person",
+                 "--all-people", "--start", "--end", "--out", "--quiet", "--elev", "--azim", "--no-render", "--force"):
+        assert flag in help_text
+    proc = subprocess.run([sys.executable, str(REPO / "demo.py"), "--video", str(tmp_path / "nope.mp4")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: video not found")
+
+
+def test_sample_clip_end_to_end(tmp_path, capsys, shared_dir, tiny_lifter):
+    """The real 1768x994 sample: every frame in the output, at 30 fps, with its audio; the jumper is followed."""
+    clip = shared_dir / "data" / "videos" / "sports2d_demo.mp4"
+    code, out, err = _run(capsys, "--video", clip, "--checkpoint", tiny_lifter, "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    video = tmp_path / "sports2d_demo" / "sports2d_demo_pose3d.mp4"
+    media = probe_media(video)
+    assert count_frames(video) == 230 and media.fps == pytest.approx(30) and media.audio_codec is not None
+    with np.load(tmp_path / "sports2d_demo" / "keypoints.npz") as npz:
+        assert npz["keypoints_2d"].shape == (230, 17, 2)
+        # The jumper stands on the box on the left half of the picture at the start (x < 884 of 1768).
+        assert npz["keypoints_2d"][:30, :, 0].mean() < 884
