@@ -116,12 +116,84 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_model(model, frames: int, sets: dict, max_frames: int, batch_size: int = 256) -> dict[str, dict]:
+    """MPJPE / P-MPJPE (mm) with flip test on evenly spaced centre frames of every SequenceSet in `sets`."""
+    from pipeline.skeleton import H36M
+    from pipeline.training.train import validate
+    from pipeline.training.windows import WindowSampler
+
+    results = {}
+    for name, sequences in sets.items():
+        sampler = WindowSampler(sequences, frames, flip=False, flip_permutation=H36M.flip_permutation)
+        ids = sampler.evenly_spaced_frames(max_frames)
+        errors = validate(model, sampler, ids, batch_size, flip_test=True)
+        results[name] = {"mpjpe_mm": round(errors["mpjpe"] * 1000, 1), "p_mpjpe_mm": round(errors["p_mpjpe"] * 1000, 1),
+                         "frames": int(len(ids)), "sequences": len(sequences)}
+        log.info("%s: MPJPE %.1f mm, P-MPJPE %.1f mm (%d frames of %d sequences)", name,
+                 errors["mpjpe"] * 1000, errors["p_mpjpe"] * 1000, len(ids), len(sequences))
+    return results
+
+
+def load_training_checkpoint(path: Path, half: bool = False):
+    """(model in eval mode, its PoseFormerV2Config) from a training checkpoint written by pipeline.training."""
+    import torch
+
+    from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+    from pipeline.training.train import load_checkpoint, strip_module_prefix
+
+    chk = load_checkpoint(path)
+    config = PoseFormerV2Config.from_dict(chk["model_config"])
+    model = PoseFormerV2(config)
+    state = strip_module_prefix(chk["model_pos"])
+    if half:
+        state = {k: v.half().float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state)
+    return model.eval(), config, chk
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    raise SystemExit("not implemented yet")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model, config, chk = load_training_checkpoint(args.checkpoint, half=args.half)
+    data = build_sets(args.mocap_dir, args.data_dir)
+    results = evaluate_model(model, config.frames, {"bandai_heldout": data.validation, "cmu": data.cmu},
+                             args.max_frames)
+    results["checkpoint"] = {"path": str(args.checkpoint), "samples_seen": chk["progress"]["samples_seen"],
+                             "epoch": chk["epoch"], "model_config": chk["model_config"], "half": args.half}
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+TRAINING_NOTE = ("PoseFormerV2 trained from scratch on Bandai-Namco-Research-Motiondataset 1+2 (CC BY-NC 4.0) rendered "
+                 "through random virtual cameras with detector-like COCO-17 noise and the runtime COCO-to-H36M remap "
+                 "(pipeline.mocap); see weights/MODEL_CARD.md")
+LICENCE_NOTE = "CC BY-NC 4.0 (non-commercial use only), inherited from the Bandai-Namco-Research-Motiondataset"
+
+
+def export_safetensors(checkpoint: Path, out: Path, half: bool) -> Path:
+    """A training checkpoint -> safetensors that `pipeline.lifting.load_lifter` reads (config in the metadata)."""
+    from pipeline.checkpoints import save_safetensors
+    from pipeline.lifting import SAFETENSORS_FORMAT
+
+    model, config, chk = load_training_checkpoint(checkpoint)
+    dtype = "float16" if half else "float32"
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(out, state, {
+        "format": SAFETENSORS_FORMAT, "config": config.to_dict(), "dtype": dtype, "training": TRAINING_NOTE,
+        "licence": LICENCE_NOTE, "samples_seen": chk["progress"]["samples_seen"],
+        "validation": {k: round(v * 1000, 1) for k, v in chk.get("validation", {}).items()},
+    })
+    log.info("wrote %s (%s, %.1f MB)", out, dtype, out.stat().st_size / 1e6)
+    return out
 
 
 def _export(args: argparse.Namespace) -> int:
-    raise SystemExit("not implemented yet")
+    export_safetensors(args.checkpoint, args.out, args.half)
+    return 0
 
 
 if __name__ == "__main__":
