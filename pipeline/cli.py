@@ -11,7 +11,13 @@ from pathlib import Path
 
 from pipeline.runner import PROJECT_ROOT, RunConfig, UserError, process_clips, resolve_clips
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it says something (not for None / False switches)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or isinstance(action.default, list):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="demo.py",
         description="Turn a video of a person into a side-by-side 2D/3D pose video with PoseFormerV2. "
         "Results go to outputs/<clip>/: <clip>_pose3d.mp4, keypoints.npz, run.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     io = p.add_argument_group("input and output")
     io.add_argument("--video", type=Path, default=None,
