@@ -17,6 +17,7 @@ invented over seconds; before the first and after the last detection the edge va
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], None]  # (pass name: "detect" or "hrnet", frames done in that pass)
 FrameSource = Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]]
+REFERENCE_FPS = 30.0  # the frame rate the frame-count defaults are meant for
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Pose2DConfig:
     batch_size: int = 8  # frames per detector call (and boxes per HRNet call)
     person: int | None = None  # follow this track id instead of the main subject
     all_people: bool = False  # every track detected in >= min_track_frames frames, main subject first
+    # Frame counts below are for 30 frames/s; `run(..., fps=...)` scales them to the clip's frame rate.
     min_track_frames: int = 30
     max_gap: int = 15  # longest run of undetected frames that is linearly interpolated
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
@@ -54,6 +57,19 @@ class Pose2DConfig:
             raise ValueError(f"keypoints backend must be 'yolo' or 'hrnet', not {self.keypoints!r}")
         if self.batch_size < 1 or self.max_gap < 0 or self.min_track_frames < 1:
             raise ValueError("batch_size and min_track_frames must be >= 1 and max_gap >= 0")
+
+    def at_fps(self, fps: float | None) -> "Pose2DConfig":
+        """The same durations for a clip at `fps` frames/s: frame counts scaled by fps / 30 (None: unchanged)."""
+        if fps is None or not fps > 0 or abs(fps - REFERENCE_FPS) < 0.5:
+            return self
+
+        def scaled(n: int) -> int:
+            return max(1, int(round(n * fps / REFERENCE_FPS))) if n > 0 else 0
+
+        tracker = dataclasses.replace(self.tracker, max_missed=scaled(self.tracker.max_missed),
+                                      link_max_gap=scaled(self.tracker.link_max_gap))
+        return dataclasses.replace(self, min_track_frames=scaled(self.min_track_frames), max_gap=scaled(self.max_gap),
+                                   tracker=tracker)
 
 
 @dataclass
@@ -151,10 +167,10 @@ class Pose2DEstimator:
         if c.keypoints == "hrnet" and self.topdown is None:
             self.topdown = build_topdown(c)
 
-    def track(self, frames: Iterable[np.ndarray], progress: Progress | None = None
-              ) -> tuple[list[TrackSequence], int, tuple[int, int]]:
+    def track(self, frames: Iterable[np.ndarray], progress: Progress | None = None,
+              tracker_config: TrackerConfig | None = None) -> tuple[list[TrackSequence], int, tuple[int, int]]:
         """Detect and track every person: (tracks, number of frames, (width, height))."""
-        tracker = PersonTracker(self.config.tracker)
+        tracker = PersonTracker(tracker_config or self.config.tracker)
         size: tuple[int, int] | None = None
         for batch in batched(frames, self.config.batch_size):
             for frame in batch:
@@ -172,14 +188,15 @@ class Pose2DEstimator:
             raise ValueError("the video gave no frames")
         return tracker.tracks(), tracker.num_frames, size
 
-    def run(self, frames: FrameSource, progress: Progress | None = None) -> Pose2DOutput:
+    def run(self, frames: FrameSource, progress: Progress | None = None, fps: float | None = None) -> Pose2DOutput:
         """Process one clip. `frames` is a callable returning a fresh frame iterator (needed for the hrnet
-        backend, which reads the frames twice) or, for the yolo backend, simply an iterable of frames."""
-        c = self.config
+        backend, which reads the frames twice) or, for the yolo backend, simply an iterable of frames.
+        `fps`, the clip's frame rate, scales the frame-count settings (given for 30 frames/s)."""
+        c = self.config.at_fps(fps)
         if c.keypoints == "hrnet" and not callable(frames):
             raise TypeError("the hrnet backend reads the frames twice: pass a function that returns a new frame "
                             "iterator (e.g. lambda: iter_frames(path)), not an iterator")
-        tracks, num_frames, size = self.track(frames() if callable(frames) else frames, progress)
+        tracks, num_frames, size = self.track(frames() if callable(frames) else frames, progress, c.tracker)
         chosen = select_tracks(tracks, num_frames, person=c.person, all_people=c.all_people,
                                min_track_frames=c.min_track_frames)
         logger.info("%d frames, %d track(s); following %s", num_frames, len(tracks),
@@ -188,7 +205,7 @@ class Pose2DEstimator:
             keypoints = self._hrnet_keypoints(frames(), chosen, num_frames, progress)
         else:
             keypoints = [(t.keypoints, t.keypoint_scores) for t in chosen]
-        people = [self._assemble(t, kp, sc, num_frames) for t, (kp, sc) in zip(chosen, keypoints)]
+        people = [self._assemble(t, kp, sc, num_frames, c.max_gap) for t, (kp, sc) in zip(chosen, keypoints)]
         return Pose2DOutput(people=people, tracks=[t.summary() for t in tracks], num_frames=num_frames,
                             image_size=size)
 
@@ -235,10 +252,9 @@ class Pose2DEstimator:
         return results
 
     def _assemble(self, track: TrackSequence, kp: np.ndarray | None, sc: np.ndarray | None,
-                  num_frames: int) -> Pose2DResult:
+                  num_frames: int, gap: int) -> Pose2DResult:
         if kp is None or sc is None:
             raise ValueError(f"track {track.track_id} has no keypoints")
-        gap = self.config.max_gap
         keypoints_coco = fill_gaps(track.frames, kp, num_frames, gap)
         boxes = fill_gaps(track.frames, track.boxes, num_frames, gap)
         valid = np.zeros(num_frames, bool)
@@ -252,6 +268,6 @@ class Pose2DEstimator:
 
 
 def estimate_2d(frames: FrameSource, config: Pose2DConfig | None = None, progress: Progress | None = None,
-                detector: PersonDetector | None = None, topdown=None) -> Pose2DOutput:
+                detector: PersonDetector | None = None, topdown=None, fps: float | None = None) -> Pose2DOutput:
     """One call for the whole 2D stage; see Pose2DEstimator to reuse loaded models across clips."""
-    return Pose2DEstimator(config, detector=detector, topdown=topdown).run(frames, progress)
+    return Pose2DEstimator(config, detector=detector, topdown=topdown).run(frames, progress, fps=fps)

@@ -275,3 +275,17 @@ def test_real_clip_with_empty_first_frames():
     assert not person.valid[:6].any() and person.valid[6:].all()
     np.testing.assert_array_equal(person.keypoints[:6], np.repeat(person.keypoints[6:7], 6, axis=0))
     assert np.all(person.scores[:6] == 0) and np.all(person.boxes[6:, 3] < 520)  # the person on the hut's roof
+
+
+def test_frame_counts_follow_the_frame_rate():
+    """max_gap and friends are meant at 30 frames/s: a 20-frame miss is 0.67 s at 30 fps but 0.33 s at 60 fps."""
+    script = {i: [0] for i in range(50) if not 10 <= i < 30}
+    config = Pose2DConfig(max_gap=15)
+    assert config.at_fps(60).max_gap == 30 and config.at_fps(60).tracker.max_missed == 60
+    assert config.at_fps(29.97) is config and config.at_fps(None) is config
+    at_30 = estimate_2d(coded_frames(50), config, detector=ScriptedDetector(script), fps=30).people[0]
+    at_60 = estimate_2d(coded_frames(50), config, detector=ScriptedDetector(script), fps=60).people[0]
+    np.testing.assert_allclose(at_30.keypoints_coco[15], pose_for(9, 0))  # too long at 30 fps: held
+    w = (15 - 9) / 21
+    np.testing.assert_allclose(at_60.keypoints_coco[15], (1 - w) * pose_for(9, 0) + w * pose_for(30, 0), rtol=1e-5)
+    assert not at_60.valid[10:30].any() and at_60.track_id == at_30.track_id == 1
