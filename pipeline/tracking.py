@@ -2,8 +2,9 @@
 
 Our own small tracker instead of Ultralytics' ByteTrack/BoT-SORT: those are fed one frame per `model.track` call
 (stateful predictor, no batching), need the `lap` package (not installed; Ultralytics would try to pip-install it at
-run time), and their Kalman filters make the result depend on Ultralytics internals. This one consumes the detector's per-frame output after batched inference, is
-deterministic, keeps the keypoints of every detection it links, and is short enough to test exhaustively.
+run time), and their Kalman filters make the result depend on Ultralytics internals. This one consumes the
+detector's per-frame output after batched inference, is deterministic, keeps the keypoints of every detection it
+links, and is short enough to test exhaustively.
 
 Association per frame, ByteTrack style: tracks predict their box with a constant-velocity model; confident
 detections are matched first, weak ones (conf below `new_track_conf`) may only extend existing tracks, never start
@@ -12,8 +13,9 @@ allowed pairs, the ranking adds a keypoint similarity (OKS) bonus when the detec
 overlapping in the image rarely have the same pose, so the keypoints keep identities apart when boxes cross, while a
 sudden change of pose (a jump, a fall) never stops a match on its own. The pose is compared in box-relative
 coordinates (pose_shape), so where a box is stays the IoU's business. Matching is greedy on similarity
-(deterministic, and for a handful of people as good as the Hungarian method). A track survives up to `max_missed` frames without a
-detection and keeps its id when it is found again; its predicted box grows while it is lost.
+(deterministic, and for a handful of people as good as the Hungarian method). A track survives up to `max_missed`
+frames without a detection and keeps its id when it is found again; its predicted box grows while it is lost.
+After the last frame, fragments of one person lost for longer are joined (link_tracks).
 """
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def test_random_pose_model_batched_output(no_network):
         assert det.keypoints.shape == (n, 17, 2) and det.keypoint_scores.shape == (n, 17)
         assert det.boxes.dtype == np.float32
         assert np.all(np.diff(det.confidences) <= 0)  # most confident first
-        assert det.boxes[:, [0, 2]].min() >= 0 and det.boxes[:, [0, 2]].max() <= 320  # frame pixels, not network input pixels
+        assert det.boxes[:, [0, 2]].min() >= 0 and det.boxes[:, [0, 2]].max() <= 320  # frame pixels
         assert det.boxes[:, [1, 3]].min() >= 0 and det.boxes[:, [1, 3]].max() <= 240
     assert detector([]) == []
 

@@ -56,7 +56,8 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     with_cover = d / "with_cover.mp4"
     ffmpeg("-i", str(base), "-i", str(cover), "-map", "0", "-map", "1", "-c", "copy", "-disposition:v:1",
            "attached_pic", str(with_cover))
-    return {"with_cover": with_cover, "base": base, "rotated": rotated, "single": single, "audio": with_audio, "audio_only": audio_only,
+    return {"with_cover": with_cover, "base": base, "rotated": rotated, "single": single, "audio": with_audio,
+            "audio_only": audio_only,
             "text": text, "faststart": faststart, "cut_data": cut_data, "cut_index": cut_index}
 
 
