@@ -16,7 +16,8 @@ postprocess: argmax per joint, sub-pixel refinement, back to image pixels; score
              neighbour.
 
 Coordinates follow the official HRNet convention (pixel centres at integer coordinates, no half-pixel offset):
-image point p maps to crop point (p - centre) * s + crop_size / 2, and heatmap pixel k to crop point 4 k.
+image point p maps to crop point (p - box centre) * s + (W/2, H/2) for a W x H network input, with one scale s for
+both axes, and heatmap pixel k to crop point 4 k.
 """
 from __future__ import annotations
 
