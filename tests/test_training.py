@@ -252,6 +252,16 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_checkpoints_are_frequent_and_validation_is_rationed(tmp_path):
+    data = _overfit_set(frames=20)
+    result = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "run", batch_size=4, threads=1, max_samples=4 * 6,
+                                                 checkpoint_every_steps=2, validation_minutes=1e9, validation_frames=5))
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert log_text.count("checkpoint ") == 3  # steps 2, 4 and 6
+    assert log_text.count("validation at step") == 1 and "validation at step 6" in log_text  # only when stopping
+    assert load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT)["validation"] == result.validation
+
+
 def test_resume_refuses_another_architecture(tmp_path):
     data = _overfit_set(frames=20)
     common = dict(run_dir=tmp_path / "run", batch_size=4, threads=1, max_samples=4, validation_frames=4)

@@ -52,8 +52,11 @@ class TrainConfig:
     samples_per_epoch: int | None = None  # None: training frames (x2 with flip augmentation), as released
     max_samples: int | None = None  # stop this call after this many training samples (then checkpoint)
     max_minutes: float | None = None  # stop this call after this much wall time (then checkpoint)
-    checkpoint_minutes: float = 10.0
-    checkpoint_every_steps: int | None = None  # additionally checkpoint (and validate) every this many steps
+    checkpoint_minutes: float = 10.0  # write last.bin this often (cheap)
+    checkpoint_every_steps: int | None = None  # additionally write last.bin every this many steps
+    # Validate (and update best.bin) this often and when stopping. On a busy CPU a validation pass costs minutes,
+    # so it runs less often than checkpointing.
+    validation_minutes: float = 30.0
     validation_frames: int = 2048  # fixed, evenly spaced subset of the validation frames
     validation_batch: int = 128
     best_metric: str = "mpjpe"  # or "p_mpjpe": which validation error picks best.bin
@@ -196,6 +199,7 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
     rng = np.random.RandomState(config.seed)
     lr, epoch, step, samples_seen, samples_in_epoch = config.lr, 0, 0, 0, 0
     best = math.inf
+    validation: dict[str, float] = {}  # latest validation errors
     model_config_plain = plain_config(model_config)
 
     last_path = config.run_dir / LAST_CHECKPOINT
@@ -213,6 +217,7 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
         lr, epoch = chk["lr"], chk["epoch"]
         step, samples_seen, samples_in_epoch = progress["step"], progress["samples_seen"], progress["samples_in_epoch"]
         best = progress["best"]
+        validation = dict(chk.get("validation", {}))
         log.info("resumed %s: epoch %d, step %d, %d samples, lr %.3g", last_path, epoch, step, samples_seen, lr)
     elif config.resume:
         log.warning("no checkpoint at %s: starting a new run", last_path)
@@ -222,7 +227,8 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
              0 if val_ids is None else len(val_ids), frames, config.batch_size, config.threads, samples_per_epoch,
              config.epochs)
 
-    def checkpoint(validation: dict[str, float]) -> None:
+    def checkpoint(validation: dict[str, float], fresh: bool) -> None:
+        """Write last.bin; with a `fresh` validation that beats the best so far, also best.bin."""
         nonlocal best
         extra = {
             "torch_rng_state": torch.get_rng_state(),
@@ -231,15 +237,15 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
             "train_config": plain_config(config),
             "progress": {"step": step, "samples_seen": samples_seen, "samples_in_epoch": samples_in_epoch,
                          "best": best},
+            "validation": validation,  # the latest validation errors (metres), possibly from an earlier step
         }
         value = validation.get(config.best_metric)
-        if value is not None and value < best:
+        if fresh and value is not None and value < best:
             best = value
             extra["progress"]["best"] = best
             save_checkpoint(config.run_dir / BEST_CHECKPOINT, model, optimizer, epoch=epoch, lr=lr, rng=rng,
-                            extra={**extra, "validation": validation})
-        save_checkpoint(last_path, model, optimizer, epoch=epoch, lr=lr, rng=rng,
-                        extra={**extra, "validation": validation})
+                            extra=extra)
+        save_checkpoint(last_path, model, optimizer, epoch=epoch, lr=lr, rng=rng, extra=extra)
 
     def run_validation() -> dict[str, float]:
         if val_sampler is None:
@@ -252,11 +258,10 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
 
     model.train()
     start = time.monotonic()
-    last_checkpoint_time = start
+    last_checkpoint_time = last_validation_time = start
     window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
     samples_this_call = 0
     losses: list[float] = []
-    validation: dict[str, float] = {}
     while epoch < config.epochs:
         batch = sampler.sample(config.batch_size, rng)
         inputs = torch.from_numpy(batch.inputs_2d)
@@ -296,13 +301,18 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
         stop = (epoch >= config.epochs
                 or (config.max_samples is not None and samples_this_call >= config.max_samples)
                 or (config.max_minutes is not None and now - start >= config.max_minutes * 60))
-        due = (now - last_checkpoint_time >= config.checkpoint_minutes * 60
-               or (config.checkpoint_every_steps is not None and step % config.checkpoint_every_steps == 0))
-        if stop or due:
-            validation = run_validation()
-            checkpoint(validation)
+        checkpoint_due = (now - last_checkpoint_time >= config.checkpoint_minutes * 60
+                          or (config.checkpoint_every_steps is not None and step % config.checkpoint_every_steps == 0))
+        validation_due = stop or now - last_validation_time >= config.validation_minutes * 60
+        if checkpoint_due or validation_due:
+            pause_start = time.perf_counter()
+            if validation_due:
+                validation = run_validation()
+                last_validation_time = time.monotonic()
+            checkpoint(validation, fresh=validation_due)
             last_checkpoint_time = time.monotonic()
             log.info("checkpoint %s (step %d, epoch %d)", last_path, step, epoch)
+            window_start += time.perf_counter() - pause_start  # keep samples/s about training alone
         if stop:
             break
 
@@ -366,7 +376,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples-per-epoch", type=int, help="epoch length in samples (default: training frames x2)")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
     p.add_argument("--max-samples", type=int, help="stop (with a checkpoint) after this many samples")
-    p.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="write last.bin this often")
+    p.add_argument("--validation-minutes", type=float, default=30.0,
+                   help="validate (and update best.bin) this often, and when stopping")
     p.add_argument("--val-frames", type=int, default=2048, help="size of the fixed validation subset")
     p.add_argument("--no-flip", action="store_true", help="disable flip augmentation and flip test")
     p.add_argument("--seed", type=int, default=1234)
@@ -403,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir=run_dir, batch_size=args.batch_size, threads=args.threads, lr=args.lr, weight_decay=args.weight_decay,
         lr_decay=args.lr_decay, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
         max_samples=args.max_samples, max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
+        validation_minutes=args.validation_minutes,
         validation_frames=args.val_frames, flip_augment=not args.no_flip, flip_test=not args.no_flip,
         seed=args.seed, resume=args.resume)
     result = train(model_config, data.train, data.test, config)
