@@ -5,7 +5,7 @@ The released demo (`demo/vis.py`) builds one padded window per frame in numpy an
 Each measurement runs in its own process so that its peak resident memory (ru_maxrss) is its own.
 Weights are random (seeded): speed does not depend on their values, and no checkpoint file is needed.
 
-    python benchmarks/bench_lifting.py                 # about a minute or two on 2 CPU cores
+    python benchmarks/bench_lifting.py                 # a few minutes on 2 CPU cores
     python benchmarks/bench_lifting.py --frames 1024 --batch-sizes 64 256 --device auto
 """
 from __future__ import annotations
@@ -64,7 +64,15 @@ def _released_demo_way(lifter: Lifter, keypoints: np.ndarray) -> None:
         out.cpu().numpy()
 
 
-def _measure(mode: str, num_frames: int, batch_size: int, device: str, precision: str | None, queue) -> None:
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _measure(mode: str, num_frames: int, batch_size: int, device: str, precision: str | None, threads: int | None,
+             queue) -> None:
+    if threads:
+        torch.set_num_threads(threads)
     lifter = _lifter(device, precision)
     keypoints = _keypoints(num_frames)
     # Warm-up outside the timed region (allocator, kernels).
@@ -72,6 +80,7 @@ def _measure(mode: str, num_frames: int, batch_size: int, device: str, precision
     if lifter.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    idle_mb = _current_rss_mb()
     start = time.perf_counter()
     if mode == "demo":
         _released_demo_way(lifter, keypoints)
@@ -82,13 +91,13 @@ def _measure(mode: str, num_frames: int, batch_size: int, device: str, precision
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if lifter.device.type == "cuda" else None
-    queue.put((num_frames / seconds, seconds, peak_mb, gpu_mb))
+    queue.put((num_frames / seconds, seconds, peak_mb, peak_mb - idle_mb, gpu_mb))
 
 
-def run(mode: str, num_frames: int, batch_size: int, device: str, precision: str | None):
+def run(mode: str, num_frames: int, batch_size: int, device: str, precision: str | None, threads: int | None):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(mode, num_frames, batch_size, device, precision, queue))
+    proc = ctx.Process(target=_measure, args=(mode, num_frames, batch_size, device, precision, threads, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -97,25 +106,30 @@ def run(mode: str, num_frames: int, batch_size: int, device: str, precision: str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=512, help="sequence length for batched lifting")
+    parser.add_argument("--frames", type=int, default=256, help="sequence length for batched lifting")
     parser.add_argument("--demo-frames", type=int, default=48, help="sequence length for the released demo's way")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 256], help="windows per forward pass")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256], help="windows per forward pass")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     parser.add_argument("--precision", choices=["fp16", "bf16"], default=None, help="autocast dtype (CUDA)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
     print(f"PoseFormerV2 243/27/27 on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
           f"{', autocast ' + args.precision if args.precision else ''}")
-    print(f"{'method':<40} {'windows/s':>10} {'seconds':>8} {'peak RSS MB':>12} {'peak GPU MB':>12}")
+    print(f"{'method':<40} {'windows/s':>10} {'seconds':>8} {'peak RSS MB':>12} {'over idle MB':>13} "
+          f"{'peak GPU MB':>12}")
     rows = [("released demo (2 x batch-1 per frame)", "demo", args.demo_frames, 1)]
     rows += [(f"Lifter.lift batch {b} (+{b} mirrored)", "batched", args.frames, b) for b in args.batch_sizes]
     baseline = None
     for label, mode, frames, batch in rows:
-        speed, seconds, peak, gpu = run(mode, frames, batch, args.device, args.precision)
+        speed, seconds, peak, over_idle, gpu = run(mode, frames, batch, args.device, args.precision, args.threads)
         baseline = baseline or speed
         gpu_text = f"{gpu:12.0f}" if gpu is not None else f"{'-':>12}"
-        print(f"{label:<40} {speed:10.1f} {seconds:8.1f} {peak:12.0f} {gpu_text}   x{speed / baseline:.2f}")
+        print(f"{label:<40} {speed:10.1f} {seconds:8.1f} {peak:12.0f} {over_idle:13.0f} {gpu_text}   "
+              f"x{speed / baseline:.2f}")
         sys.stdout.flush()
 
 

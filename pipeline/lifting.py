@@ -27,7 +27,13 @@ from pipeline.checkpoints import (
     save_safetensors,
     strip_prefix,
 )
-from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config, config_from_state_dict, load_state_dict_strict
+from pipeline.poseformerv2 import (
+    PoseFormerV2,
+    PoseFormerV2Config,
+    config_from_state_dict,
+    load_state_dict_strict,
+    released_state_dict,
+)
 from pipeline.skeleton import H36M
 
 log = logging.getLogger(__name__)
@@ -36,9 +42,10 @@ log = logging.getLogger(__name__)
 DEMO_CAMERA_TO_WORLD = np.array(
     [0.1407056450843811, -0.1500701755285263, -0.755240797996521, 0.6223280429840088], dtype=np.float32
 )
-# Windows per forward pass (each also runs mirrored, so the model sees twice as many). Bounds memory: with the
-# 243-frame model a batch of 256 windows peaks at about 0.5 GB of activations on the CPU.
-DEFAULT_BATCH_WINDOWS = 256
+# Windows per forward pass (each also runs mirrored, so the model sees twice as many rows). On the CPU throughput is
+# flat beyond ~64 windows while memory keeps growing (243-frame model: ~0.2 GB of activations at 64, ~0.6 GB at 256;
+# see benchmarks/bench_lifting.py); GPUs profit from larger batches.
+DEFAULT_BATCH_WINDOWS = {"cpu": 64, "cuda": 256, "mps": 256}
 # Released file names: {frames kept}_{window length}_{MPJPE}.bin, e.g. 27_243_45.2.bin.
 RELEASED_NAME = re.compile(r"^(?P<kept>\d+)_(?P<frames>\d+)_\d+(?:\.\d+)?\.[A-Za-z]+$")
 SAFETENSORS_FORMAT = "poseformerv2"
@@ -144,7 +151,7 @@ class Lifter:
     device: torch.device
     checkpoint: Path | None = None  # provenance: the file the weights came from
     autocast_dtype: torch.dtype | None = None
-    batch_size: int = DEFAULT_BATCH_WINDOWS
+    batch_size: int | None = None  # windows per forward pass; None: DEFAULT_BATCH_WINDOWS for the device
 
     @property
     def config(self) -> PoseFormerV2Config:
@@ -196,7 +203,8 @@ class Lifter:
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """(T, 17, 2) screen-normalised keypoints -> (T, 17, 3) root-relative camera-space poses."""
-        batch_size = int(batch_size or self.batch_size)
+        if batch_size is None:
+            batch_size = self.batch_size or DEFAULT_BATCH_WINDOWS.get(self.device.type, 64)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model.eval()
@@ -248,10 +256,11 @@ def _stored_config(path: Path, checkpoint: dict) -> dict | None:
         if "config" not in meta:
             return None
         try:
-            return json.loads(meta["config"])
+            stored = json.loads(meta["config"])
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path}: safetensors metadata 'config' is not valid JSON ({exc})") from None
-    stored = checkpoint.get(CONFIG_ENTRY)
+    else:
+        stored = checkpoint.get(CONFIG_ENTRY)
     return dict(stored) if isinstance(stored, dict) else None
 
 
@@ -262,7 +271,7 @@ def load_lifter(
     device: str | torch.device = "cpu",
     precision: str | torch.dtype | None = None,
     num_heads: int | None = None,
-    batch_size: int = DEFAULT_BATCH_WINDOWS,
+    batch_size: int | None = None,
 ) -> Lifter:
     """Load a PoseFormerV2 checkpoint: a released training file (`model_pos` with `module.` keys), a plain state dict
     (with or without `module.`), or a safetensors file.
@@ -327,8 +336,8 @@ def save_lifter_checkpoint(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if path.suffix == ".safetensors":
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         save_safetensors(path, state, {"format": SAFETENSORS_FORMAT, "config": model.config.to_dict()})
     else:
         torch.save(
@@ -337,7 +346,7 @@ def save_lifter_checkpoint(
                 "lr": float(lr),
                 "random_state": random_state,
                 "optimizer": optimizer_state or {},
-                "model_pos": {f"module.{k}": v for k, v in state.items()},
+                "model_pos": released_state_dict(model),
                 CONFIG_ENTRY: model.config.to_dict(),
             },
             path,

@@ -318,6 +318,11 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], frames: int, num
         raise CheckpointError(f"the weights do not fit a {frames}-frame window: {exc}") from None
 
 
+def released_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights keyed as in the released checkpoints' `model_pos` (nn.DataParallel's `module.` prefix)."""
+    return {f"module.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy `state_dict` into `model` after checking every name and shape; one error lists all differences."""
     from pipeline.checkpoints import CheckpointError

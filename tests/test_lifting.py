@@ -188,6 +188,11 @@ def test_bad_keypoints_are_rejected(keypoints, message):
         _tiny_lifter().lift(keypoints, 640, 480)
 
 
+def test_batch_size_must_be_positive():
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        _tiny_lifter().lift(_keypoints(3), 640, 480, batch_size=0)
+
+
 def test_bad_image_size_is_rejected():
     with pytest.raises(ValueError, match="image size must be positive"):
         _tiny_lifter().lift(_keypoints(3), 0, 480)

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config, dct_matrix, idct_matrix
+from pipeline.poseformerv2 import (
+    PoseFormerV2,
+    PoseFormerV2Config,
+    config_from_state_dict,
+    dct_matrix,
+    idct_matrix,
+)
+from pipeline.poseformerv2 import released_state_dict as released_state_dict_of
 
 RELEASED = [(27, 1, 3), (27, 3, 3), (81, 1, 3), (81, 3, 3), (81, 9, 9), (243, 27, 27)]
 
@@ -88,3 +95,11 @@ def test_config_round_trips_through_dict():
     assert PoseFormerV2Config.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown PoseFormerV2Config fields"):
         PoseFormerV2Config.from_dict({"frames": 81, "bogus": 1})
+
+
+@pytest.mark.parametrize("frames,frames_kept,coeffs_kept", RELEASED)
+def test_config_is_inferred_from_released_tensor_shapes(released_state_dict, frames, frames_kept, coeffs_kept):
+    state = _strip(released_state_dict(frames_kept, coeffs_kept))
+    cfg = config_from_state_dict(state, frames)
+    assert cfg == PoseFormerV2Config(frames=frames, frames_kept=frames_kept, coeffs_kept=coeffs_kept)
+    assert list(released_state_dict(frames_kept, coeffs_kept)) == list(released_state_dict_of(PoseFormerV2(cfg)))
