@@ -279,6 +279,8 @@ def load_lifter(
     The window length T comes from `frames`, else from the config stored in the file (our own saves), else from the
     released name pattern `{f}_{T}_{mpjpe}.bin`. `precision` 'fp16'/'bf16' enables autocast (CUDA; bf16 on the CPU).
     """
+    resolved = resolve_device(device)  # bad device/precision fail before a large file is read
+    autocast_dtype = _autocast_dtype(precision, resolved)
     path = Path(checkpoint)
     raw = read_checkpoint(path)
     state_dict = strip_prefix(extract_state_dict(raw))
@@ -311,12 +313,10 @@ def load_lifter(
 
     model = PoseFormerV2(config)
     load_state_dict_strict(model, state_dict)
-    resolved = resolve_device(device)
     model.to(resolved).eval()
     log.info("loaded PoseFormerV2 %s (T=%d, f=%d, n=%d; T from %s) on %s", path.name, config.frames,
              config.frames_kept, config.coeffs_kept, source, resolved)
-    return Lifter(model=model, device=resolved, checkpoint=path, autocast_dtype=_autocast_dtype(precision, resolved),
-                  batch_size=batch_size)
+    return Lifter(model=model, device=resolved, checkpoint=path, autocast_dtype=autocast_dtype, batch_size=batch_size)
 
 
 def save_lifter_checkpoint(
