@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -119,6 +120,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Ultralytics' own loader unpickles with weights_only=True and its allow-list only when this is set (read at its
+    # import); pipeline.detection refuses unsafe files before that, and this closes the second load too.
+    os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     # Ultralytics logs every model call at INFO; its own messages are not what a user of this tool needs.
     logging.getLogger("ultralytics").setLevel(logging.WARNING)

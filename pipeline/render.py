@@ -277,16 +277,23 @@ class SideBySideRenderer:
         frame_bgr: np.ndarray,
         keypoints_2d: np.ndarray,
         scores: np.ndarray | None,
-        valid: bool,
+        valid: bool | np.ndarray,
         worlds: Sequence[np.ndarray],
     ) -> np.ndarray:
         """frame (H, W, 3) uint8 BGR of the input size, keypoints (J, 2) input pixels, scores (J,) or None,
-        valid = the target was detected in this frame, worlds = one (J, 3) pose per panel -> (h, w, 3) uint8 BGR."""
+        valid = the target was detected in this frame, worlds = one (J, 3) pose per panel -> (h, w, 3) uint8 BGR.
+
+        Several people: keypoints (P, J, 2), scores (P, J), valid (P,), worlds = one (P, J, 3) array per panel, the
+        followed person first (the "no detection" banner is about that person)."""
         in_w, in_h = self.input_size
         if frame_bgr.shape != (in_h, in_w, 3) or frame_bgr.dtype != np.uint8:
             raise ValueError(f"expected a {in_w}x{in_h} BGR uint8 frame, got shape {frame_bgr.shape} {frame_bgr.dtype}")
         if len(worlds) != self.num_panels:
             raise ValueError(f"got {len(worlds)} world poses for {self.num_panels} 3D panels")
+        joints = self.skeleton.num_joints
+        people_2d = np.asarray(keypoints_2d, dtype=np.float64).reshape(-1, joints, 2)
+        people_scores = [None] * len(people_2d) if scores is None else np.asarray(scores).reshape(-1, joints)
+        people_valid = np.atleast_1d(np.asarray(valid, dtype=bool))
         out = np.empty((self.height, self.output_size[0], 3), dtype=np.uint8)
         left = out[:, : self.left_width]
         if (in_w, in_h) == (self.left_width, self.height):
@@ -295,15 +302,17 @@ class SideBySideRenderer:
             # INTER_LINEAR: 2 ms for 1768x994 -> 1280x720 where INTER_AREA takes 13 ms (benchmarks/bench_render.py);
             # at these downscale factors (< 2x) the difference in sharpness is hard to see.
             left[:] = cv2.resize(frame_bgr, (self.left_width, self.height), interpolation=cv2.INTER_LINEAR)
-        self._draw_2d(left, np.asarray(keypoints_2d, dtype=np.float64) * self._keypoint_scale, scores, valid)
-        if not valid:
+        for person, person_scores, person_valid in zip(people_2d, people_scores, people_valid):
+            self._draw_2d(left, person * self._keypoint_scale, person_scores, bool(person_valid))
+        if not people_valid[0]:
             _draw_banner(left, NO_DETECTION_TEXT)
         for k, (panel, world) in enumerate(zip(self.panels, worlds)):
             x0 = self.left_width + k * self.panel_width
             target = out[:, x0 : x0 + self.panel_width]
             target[:] = panel.background
-            self._draw_3d(target, panel, np.asarray(world, dtype=np.float64), valid)
-            if not valid:
+            for person, person_valid in zip(np.asarray(world, dtype=np.float64).reshape(-1, joints, 3), people_valid):
+                self._draw_3d(target, panel, person, bool(person_valid))
+            if not people_valid[0]:
                 _draw_banner(target, "no detection")
         return out
 

@@ -350,7 +350,8 @@ def process_clip(clip: Path, config: RunConfig, models: Models) -> str:
     """Run every stage for one clip and write its outputs; returns the one-line summary."""
     from pipeline.encode import VideoWriter
     from pipeline.render import RenderConfig, SideBySideRenderer
-    from pipeline.video import iter_frames, probe_video
+    from pipeline.scene import place_people
+    from pipeline.video import count_frames, iter_frames, probe_video
 
     t_start = time.perf_counter()
     out = ClipOutputs.for_clip(config.out_root, clip)
@@ -375,7 +376,7 @@ def process_clip(clip: Path, config: RunConfig, models: Models) -> str:
 
     timer = StageTimer()
     frames = lambda: iter_frames(clip, first, stop, info)  # noqa: E731 (the HRNet backend reads the frames twice)
-    expected = (stop if stop is not None else info.frame_count_header or 0) - first or None  # header: an estimate
+    expected = (stop if stop is not None else count_frames(clip, decode=False)) - first  # packets: ~0.1 s, exact
 
     # 2D: cached per clip and 2D settings, so a new lifter, view or rendering does not redo detection.
     cache_file = out.cache / f"pose2d-{pose2d_key}.npz"
@@ -384,7 +385,7 @@ def process_clip(clip: Path, config: RunConfig, models: Models) -> str:
         timer.stages["pose2d"] = {"cached": cache_file.name}
     else:
         with timer.stage("pose2d") as entry, progress_bar(config, f"{clip.name} 2D", expected) as bar:
-            pose2d = models.pose2d().run(frames, progress=StageProgress(bar))
+            pose2d = models.pose2d().run(frames, progress=StageProgress(bar), fps=info.fps)
             entry["frames"] = pose2d.num_frames
         save_pose2d_cache(cache_file, pose2d)
     num_frames = pose2d.num_frames
@@ -410,9 +411,18 @@ def process_clip(clip: Path, config: RunConfig, models: Models) -> str:
             written.append(target.name)
 
     if config.render:
-        main = pose2d.people[0]
+        people = pose2d.people
+        keypoints_2d = np.stack([p.keypoints for p in people])  # (P, T, 17, 2), the followed person first
+        scores_2d = np.stack([p.scores for p in people])
+        valid = np.stack([p.valid for p in people])
+        shown = world  # (P, K, T, 17, 3)
+        if len(people) > 1:  # root-relative poses all stand on one spot: move the others to where they are
+            pelvis = keypoints_2d[:, :, H36M.index("pelvis")]
+            box_heights = np.stack([p.boxes[:, 3] - p.boxes[:, 1] for p in people])
+            shown = np.stack([place_people(world[:, k], pelvis, box_heights, (width, height))
+                              for k in range(world.shape[1])], axis=1)
         renderer = SideBySideRenderer.for_clip(
-            (width, height), [lifter.name for lifter in models.lifters], list(world[0]),
+            (width, height), [lifter.name for lifter in models.lifters], [shown[:, k] for k in range(shown.shape[1])],
             RenderConfig(elev=config.elev, azim=config.azim))
         with timer.stage("render_encode") as entry, \
                 progress_bar(config, f"{clip.name} render", num_frames) as bar, \
@@ -422,8 +432,8 @@ def process_clip(clip: Path, config: RunConfig, models: Models) -> str:
             for t, frame in enumerate(frames()):
                 if t >= num_frames:
                     raise RuntimeError(f"{clip.name} gave more frames on the second read than on the first")
-                writer.write(renderer.render(frame, main.keypoints[t], main.scores[t], bool(main.valid[t]),
-                                             [w[t] for w in world[0]]))
+                writer.write(renderer.render(frame, keypoints_2d[:, t], scores_2d[:, t], valid[:, t],
+                                             list(shown[:, :, t].swapaxes(0, 1))))
                 bar.update(1)
             entry["frames"] = writer.frames_written
         written.append(out.video.name)

@@ -229,3 +229,20 @@ def test_sample_clip_end_to_end(tmp_path, capsys, shared_dir, tiny_lifter):
         assert npz["keypoints_2d"].shape == (230, 17, 2)
         # The jumper stands on the box on the left half of the picture at the start (x < 884 of 1768).
         assert npz["keypoints_2d"][:30, :, 0].mean() < 884
+
+
+def test_all_people(tmp_path, capsys, tiny_lifter):
+    clip = _write_clip(tmp_path / "pair.mp4", _panning(_photo("zidane.jpg"), 12, (480, 270)), fps=24)
+    code, out, err = _run(capsys, "--video", clip, "--checkpoint", tiny_lifter, "--out", tmp_path, "--quiet",
+                          "--all-people")
+    assert code == 0, err
+    run = json.loads((tmp_path / "pair" / "run.json").read_text())
+    assert len(run["people"]) == 2, run["tracks"]
+    other = run["people"][1]["track_id"]
+    assert f"keypoints_person{other}.npz" in run["outputs"]
+    with np.load(tmp_path / "pair" / f"keypoints_person{other}.npz") as npz:
+        assert int(npz["track_id"]) == other and npz["pose3d_world"].shape == (1, 12, 17, 3)
+    with np.load(tmp_path / "pair" / "keypoints.npz") as npz:
+        main_x = npz["keypoints_2d"][:, 0, 0].mean()
+    assert count_frames(tmp_path / "pair" / "pair_pose3d.mp4") == 12
+    assert main_x > 0

@@ -1,0 +1,50 @@
+"""Approximate placement of several lifted people in one world view.
+
+PoseFormerV2 gives every person root-relative: all pelvises at the origin. To show several people in one 3D panel,
+each is moved to where a pinhole camera puts them: depth from the pixel height of their box (people of average
+height `PERSON_HEIGHT_M`, a focal length of about the image's larger side, ~53 degrees of view), sideways and
+vertical position from their pelvis pixel. Only positions relative to the followed person matter: the followed person
+stays where the lifter put them. This is a picture aid, not a measurement: it is not saved to keypoints.npz.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.lifting import camera_to_world
+
+PERSON_HEIGHT_M = 1.7
+SMOOTHING_FRAMES = 15  # box heights jump with every detection; a moving average keeps depths steady
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average along the first axis with edge padding, same length as the input."""
+    if window <= 1 or len(values) < 2:
+        return values
+    pad = window // 2
+    padded = np.pad(values, [(pad, window - 1 - pad)] + [(0, 0)] * (values.ndim - 1), mode="edge")
+    kernel = np.ones(window) / window
+    return np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="valid"), 0, padded)
+
+
+def camera_positions(pelvis_px: np.ndarray, box_heights_px: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Camera-space pelvis positions (P, T, 3) in metres from pelvis pixels (P, T, 2) and box heights (P, T)."""
+    width, height = image_size
+    focal = float(max(width, height))
+    heights = np.stack([_moving_average(np.maximum(h, 1.0), SMOOTHING_FRAMES) for h in box_heights_px])
+    depth = focal * PERSON_HEIGHT_M / heights
+    x = (pelvis_px[..., 0] - width / 2) * depth / focal
+    y = (pelvis_px[..., 1] - height / 2) * depth / focal
+    return np.stack([x, y, depth], axis=-1)
+
+
+def place_people(worlds: np.ndarray, pelvis_px: np.ndarray, box_heights_px: np.ndarray,
+                 image_size: tuple[int, int]) -> np.ndarray:
+    """World poses (P, T, J, 3) of P people, person 0 first -> the same with persons 1.. moved beside person 0.
+
+    Every person keeps their own ground contact (lowest joint at z = 0): only horizontal offsets are applied.
+    """
+    worlds = np.asarray(worlds, dtype=np.float32)
+    positions = camera_positions(np.asarray(pelvis_px, np.float64), np.asarray(box_heights_px, np.float64), image_size)
+    offsets = camera_to_world(positions - positions[:1])  # relative to the followed person, rotated like the poses
+    offsets[..., 2] = 0.0
+    return worlds + offsets[:, :, None, :]
