@@ -103,6 +103,19 @@ class _Numpy1RandomState:
         return ctor, ("MT19937", getattr(random_pickle, "__bit_generator_ctor")), self.state
 
 
+def _as_numpy1_pickle(data: bytes) -> bytes:
+    """Rename numpy 2's `numpy._core` module to numpy 1.x's `numpy.core` in a protocol-2 pickle (text GLOBALs)."""
+    return data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+@pytest.fixture(scope="session")
+def numpy1_random_state_pickle():
+    """Factory: pickle.dumps({"random_state": RandomState(seed)}, protocol=2) as numpy 1.26 writes it."""
+    import pickle
+
+    return lambda seed: _as_numpy1_pickle(pickle.dumps({"random_state": _Numpy1RandomState(seed)}, protocol=2))
+
+
 def _numpy1_style_torch_file(path: Path, payload: dict) -> None:
     """torch.save with pickle protocol 2 (text GLOBAL opcodes), then rename numpy 2's `numpy._core` module in the
     pickle to numpy 1.x's `numpy.core`, so the file names exactly the globals a numpy-1.26 writer puts there."""
@@ -116,7 +129,7 @@ def _numpy1_style_torch_file(path: Path, payload: dict) -> None:
         for info in src.infolist():
             data = src.read(info.filename)
             if info.filename.endswith("/data.pkl"):
-                data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+                data = _as_numpy1_pickle(data)
                 assert b"numpy._core" not in data and b"cnumpy.core.multiarray\n_reconstruct\n" in data
             dst.writestr(info, data)
 

@@ -160,3 +160,13 @@ def test_extract_state_dict_and_strip_prefix():
     with pytest.raises(CheckpointError, match=r"no state dict found.*found entries \['epoch', 'lr'\]"):
         extract_state_dict({"epoch": 1, "lr": 0.1})
     assert strip_prefix({"module.a": w, "b": w}) == {"a": w, "b": w}
+
+
+def test_numpy1_emulation_is_byte_identical_to_numpy_1_26(numpy1_random_state_pickle):
+    # sha256 of pickle.dumps({"random_state": numpy.random.RandomState(1234)}, protocol=2) written by numpy 1.26.4
+    # (recorded once in a throwaway venv): the emulated pickle used by the tests above is exactly that.
+    import hashlib
+
+    assert hashlib.sha256(numpy1_random_state_pickle(1234)).hexdigest() == (
+        "de2914e4cbf429b3c011e679533685984e28ca6c9794d0a48a471e52782ddbfc"
+    )
