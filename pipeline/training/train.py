@@ -392,6 +392,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # bad input: one line, no traceback
+        raise SystemExit(f"error: {exc.args[0] if exc.args else exc}") from None
+
+
+def _main(argv: list[str] | None) -> int:
     from pipeline.training.h36m import DEFAULT_CACHE_DIR, load_h36m
 
     args = _parse_args(argv)
