@@ -13,6 +13,7 @@ from pipeline.skeleton import H36M
 from pipeline.training import h36m
 from pipeline.training.evaluate import evaluate_model, load_model, predict_sequences, score
 from pipeline.training.evaluate import main as evaluate_main
+from pipeline.training.train import main as train_main
 from pipeline.training.train import (
     BEST_CHECKPOINT, LAST_CHECKPOINT, TrainConfig, load_checkpoint, train,
 )
@@ -343,3 +344,21 @@ def test_training_checkpoints_load_through_load_lifter(tmp_path):
     # The demo's lifting sets the root to 0; the released evaluation (ours) keeps the model's root output.
     np.testing.assert_allclose(lifted[:, 1:], ours[:, 1:], atol=1e-5)
     assert (lifted[:, 0] == 0).all()
+
+
+def test_train_cli_trains_and_resumes_on_h36m_files(tmp_path):
+    subjects = h36m.TRAIN_SUBJECTS + h36m.TEST_SUBJECTS
+    _write_h36m(tmp_path / "data", {s: {"Walking 1": 10} for s in subjects})
+    run = tmp_path / "run"
+    args = ["--h36m-dir", str(tmp_path / "data"), "--keypoints", "synth", "--frames", "9", "--f", "3", "--n", "3",
+            "--embed-dim-ratio", "8", "--depth", "1", "--run-dir", str(run), "--batch-size", "8", "--threads", "1",
+            "--max-samples", "16", "--val-frames", "16", "--cache-dir", str(tmp_path / "cache")]
+    assert train_main(args) == 0
+    assert load_checkpoint(run / LAST_CHECKPOINT)["progress"]["step"] == 2
+    assert train_main(args + ["--resume"]) == 0
+    chk = load_checkpoint(run / LAST_CHECKPOINT)
+    assert chk["progress"]["step"] == 4 and chk["progress"]["samples_seen"] == 32
+    assert "resumed" in (run / "train.log").read_text()
+    # 5 subjects x 4 cameras x 10 frames, epoch = frames x2 (flip) as released
+    assert "training 200 frames in 20 sequences" in (run / "train.log").read_text()
+    assert "epoch = 400 samples" in (run / "train.log").read_text()
