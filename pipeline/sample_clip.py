@@ -2,7 +2,6 @@
 `sports2d==0.8.34` (BSD-3-Clause). Only the wheel is downloaded (`pip download --no-deps`), nothing is installed."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -10,6 +9,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from pipeline.detection import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +22,6 @@ SAMPLE_SHA256 = "d9a66417185647b112304b57093f0c180f37a768e6a14daca75ca541f3b7803
 
 class SampleError(RuntimeError):
     pass
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch_sample_clip(videos_dir: Path) -> Path:
