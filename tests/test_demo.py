@@ -246,3 +246,55 @@ def test_all_people(tmp_path, capsys, tiny_lifter):
         main_x = npz["keypoints_2d"][:, 0, 0].mean()
     assert count_frames(tmp_path / "pair" / "pair_pose3d.mp4") == 12
     assert main_x > 0
+
+
+def test_bare_names_folders_and_unusual_file_names(tmp_path, capsys, monkeypatch, clip_with_audio, tiny_lifter):
+    """A bare name is looked up in videos/; no --video processes every clip there; one bad clip does not stop the
+    others (exit code 1); names with spaces, dots and non-ASCII characters work."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "Zoë's clip.v2.mp4").write_bytes(clip_with_audio.read_bytes())
+    (videos / "broken.mov").write_text("not a video")
+    (videos / "notes.txt").write_text("ignored: not a video suffix")
+    monkeypatch.setattr("pipeline.runner.VIDEOS_DIR", videos)
+    out_root = tmp_path / "out"
+
+    code, out, err = _run(capsys, "--video", "Zoë's clip.v2.mp4", "--checkpoint", tiny_lifter, "--out", out_root,
+                          "--quiet", "--no-render")
+    assert code == 0, err
+    assert (out_root / "Zoë's clip.v2" / "keypoints.npz").is_file()
+
+    code, out, err = _run(capsys, "--checkpoint", tiny_lifter, "--out", out_root, "--quiet", "--no-render")
+    assert code == 1
+    assert "skipped" in out  # the clip done above
+    assert _error_lines(err) == [line for line in _error_lines(err) if line.startswith("error: broken.mov:")]
+    assert len(_error_lines(err)) == 1
+    assert not (out_root / "broken").exists()
+
+
+def test_ctrl_c_leaves_no_partial_output(tmp_path, clip_with_audio, tiny_lifter):
+    """SIGINT while rendering: exit code 130, one line on stderr, no half-written video, npz or json."""
+    import signal
+    import time
+
+    frames = _panning(_photo("zidane.jpg"), 120, (480, 270))
+    clip = _write_clip(tmp_path / "long.mp4", frames, fps=25)
+    out_root = tmp_path / "out"
+    # Cache the 2D stage first so that the interrupted run is busy rendering when the signal arrives.
+    assert main(["--video", str(clip), "--checkpoint", str(tiny_lifter), "--out", str(out_root), "--quiet",
+                 "--no-render"]) == 0
+    for name in ("keypoints.npz", "run.json"):
+        (out_root / "long" / name).unlink()
+    proc = subprocess.Popen([sys.executable, str(REPO / "demo.py"), "--video", str(clip), "--checkpoint",
+                             str(tiny_lifter), "--out", str(out_root)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    partial_video = out_root / "long" / ".long_pose3d.partial.mp4"
+    while time.monotonic() < deadline and not partial_video.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    assert partial_video.exists(), "the encoder never started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted")
+    left = sorted(p.name for p in (out_root / "long").iterdir())
+    assert left == ["cache", "keypoints.npz"], left  # written before the video started; the video never landed
