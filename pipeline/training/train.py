@@ -368,7 +368,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-dir", type=Path, help="explicit run directory (overrides --run)")
     p.add_argument("--resume", action="store_true", help="continue from <run dir>/last.bin")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads; use 1 when other jobs share the cores (a 2-thread step then stalls on "
+                        "every parallel region; measure with --benchmark)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-decay", type=float, default=0.99, help="lr factor per epoch")
     p.add_argument("--weight-decay", type=float, default=0.1)
