@@ -262,3 +262,30 @@ def test_split_is_by_clip_group_and_holds_out_about_a_tenth():
     groups = {bandai_group(n) for n in names}
     assert 0.0 < len({bandai_group(n) for n in val}) / len(groups) < 0.25
     assert bandai_group("dataset-1_walk-left_tired_001") == "dataset-1_walk-left_tired"
+
+
+def test_export_writes_half_precision_safetensors_that_load_lifter_reads(tmp_path):
+    import torch
+
+    from pipeline.lifting import load_lifter
+    from pipeline.mocap.__main__ import export_safetensors, load_training_checkpoint
+    from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+
+    torch.manual_seed(0)
+    config = PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3, drop_path_rate=0.1)
+    model = PoseFormerV2(config).eval()
+    checkpoint = tmp_path / "last.bin"
+    torch.save({"epoch": 3, "lr": 1e-4, "model_pos": {f"module.{k}": v for k, v in model.state_dict().items()},
+                "model_config": config.to_dict(), "progress": {"samples_seen": 1000},
+                "validation": {"mpjpe": 0.05, "p_mpjpe": 0.04}}, checkpoint)
+    out = export_safetensors(checkpoint, tmp_path / "w.safetensors", half=True)
+    lifter = load_lifter(out)
+    assert lifter.frames == 9 and lifter.model.config.frames_kept == 3
+    window = torch.from_numpy(np.random.default_rng(0).uniform(-0.5, 0.5, (2, 9, 17, 2)).astype(np.float32))
+    with torch.inference_mode():
+        expected = model(window)
+        got = lifter.model(window)
+        halved, _, _ = load_training_checkpoint(checkpoint, half=True)
+        np.testing.assert_allclose(got.numpy(), halved(window).numpy(), atol=1e-6)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-3)
+    assert out.stat().st_size < sum(v.numel() * 4 for v in model.state_dict().values()) * 0.6

@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--n", dest="coeffs_kept", type=int, default=27)
     t.add_argument("--run", required=True, help="run name: checkpoints in ~/.cache/poseformerv2-demo/train/<run>")
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--warm-start", type=Path,
+                   help="start a new run from this training checkpoint's weights, optimizer, lr and step count "
+                   "(e.g. after re-rendering the data); its best-so-far validation is forgotten")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--lr", type=float, default=4e-4)
@@ -49,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=200)
     t.add_argument("--max-minutes", type=float)
     t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--validation-minutes", type=float, default=10.0)
     t.add_argument("--val-frames", type=int, default=4096)
 
     e = sub.add_parser("evaluate", help="MPJPE / P-MPJPE of a checkpoint on held-out Bandai and CMU")
@@ -99,17 +103,27 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from pipeline.poseformerv2 import PoseFormerV2Config
-    from pipeline.training.train import TrainConfig, default_run_dir, train
+    from pipeline.training.train import LAST_CHECKPOINT, TrainConfig, default_run_dir, load_checkpoint, train
 
     torch.set_num_threads(args.threads)
+    run_dir = default_run_dir(args.run)
+    if args.warm_start is not None:
+        if (run_dir / LAST_CHECKPOINT).exists():
+            raise SystemExit(f"{run_dir} already has {LAST_CHECKPOINT}; use --resume, or another --run name")
+        chk = load_checkpoint(args.warm_start)
+        chk["progress"]["best"] = float("inf")  # validation data may differ: best.bin restarts with this run
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(chk, run_dir / LAST_CHECKPOINT)
+        log.info("warm start from %s (step %d)", args.warm_start, chk["progress"]["step"])
     data = build_sets(args.mocap_dir, args.data_dir, with_cmu=False)
     model_config = PoseFormerV2Config(frames=args.frames, frames_kept=args.frames_kept, coeffs_kept=args.coeffs_kept,
                                       drop_path_rate=0.1)
-    config = TrainConfig(run_dir=default_run_dir(args.run), batch_size=args.batch_size, threads=args.threads,
+    config = TrainConfig(run_dir=run_dir, batch_size=args.batch_size, threads=args.threads,
                          lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
                          samples_per_epoch=args.samples_per_epoch, max_minutes=args.max_minutes,
-                         checkpoint_minutes=args.checkpoint_minutes, validation_frames=args.val_frames,
-                         resume=args.resume)
+                         checkpoint_minutes=args.checkpoint_minutes,
+                         validation_minutes=args.validation_minutes, validation_frames=args.val_frames,
+                         resume=args.resume or args.warm_start is not None)
     result = train(model_config, data.train, data.validation, config)
     log.info("stopped at step %d, epoch %d; validation %s; checkpoints in %s", result.step, result.epoch,
              json.dumps({k: round(v * 1000, 1) for k, v in result.validation.items()}), result.run_dir)

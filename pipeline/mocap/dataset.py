@@ -33,11 +33,11 @@ DEFAULT_DATA_DIR = CACHE_ROOT / "data"  # cached rendered sets
 # Bandai body-proportion randomisation: joint -> (low, high) factor on its local translation, mirrored joints share a
 # draw. The studio's skeleton has narrow shoulders (10 cm from the midline vs ~15-19 cm in people) and a short torso.
 BANDAI_PROPORTIONS: dict[tuple[str, ...], tuple[float, float]] = {
-    ("UpperArm_L", "UpperArm_R"): (1.0, 2.0),  # clavicle length -> shoulder width
+    ("UpperArm_L", "UpperArm_R"): (1.0, 2.8),  # clavicle length -> shoulder width 10-20 cm from the midline
     ("Spine", "Chest", "Neck"): (1.0, 1.25),  # torso length
     ("Head",): (1.0, 1.4),  # neck length
     ("LowerArm_L", "LowerArm_R"): (0.95, 1.15),  # upper arm
-    ("Hand_L", "Hand_R"): (0.95, 1.15),  # forearm
+    ("Hand_L", "Hand_R"): (0.85, 1.15),  # forearm
     ("LowerLeg_L", "LowerLeg_R", "Foot_L", "Foot_R"): (0.93, 1.08),  # thigh and shin
     ("UpperLeg_L", "UpperLeg_R"): (1.0, 1.5),  # hip width
 }
@@ -223,7 +223,7 @@ def render_clips(clips: list[MocapClip], config: RenderConfig, cameras: int) -> 
 
 def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> str:
     """A short hash of everything that determines a rendered set (bump `version` when the code's output changes)."""
-    payload = {"kind": kind, "version": 1, "config": dataclasses.asdict(config),
+    payload = {"kind": kind, "version": 2, "config": dataclasses.asdict(config),
                "proportions": {"+".join(k): v for k, v in BANDAI_PROPORTIONS.items()}, **(extra or {})}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -262,14 +262,17 @@ def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DAT
     train_paths = [p for p in paths if not is_validation_group(bandai_group(p.stem))]
     extra = {"clips": len(paths), "limit": limit_clips}
     sets = {}
-    for kind, clip_paths, cams in (("bandai_train", train_paths, config.cameras_per_clip),
-                                   ("bandai_val", val_paths, validation_cameras)):
-        path = Path(data_dir) / f"{kind}_{settings_key(kind, config, {**extra, 'cameras': cams})}.npz"
+    # Held-out clips are rendered as recorded (original body, speed): the metric describes the data, not the
+    # augmentation. Cameras and detector noise stay random.
+    val_config = dataclasses.replace(config, proportions=False, body_scale=(1.0, 1.0), speed=(1.0, 1.0))
+    for kind, clip_paths, cams, cfg in (("bandai_train", train_paths, config.cameras_per_clip, config),
+                                        ("bandai_val", val_paths, validation_cameras, val_config)):
+        path = Path(data_dir) / f"{kind}_{settings_key(kind, cfg, {**extra, 'cameras': cams})}.npz"
         if path.exists():
             sets[kind] = load_set(path)
         else:
             log.info("rendering %s: %d clips x %d cameras -> %s", kind, len(clip_paths), cams, path)
-            sets[kind] = render_bandai(clip_paths, config, cams)
+            sets[kind] = render_bandai(clip_paths, cfg, cams)
             save_set(path, sets[kind])
     cmu = None
     if with_cmu:
