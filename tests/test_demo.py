@@ -298,3 +298,30 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path, clip_with_audio, tiny_lifter)
     assert err.strip().splitlines()[-1].startswith("interrupted")
     left = sorted(p.name for p in (out_root / "long").iterdir())
     assert left == ["cache", "keypoints.npz"], left  # written before the video started; the video never landed
+
+
+SHIPPED_LIFTER = REPO / "weights" / "poseformerv2_mocap_27_3_3.safetensors"
+
+
+def test_shipped_lifter_loads_offline_and_is_the_default(tmp_path, capsys, clip_with_audio):
+    """The project's own weights ship in the repository, load through load_lifter, and are used without --checkpoint;
+    their 3D poses of a real person have plausible, left/right-symmetric bone lengths."""
+    from pipeline.detection import sha256_of
+    from pipeline.lifting import load_lifter
+    from pipeline.skeleton import H36M
+
+    assert sha256_of(SHIPPED_LIFTER) == "eb942ab7762d7e5fca12b042996be25cdee5ab72e9ebc36e9715fe34c2e3f167"
+    lifter = load_lifter(SHIPPED_LIFTER)
+    assert (lifter.frames, lifter.config.frames_kept, lifter.config.coeffs_kept) == (27, 3, 3)
+
+    code, out, err = _run(capsys, "--video", clip_with_audio, "--out", tmp_path, "--quiet", "--no-render")
+    assert code == 0, err
+    with np.load(tmp_path / "two people" / "keypoints.npz") as npz:
+        assert list(npz["checkpoints"]) == [SHIPPED_LIFTER.name]
+        pose = npz["pose3d_camera"][0][npz["valid"]]
+    bones = {(H36M.joints[p], H36M.joints[c]): np.linalg.norm(pose[:, c] - pose[:, p], axis=-1).mean()
+             for p, c in H36M.bones}
+    thigh_r, thigh_l = bones[("right_hip", "right_knee")], bones[("left_hip", "left_knee")]
+    shin_r, shin_l = bones[("right_knee", "right_ankle")], bones[("left_knee", "left_ankle")]
+    assert 0.25 < thigh_r < 0.6 and 0.25 < shin_r < 0.6  # metres: an adult's thigh and shin
+    assert abs(thigh_r - thigh_l) / thigh_r < 0.15 and abs(shin_r - shin_l) / shin_r < 0.15
