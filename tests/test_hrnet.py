@@ -16,14 +16,9 @@ W48_MANIFEST = HRNET_FIXTURE_DIR / "manifest_hrnet_w48_384x288.tsv"
 _W48_TO_W32 = {48: 32, 96: 64, 192: 128, 384: 256}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These networks are small or run once: one thread is as fast, and far faster when the cores are busy (OpenMP
-    threads waiting on each other between hundreds of tiny convolutions)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# These networks are small or run once: one thread is as fast, and far faster when the cores are busy (OpenMP
+# threads waiting on each other between hundreds of tiny convolutions).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _read_manifest(path: Path) -> list[tuple[int, str, tuple[int, ...], str]]:

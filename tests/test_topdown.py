@@ -24,14 +24,9 @@ INPUT_SIZE = (256, 192)  # (height, width) of the W32 model
 HEATMAP_SIZE = (64, 48)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These networks are small or run once: one thread is as fast, and far faster when the cores are busy (OpenMP
-    threads waiting on each other between hundreds of tiny convolutions)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# These networks are small or run once: one thread is as fast, and far faster when the cores are busy (OpenMP
+# threads waiting on each other between hundreds of tiny convolutions).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blob_image(points, shape=(480, 640), sigma=12.0) -> np.ndarray:

@@ -394,10 +394,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except (FileNotFoundError, ValueError, KeyError) as exc:  # bad input: one line, no traceback
-        raise SystemExit(f"error: {exc.args[0] if exc.args else exc}") from None
+    from pipeline.training import run_cli
+
+    return run_cli(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:
