@@ -187,3 +187,14 @@ def save_safetensors(path: str | Path, state_dict: Mapping[str, torch.Tensor], m
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     save_file(tensors, str(path), metadata=meta)
+
+
+def state_dict_differences(model, state_dict: dict) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """Names the model expects but the file lacks, names the file has but the model lacks, and
+    (name, expected shape, found shape) for tensors whose shapes differ: what a strict load checks, for one message."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [(k, tuple(v.shape), tuple(state_dict[k].shape)) for k, v in expected.items()
+                  if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    return missing, unexpected, mismatched

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.checkpoints import CheckpointError, read_checkpoint
+from pipeline.checkpoints import CheckpointError, read_checkpoint, state_dict_differences
 
 logger = logging.getLogger(__name__)
 
@@ -344,14 +344,8 @@ def config_from_state_dict(
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
     """Copy every tensor by name after checking that names and shapes match exactly; raise one clear error if not."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
+    missing, unexpected, wrong_shapes = state_dict_differences(model, state)
+    mismatched = [f"{k}: file {found} vs model {want}" for k, want, found in wrong_shapes]
     problems = []
     if missing:
         problems.append(f"missing {_describe_keys(missing)}")

@@ -325,16 +325,10 @@ def released_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy `state_dict` into `model` after checking every name and shape; one error lists all differences."""
-    from pipeline.checkpoints import CheckpointError
+    from pipeline.checkpoints import CheckpointError, state_dict_differences
 
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k}: expected {tuple(v.shape)}, found {tuple(state_dict[k].shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
+    missing, unexpected, wrong_shapes = state_dict_differences(model, state_dict)
+    mismatched = [f"{k}: expected {want}, found {found}" for k, want, found in wrong_shapes]
     if missing or unexpected or mismatched:
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
