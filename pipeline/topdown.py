@@ -217,6 +217,17 @@ def decode_heatmaps(
 # Estimator
 
 
+def _checked_boxes(images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+    """Boxes as an (N, 4) float64 xyxy array with one image per box, or a clear error."""
+    boxes = np.asarray(boxes, np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be an (N, 4) xyxy array, got shape {boxes.shape}")
+    if len(images) != len(boxes):
+        raise ValueError(f"got {len(images)} images for {len(boxes)} boxes; pass one image per box "
+                         "(repeat a frame for several people)")
+    return boxes
+
+
 class TopDownEstimator:
     """COCO-17 keypoints for person boxes with a heatmap network such as `pipeline.hrnet.load_hrnet(...)`.
 
@@ -248,12 +259,7 @@ class TopDownEstimator:
     def preprocess(self, images: Sequence[np.ndarray], boxes: np.ndarray
                    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """-> normalised crops (N, 3, H, W), centres (N, 2), crop sizes (N, 2) in image pixels."""
-        boxes = np.asarray(boxes, np.float64)
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be an (N, 4) xyxy array, got shape {boxes.shape}")
-        if len(images) != len(boxes):
-            raise ValueError(f"got {len(images)} images for {len(boxes)} boxes; pass one image per box "
-                             "(repeat a frame for several people)")
+        boxes = _checked_boxes(images, boxes)
         for i, image in enumerate(images):
             if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
                     and image.shape[2] == 3):
@@ -288,12 +294,7 @@ class TopDownEstimator:
         return keypoints.astype(np.float32), scores.astype(np.float32)
 
     def __call__(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        boxes = np.asarray(boxes, np.float64)
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be an (N, 4) xyxy array, got shape {boxes.shape}")
-        if len(images) != len(boxes):
-            raise ValueError(f"got {len(images)} images for {len(boxes)} boxes; pass one image per box "
-                             "(repeat a frame for several people)")
+        boxes = _checked_boxes(images, boxes)
         keypoints = np.zeros((len(boxes), COCO.num_joints, 2), np.float32)
         scores = np.zeros((len(boxes), COCO.num_joints), np.float32)
         # Whole pipeline per chunk, so memory stays bounded by batch_size however many boxes a video has.
