@@ -35,7 +35,7 @@ def _read_manifest(path: Path) -> list[tuple[int, str, tuple[int, ...], str]]:
         if not line.strip() or line.startswith("#"):
             continue
         index, key, shape, init = line.split("\t")
-        rows.append((int(index), key, tuple(int(s) for s in shape.split(",")), init))
+        rows.append((int(index), key, tuple(int(s) for s in shape.split(",")) if shape else (), init))
     return rows
 
 
@@ -48,6 +48,12 @@ def _deterministic_weights(rows) -> dict[str, torch.Tensor]:
             w = w + np.float32(1.0)
         weights[key] = torch.from_numpy(w)
     return weights
+
+
+@pytest.fixture(scope="session")
+def read_manifest():
+    """The fixture manifests' reader: path -> [(index, key, shape, init)] (shape () for scalars)."""
+    return _read_manifest
 
 
 @pytest.fixture(scope="session")

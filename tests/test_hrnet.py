@@ -21,16 +21,6 @@ _W48_TO_W32 = {48: 32, 96: 64, 192: 128, 384: 256}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _read_manifest(path: Path) -> list[tuple[int, str, tuple[int, ...], str]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        index, key, shape, init = line.split("\t")
-        rows.append((int(index), key, tuple(int(s) for s in shape.split(",")) if shape else (), init))
-    return rows
-
-
 def _fixture_weights(rows) -> dict[str, torch.Tensor]:
     """The fixture README's rule: N = default_rng(index).standard_normal(shape) in float64, per-init formula, cast last."""
     state = {}
@@ -54,10 +44,10 @@ def _fixture_weights(rows) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def w48_rows():
+def w48_rows(read_manifest):
     if not W48_MANIFEST.is_file():
         pytest.skip(f"HRNet fixture missing in {HRNET_FIXTURE_DIR}")
-    return _read_manifest(W48_MANIFEST)
+    return read_manifest(W48_MANIFEST)
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +77,13 @@ def _to_mmpose(state: dict[str, torch.Tensor], head_prefix: str) -> dict:
 
 @pytest.mark.parametrize("manifest", sorted(HRNET_FIXTURE_DIR.glob("manifest_hrnet_*.tsv")) or [W48_MANIFEST],
                          ids=lambda p: p.stem)
-def test_matches_reference_fixture(manifest):
+def test_matches_reference_fixture(manifest, read_manifest):
     """Every fixture in ../shared/fixtures/hrnet (W48 now, W32 when added): raw output within 1e-4 relative."""
     arrays = manifest.with_name(manifest.name.replace("manifest_", "fixture_")).with_suffix(".npz")
     if not manifest.is_file() or not arrays.is_file():
         pytest.skip(f"HRNet fixture missing in {HRNET_FIXTURE_DIR}")
     size = tuple(int(s) for s in manifest.stem.rsplit("_", 1)[-1].split("x"))
-    model = build_hrnet(_fixture_weights(_read_manifest(manifest)), input_size=size)
+    model = build_hrnet(_fixture_weights(read_manifest(manifest)), input_size=size)
     with np.load(arrays) as npz:
         inputs, reference = npz["input"], npz["heatmaps"]
     assert model.config.input_size == inputs.shape[2:]
