@@ -1,10 +1,12 @@
 """Command line for the mocap data path: `python -m pipeline.mocap {unpack,build,train,evaluate,export}`.
 
-    python -m pipeline.mocap unpack                # archives from ../shared/data/mocap -> ~/.cache/poseformerv2-demo/mocap
-    python -m pipeline.mocap build                 # render + cache train/validation/CMU sets (~3 min)
-    nohup nice -n 10 python -m pipeline.mocap train --frames 27 --f 3 --n 3 --run mocap_27 --resume &
-    python -m pipeline.mocap evaluate --checkpoint ~/.cache/poseformerv2-demo/train/mocap_27/best.bin
-    python -m pipeline.mocap export --checkpoint .../best.bin --out weights/poseformerv2_mocap_27_3_3.safetensors
+    python -m pipeline.mocap unpack     # archives from ../shared/data/mocap -> ~/.cache/poseformerv2-demo/mocap
+    python -m pipeline.mocap build      # render + cache train/validation/CMU sets
+    nohup nice -n 10 python -m pipeline.mocap train --frames 243 --f 3 --n 3 --run mocap_243 --threads 1 \\
+        --init-weights weights/poseformerv2_mocap_27_3_3.safetensors &   # later: the same with --resume
+    python -m pipeline.mocap evaluate --checkpoint ~/.cache/poseformerv2-demo/train/mocap_243/best.bin --half
+    python -m pipeline.mocap export --checkpoint .../best.bin --half \\
+        --out weights/poseformerv2_mocap_243_3_3.safetensors
 """
 from __future__ import annotations
 
@@ -14,9 +16,7 @@ import logging
 import subprocess
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.mocap.dataset import DEFAULT_DATA_DIR, DEFAULT_MOCAP_DIR, RenderConfig, build_sets
+from pipeline.mocap.dataset import DEFAULT_DATA_DIR, DEFAULT_MOCAP_DIR, build_sets, load_set
 
 log = logging.getLogger("pipeline.mocap")
 
@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--warm-start", type=Path,
                    help="start a new run from this training checkpoint's weights, optimizer, lr and step count "
                    "(e.g. after re-rendering the data); its best-so-far validation is forgotten")
+    t.add_argument("--init-weights", type=Path,
+                   help="start a new run from the weights of any lifter file load_lifter reads (e.g. the shipped "
+                   "27/3/3 safetensors for a 243/3/3 run: same tensors), with a fresh optimizer at --lr")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--lr", type=float, default=4e-4)
@@ -56,10 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--val-frames", type=int, default=4096)
 
     e = sub.add_parser("evaluate", help="MPJPE / P-MPJPE of a checkpoint on held-out Bandai and CMU")
-    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint or any lifter file")
     e.add_argument("--max-frames", type=int, default=20000, help="evenly spaced centre frames per set")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--half", action="store_true", help="round the weights to float16 first")
+    e.add_argument("--set", dest="extra_sets", action="append", default=[], metavar="NAME=FILE.npz",
+                   help="also evaluate on this cached set (e.g. one rendered with older settings); repeatable")
+    e.add_argument("--only-extra", action="store_true", help="skip the default held-out Bandai and CMU sets")
     e.add_argument("--json", type=Path, help="also write the metrics here")
 
     x = sub.add_parser("export", help="a training checkpoint -> safetensors with the config in its metadata")
@@ -84,152 +90,79 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "unpack":
         _unpack(args.mocap_dir)
-        return 0
-    if args.command == "build":
+    elif args.command == "build":
         data = build_sets(args.mocap_dir, args.data_dir, limit_clips=args.limit_clips)
         for name, s in (("train", data.train), ("validation", data.validation), ("cmu", data.cmu)):
             log.info("%s: %d sequences, %d frames", name, len(s), s.num_frames)
-        return 0
-    if args.command == "train":
-        return _train(args)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    if args.command == "export":
-        return _export(args)
-    return 2
+    elif args.command == "train":
+        _train(args)
+    elif args.command == "evaluate":
+        _evaluate(args)
+    elif args.command == "export":
+        from pipeline.mocap.export import export_safetensors
+
+        export_safetensors(args.checkpoint, args.out, args.half)
+    return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace) -> None:
     import torch
 
+    from pipeline.mocap.export import init_training_run
     from pipeline.poseformerv2 import PoseFormerV2Config
     from pipeline.training.train import LAST_CHECKPOINT, TrainConfig, default_run_dir, load_checkpoint, train
 
     torch.set_num_threads(args.threads)
     run_dir = default_run_dir(args.run)
+    model_config = PoseFormerV2Config(frames=args.frames, frames_kept=args.frames_kept, coeffs_kept=args.coeffs_kept,
+                                      drop_path_rate=0.1)
+    if args.warm_start is not None and args.init_weights is not None:
+        raise SystemExit("give either --warm-start (a training checkpoint) or --init-weights (a lifter file)")
+    if (args.warm_start or args.init_weights) and (run_dir / LAST_CHECKPOINT).exists():
+        raise SystemExit(f"{run_dir} already has {LAST_CHECKPOINT}; use --resume, or another --run name")
     if args.warm_start is not None:
-        if (run_dir / LAST_CHECKPOINT).exists():
-            raise SystemExit(f"{run_dir} already has {LAST_CHECKPOINT}; use --resume, or another --run name")
         chk = load_checkpoint(args.warm_start)
         chk["progress"]["best"] = float("inf")  # validation data may differ: best.bin restarts with this run
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.save(chk, run_dir / LAST_CHECKPOINT)
         log.info("warm start from %s (step %d)", args.warm_start, chk["progress"]["step"])
+    if args.init_weights is not None:
+        init_training_run(args.init_weights, model_config, run_dir, args.lr)
     data = build_sets(args.mocap_dir, args.data_dir, with_cmu=False)
-    model_config = PoseFormerV2Config(frames=args.frames, frames_kept=args.frames_kept, coeffs_kept=args.coeffs_kept,
-                                      drop_path_rate=0.1)
     config = TrainConfig(run_dir=run_dir, batch_size=args.batch_size, threads=args.threads,
                          lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
                          samples_per_epoch=args.samples_per_epoch, max_minutes=args.max_minutes,
                          checkpoint_minutes=args.checkpoint_minutes,
                          validation_minutes=args.validation_minutes, validation_frames=args.val_frames,
-                         resume=args.resume or args.warm_start is not None)
+                         resume=args.resume or args.warm_start is not None or args.init_weights is not None)
     result = train(model_config, data.train, data.validation, config)
     log.info("stopped at step %d, epoch %d; validation %s; checkpoints in %s", result.step, result.epoch,
              json.dumps({k: round(v * 1000, 1) for k, v in result.validation.items()}), result.run_dir)
-    return 0
 
 
-def subject_or_content(group: str) -> str:
-    """Breakdown key: CMU subject ("01_05" -> "cmu_01", "resources_131_02" -> "cmu_131"), Bandai content
-    ("dataset-2_walk_active" -> "walk")."""
-    if group.startswith("dataset-"):
-        return group.split("_")[1]
-    return "cmu_" + (group.split("_")[1] if group.startswith("resources_") else group.split("_")[0])
-
-
-def evaluate_model(model, frames: int, sets: dict, max_frames: int, batch_size: int = 256) -> dict[str, dict]:
-    """MPJPE / P-MPJPE (mm) with flip test on evenly spaced centre frames of every SequenceSet in `sets`, overall
-    (frame-weighted) and per CMU subject / Bandai content."""
-    from pipeline.skeleton import H36M
-    from pipeline.training.metrics import procrustes_align
-    from pipeline.training.train import predict_centre
-    from pipeline.training.windows import WindowSampler
-
-    results = {}
-    for name, sequences in sets.items():
-        sampler = WindowSampler(sequences, frames, flip=False, flip_permutation=H36M.flip_permutation)
-        ids = sampler.evenly_spaced_frames(max_frames)
-        preds, targets = [], []
-        for i in range(0, len(ids), batch_size):
-            batch = sampler.gather(ids[i:i + batch_size])
-            preds.append(predict_centre(model, batch.inputs_2d, True, H36M.flip_permutation))
-            targets.append(batch.targets_3d)
-        pred, target = np.concatenate(preds).astype(np.float64), np.concatenate(targets).astype(np.float64)
-        err = np.linalg.norm(pred - target, axis=-1).mean(axis=-1) * 1000
-        p_err = np.linalg.norm(procrustes_align(pred, target) - target, axis=-1).mean(axis=-1) * 1000
-        ends = np.cumsum([len(x) for x in sequences.inputs_2d])
-        keys = np.array([subject_or_content(sequences.groups[k]) for k in np.searchsorted(ends, ids, side="right")])
-        results[name] = {"mpjpe_mm": round(float(err.mean()), 1), "p_mpjpe_mm": round(float(p_err.mean()), 1),
-                         "frames": int(len(ids)), "sequences": len(sequences),
-                         "by_group": {k: {"mpjpe_mm": round(float(err[keys == k].mean()), 1),
-                                          "p_mpjpe_mm": round(float(p_err[keys == k].mean()), 1),
-                                          "frames": int((keys == k).sum())} for k in sorted(set(keys))}}
-        log.info("%s: MPJPE %.1f mm, P-MPJPE %.1f mm (%d frames of %d sequences)", name, err.mean(), p_err.mean(),
-                 len(ids), len(sequences))
-    return results
-
-
-def load_training_checkpoint(path: Path, half: bool = False):
-    """(model in eval mode, its PoseFormerV2Config) from a training checkpoint written by pipeline.training."""
+def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
-    from pipeline.training.train import load_checkpoint, strip_module_prefix
-
-    chk = load_checkpoint(path)
-    config = PoseFormerV2Config.from_dict(chk["model_config"])
-    model = PoseFormerV2(config)
-    state = strip_module_prefix(chk["model_pos"])
-    if half:
-        state = {k: v.half().float() if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state)
-    return model.eval(), config, chk
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    import torch
+    from pipeline.mocap.evaluation import evaluate_model
+    from pipeline.mocap.export import load_any_lifter
 
     torch.set_num_threads(args.threads)
-    model, config, chk = load_training_checkpoint(args.checkpoint, half=args.half)
-    data = build_sets(args.mocap_dir, args.data_dir)
-    results = evaluate_model(model, config.frames, {"bandai_heldout": data.validation, "cmu": data.cmu},
-                             args.max_frames)
-    results["checkpoint"] = {"path": str(args.checkpoint), "samples_seen": chk["progress"]["samples_seen"],
-                             "epoch": chk["epoch"], "model_config": chk["model_config"], "half": args.half}
-    print(json.dumps(results, indent=2))
+    model, info = load_any_lifter(args.checkpoint, half=args.half)
+    sets = {}
+    if not args.only_extra:
+        data = build_sets(args.mocap_dir, args.data_dir)
+        sets = {"bandai_heldout": data.validation, "cmu": data.cmu}
+    for spec in args.extra_sets:
+        name, sep, path = spec.partition("=")
+        if not sep or not Path(path).is_file():
+            raise SystemExit(f"--set wants NAME=FILE.npz with an existing file, got {spec!r}")
+        sets[name] = load_set(Path(path))
+    results = evaluate_model(model, model.config.frames, sets, args.max_frames)
+    results["checkpoint"] = {"path": str(args.checkpoint), "half": args.half, **info}
+    text = json.dumps(results, indent=2)
+    print(text)  # the command's output (this is the CLI entry point)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    return 0
-
-
-TRAINING_NOTE = ("PoseFormerV2 trained from scratch on Bandai-Namco-Research-Motiondataset 1+2 (CC BY-NC 4.0) rendered "
-                 "through random virtual cameras with detector-like COCO-17 noise and the runtime COCO-to-H36M remap "
-                 "(pipeline.mocap); see weights/MODEL_CARD.md")
-LICENCE_NOTE = "CC BY-NC 4.0 (non-commercial use only), inherited from the Bandai-Namco-Research-Motiondataset"
-
-
-def export_safetensors(checkpoint: Path, out: Path, half: bool) -> Path:
-    """A training checkpoint -> safetensors that `pipeline.lifting.load_lifter` reads (config in the metadata)."""
-    from pipeline.checkpoints import save_safetensors
-    from pipeline.lifting import SAFETENSORS_FORMAT
-
-    model, config, chk = load_training_checkpoint(checkpoint)
-    dtype = "float16" if half else "float32"
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(out, state, {
-        "format": SAFETENSORS_FORMAT, "config": config.to_dict(), "dtype": dtype, "training": TRAINING_NOTE,
-        "licence": LICENCE_NOTE, "samples_seen": chk["progress"]["samples_seen"],
-        "validation": {k: round(v * 1000, 1) for k, v in chk.get("validation", {}).items()},
-    })
-    log.info("wrote %s (%s, %.1f MB)", out, dtype, out.stat().st_size / 1e6)
-    return out
-
-
-def _export(args: argparse.Namespace) -> int:
-    export_safetensors(args.checkpoint, args.out, args.half)
-    return 0
+        args.json.write_text(text)
 
 
 if __name__ == "__main__":

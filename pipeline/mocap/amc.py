@@ -38,7 +38,7 @@ class AsfSkeleton:
 
 def _axis_matrix(angles_deg: list[float], order: str) -> np.ndarray:
     # ASF "axis a b c XYZ": rotate about x first, then y, then z (fixed axes): C = Rz Ry Rx.
-    angles = dict(zip(order.lower(), angles_deg))
+    angles = dict(zip(order.lower(), angles_deg, strict=True))
     return euler_to_matrix(np.array([angles["z"], angles["y"], angles["x"]]), "zyx")
 
 

@@ -126,7 +126,7 @@ def forward_kinematics(clip: BvhClip) -> tuple[np.ndarray, np.ndarray]:
     positions = np.zeros((num_frames, sk.num_joints, 3))
     rotations = np.zeros((num_frames, sk.num_joints, 3, 3))
     col = 0
-    for j, (parent, chans) in enumerate(zip(sk.parents, sk.channels)):
+    for j, (parent, chans) in enumerate(zip(sk.parents, sk.channels, strict=True)):
         values = clip.motion[:, col:col + len(chans)]
         col += len(chans)
         translation = np.broadcast_to(sk.offsets[j], (num_frames, 3)).copy()

@@ -1,0 +1,104 @@
+"""Moving weights between training checkpoints and shippable lifter files.
+
+`export_safetensors` turns a training checkpoint into the float16 safetensors file the demo loads;
+`init_training_run` goes the other way: it seeds a new training run with the weights of any lifter file (for example
+the shipped 27/3/3 safetensors), so a longer-window model starts from what a shorter one learnt. A 27/3/3 and a
+243/3/3 PoseFormerV2 have exactly the same tensors (the DCT keeps n coefficients and the f centre frames whatever T
+is), so the weights carry over unchanged.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TRAINING_NOTE = ("PoseFormerV2 trained on Bandai-Namco-Research-Motiondataset 1+2 (CC BY-NC 4.0) rendered "
+                 "through random virtual cameras with detector-like COCO-17 noise and the runtime COCO-to-H36M remap "
+                 "(pipeline.mocap); see weights/MODEL_CARD.md")
+LICENCE_NOTE = "CC BY-NC 4.0 (non-commercial use only), inherited from the Bandai-Namco-Research-Motiondataset"
+
+
+def load_training_checkpoint(path: Path, half: bool = False):
+    """(model in eval mode, its PoseFormerV2Config, the checkpoint dict) from a training checkpoint written by
+    pipeline.training; `half` rounds the weights to float16 first (what the shipped file stores)."""
+    from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+    from pipeline.training.train import load_checkpoint, strip_module_prefix
+
+    chk = load_checkpoint(path)
+    config = PoseFormerV2Config.from_dict(chk["model_config"])
+    model = PoseFormerV2(config)
+    state = strip_module_prefix(chk["model_pos"])
+    if half:
+        state = {k: v.half().float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state)
+    return model.eval(), config, chk
+
+
+def export_safetensors(checkpoint: Path, out: Path, half: bool) -> Path:
+    """A training checkpoint -> safetensors that `pipeline.lifting.load_lifter` reads (config in the metadata)."""
+    from pipeline.checkpoints import save_safetensors
+    from pipeline.lifting import SAFETENSORS_FORMAT
+
+    model, config, chk = load_training_checkpoint(checkpoint)
+    dtype = "float16" if half else "float32"
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(out, state, {
+        "format": SAFETENSORS_FORMAT, "config": config.to_dict(), "dtype": dtype, "training": TRAINING_NOTE,
+        "licence": LICENCE_NOTE, "samples_seen": chk["progress"]["samples_seen"],
+        "validation": {k: round(v * 1000, 1) for k, v in chk.get("validation", {}).items()},
+    })
+    log.info("wrote %s (%s, %.1f MB)", out, dtype, out.stat().st_size / 1e6)
+    return out
+
+
+def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, seed: int = 1234,
+                      weight_decay: float = 0.1) -> Path:
+    """Write `run_dir`/last.bin: step 0 of a training run whose model (built from `model_config`) starts from the
+    weights of any lifter file `load_lifter` reads, with a fresh AdamW at `lr`. Resuming that run trains it.
+
+    Raises ValueError when the file's tensors do not fit `model_config` (another f, n, width or depth)."""
+    import torch
+
+    from pipeline.lifting import CONFIG_ENTRY, load_lifter
+    from pipeline.poseformerv2 import PoseFormerV2
+    from pipeline.training.train import LAST_CHECKPOINT, plain_config, save_checkpoint
+
+    source = load_lifter(weights, device="cpu", frames=model_config.frames).model
+    torch.manual_seed(seed)
+    model = PoseFormerV2(model_config)
+    mismatched = [k for k, v in model.state_dict().items()
+                  if k not in source.state_dict() or source.state_dict()[k].shape != v.shape]
+    if mismatched:
+        raise ValueError(f"{weights} does not fit PoseFormerV2 f={model_config.frames_kept} "
+                         f"n={model_config.coeffs_kept}: tensors {mismatched[:3]} differ; pick matching --f/--n")
+    model.load_state_dict({k: v.float() for k, v in source.state_dict().items()})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    config = plain_config(model_config)
+    path = Path(run_dir) / LAST_CHECKPOINT
+    save_checkpoint(path, model, optimizer, epoch=0, lr=lr, rng=np.random.RandomState(seed), extra={
+        "torch_rng_state": torch.get_rng_state(), "model_config": config, CONFIG_ENTRY: config,
+        "progress": {"step": 0, "samples_seen": 0, "samples_in_epoch": 0, "best": float("inf")},
+        "validation": {}, "initial_weights": str(weights)})
+    log.info("initialised %s from the weights of %s", path, weights)
+    return path
+
+
+def load_any_lifter(path: Path, half: bool = False):
+    """(model in eval mode, facts about it) from a training checkpoint (with its progress) or any lifter file
+    `load_lifter` reads (the shipped safetensors, released .bin files)."""
+    from pipeline.checkpoints import read_checkpoint
+    from pipeline.lifting import load_lifter
+
+    if Path(path).suffix != ".safetensors" and "model_config" in read_checkpoint(path):
+        model, _, chk = load_training_checkpoint(path, half=half)
+        return model, {"samples_seen": chk["progress"]["samples_seen"], "epoch": chk["epoch"],
+                       "model_config": chk["model_config"]}
+    model = load_lifter(path, device="cpu").model.float().eval()
+    if half:
+        model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                               for k, v in model.state_dict().items()})
+    return model, {"model_config": model.config.to_dict()}
