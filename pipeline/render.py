@@ -4,16 +4,20 @@ Drawn with OpenCV, not Matplotlib: a Matplotlib 3D figure costs tens of millisec
 frames/s target. Everything that does not change during a clip (output size, view, scale, ground grid, titles) is
 computed once in `SideBySideRenderer.__init__`; `render` only resizes the frame and draws a few dozen lines.
 
-World poses (T, 17, 3) are in the lifter's world frame, as the released PoseFormerV2 demo produces them: z up, lowest
-joint at z=0, root-relative in x/y, metres-ish. The view follows Matplotlib's meaning: `elev` is the angle of the eye
-above the ground plane, `azim` the rotation of the eye about the vertical z axis (defaults: the released demo's 15/70).
+World poses (T, 17, 3) are in the world view, z up, metres, the ground at z = 0, in either of two forms: pinned, as
+the released PoseFormerV2 demo draws them (pelvis at x = y = 0, each frame's lowest joint at z = 0), or moving, placed
+along the pelvis trajectory (`pipeline.motion.trajectory.world_view`: one ground for the clip, so jumps show). The
+renderer does not need to know which: the 3D limits hold every pose of the clip either way, and a moving view can pass
+each frame's pelvis path so far (`trails`), drawn as a fading trail with its shadow on the ground. The view follows
+Matplotlib's meaning: `elev` is the angle of the eye above the ground plane, `azim` the rotation of the eye about the
+vertical z axis (defaults: the released demo's 15/70).
 """
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -35,10 +39,14 @@ GROUND_BGR = (58, 58, 58)
 GRID_BGR = (95, 95, 95)
 SHADOW_BGR = (22, 22, 22)
 TEXT_BGR = (235, 235, 235)
+# The pelvis trail: yellow, a colour no skeleton part uses; its ground shadow in a darker shade of it.
+TRAIL_BGR = (60, 215, 245)
+TRAIL_SHADOW_BGR = (40, 110, 125)
 
 _SUBPIXEL_BITS = 4  # cv2 drawing `shift`: coordinates in 1/16 pixel, so slow motion does not jump pixel by pixel
 _SUBPIXEL = 1 << _SUBPIXEL_BITS
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+_TRAIL_SHADES = 9  # steps of the trail's fade
 
 
 @dataclass(frozen=True)
@@ -48,8 +56,10 @@ class RenderConfig:
     azim: float = 70.0  # degrees of rotation of the eye about the vertical axis
     panel_aspect: float = 1.0  # width / height of each 3D panel
     min_score: float = 0.3  # 2D joints scored below this are drawn dimmed
-    grid_spacing: float = 0.25  # world units between ground grid lines
+    grid_spacing: float = 0.25  # world units between ground grid lines (at least; coarser on a large ground)
+    max_grid_lines: int = 16  # per direction: a long path gets 0.5, 1, 2 or 5 m grid spacing instead
     margin: float = 0.15  # world units of free space around the clip's poses in the 3D panels
+    trail_frames: int = 45  # the pelvis trail shows this many frames back, fading out (1.5 s at 30 frames/s)
 
 
 def side_color(skeleton: Skeleton, parent: int, child: int) -> tuple[int, int, int]:
@@ -65,7 +75,7 @@ class WorldLimits:
     high: tuple[float, float, float]
 
     @classmethod
-    def from_worlds(cls, worlds: Sequence[np.ndarray], margin: float = 0.15) -> "WorldLimits":
+    def from_worlds(cls, worlds: Sequence[np.ndarray], margin: float = 0.15) -> WorldLimits:
         """Limits over every frame of every checkpoint's (T, J, 3) poses; NaN joints are ignored.
 
         The horizontal extent is a square centred on the poses (so turning the view never clips), the vertical one
@@ -85,6 +95,16 @@ class WorldLimits:
             low=(centre_xy[0] - half_xy, centre_xy[1] - half_xy, z_low),
             high=(centre_xy[0] + half_xy, centre_xy[1] + half_xy, z_high),
         )
+
+
+def grid_step(extent: float, minimum: float, max_lines: int) -> float:
+    """Ground grid spacing: the first of minimum x (1, 2, 4, 10, 20, 40, 100, ...) (0.25, 0.5, 1, 2.5, 5, 10 m from
+    the default 0.25) that draws at most `max_lines` lines across `extent` world units."""
+    step, k = minimum, 0
+    while extent / step > max_lines:
+        step *= (2.0, 2.0, 2.5)[k % 3]
+        k += 1
+    return step
 
 
 def view_axes(elev: float, azim: float) -> np.ndarray:
@@ -146,7 +166,7 @@ class _Panel3D:
         ground = np.array([[low[0], low[1], 0], [high[0], low[1], 0], [high[0], high[1], 0], [low[0], high[1], 0]])
         ground_px, _ = self.project(ground)
         cv2.fillConvexPoly(panel, _fixed(ground_px), GROUND_BGR, cv2.LINE_AA, _SUBPIXEL_BITS)
-        step = config.grid_spacing
+        step = grid_step(float(high[0] - low[0]), config.grid_spacing, config.max_grid_lines)
         for axis in (0, 1):
             first = math.ceil(low[axis] / step) * step
             for value in np.arange(first, high[axis] + 1e-9, step):
@@ -204,6 +224,14 @@ def _draw_segment(canvas, a, b, color, thickness, dashed: bool) -> None:
         p = a + (b - a) * (k / pieces)
         q = a + (b - a) * (min(k + 1, pieces) / pieces)
         cv2.line(canvas, *_fixed_points(np.stack([p, q])), color, thickness, cv2.LINE_AA, _SUBPIXEL_BITS)
+
+
+def _paths(trail) -> np.ndarray:
+    """A trail (N, 3) or (P, N, 3) -> (P, N, 3) float64 (P = 0 when there is no point yet)."""
+    trail = np.asarray(trail, dtype=np.float64)
+    if trail.ndim < 2 or trail.shape[-1] != 3:
+        raise ValueError(f"a pelvis trail must be (N, 3) or (P, N, 3), got shape {trail.shape}")
+    return trail.reshape(-1, trail.shape[-2], 3) if trail.shape[-2] else np.zeros((0, 0, 3))
 
 
 def _dim(color: tuple[int, int, int], amount: float = 0.55) -> tuple[int, int, int]:
@@ -264,7 +292,7 @@ class SideBySideRenderer:
         worlds_per_panel: Sequence[np.ndarray],
         config: RenderConfig = RenderConfig(),
         skeleton: Skeleton = H36M,
-    ) -> "SideBySideRenderer":
+    ) -> SideBySideRenderer:
         """A renderer whose 3D limits hold every frame of every panel's (T, J, 3) poses: the usual way to build one."""
         if len(worlds_per_panel) != len(panel_titles):
             raise ValueError(f"got {len(worlds_per_panel)} world pose arrays for {len(panel_titles)} panel titles")
@@ -279,17 +307,24 @@ class SideBySideRenderer:
         scores: np.ndarray | None,
         valid: bool | np.ndarray,
         worlds: Sequence[np.ndarray],
+        trails: Sequence[np.ndarray] | None = None,
     ) -> np.ndarray:
         """frame (H, W, 3) uint8 BGR of the input size, keypoints (J, 2) input pixels, scores (J,) or None,
         valid = the target was detected in this frame, worlds = one (J, 3) pose per panel -> (h, w, 3) uint8 BGR.
 
         Several people: keypoints (P, J, 2), scores (P, J), valid (P,), worlds = one (P, J, 3) array per panel, the
-        followed person first (the "no detection" banner is about that person)."""
+        followed person first (the "no detection" banner is about that person).
+
+        trails (moving view only): one array (or None) per panel of pelvis positions up to this frame, oldest first,
+        (N, 3) or (P, N, 3) for several people, e.g. `root[: t + 1]`; the last `config.trail_frames` are drawn,
+        fading out towards the oldest, under the skeletons."""
         in_w, in_h = self.input_size
         if frame_bgr.shape != (in_h, in_w, 3) or frame_bgr.dtype != np.uint8:
             raise ValueError(f"expected a {in_w}x{in_h} BGR uint8 frame, got shape {frame_bgr.shape} {frame_bgr.dtype}")
         if len(worlds) != self.num_panels:
             raise ValueError(f"got {len(worlds)} world poses for {self.num_panels} 3D panels")
+        if trails is not None and len(trails) != self.num_panels:
+            raise ValueError(f"got {len(trails)} pelvis trails for {self.num_panels} 3D panels")
         joints = self.skeleton.num_joints
         people_2d = np.asarray(keypoints_2d, dtype=np.float64).reshape(-1, joints, 2)
         people_scores = [None] * len(people_2d) if scores is None else np.asarray(scores).reshape(-1, joints)
@@ -302,15 +337,19 @@ class SideBySideRenderer:
             # INTER_LINEAR: 2 ms for 1768x994 -> 1280x720 where INTER_AREA takes 13 ms (benchmarks/bench_render.py);
             # at these downscale factors (< 2x) the difference in sharpness is hard to see.
             left[:] = cv2.resize(frame_bgr, (self.left_width, self.height), interpolation=cv2.INTER_LINEAR)
-        for person, person_scores, person_valid in zip(people_2d, people_scores, people_valid):
+        for person, person_scores, person_valid in zip(people_2d, people_scores, people_valid, strict=False):
             self._draw_2d(left, person * self._keypoint_scale, person_scores, bool(person_valid))
         if not people_valid[0]:
             _draw_banner(left, NO_DETECTION_TEXT)
-        for k, (panel, world) in enumerate(zip(self.panels, worlds)):
+        for k, (panel, world) in enumerate(zip(self.panels, worlds, strict=True)):
             x0 = self.left_width + k * self.panel_width
             target = out[:, x0 : x0 + self.panel_width]
             target[:] = panel.background
-            for person, person_valid in zip(np.asarray(world, dtype=np.float64).reshape(-1, joints, 3), people_valid):
+            if trails is not None and trails[k] is not None:
+                for path in _paths(trails[k]):
+                    self._draw_trail(target, panel, path[-self.config.trail_frames:])
+            people_3d = np.asarray(world, dtype=np.float64).reshape(-1, joints, 3)
+            for person, person_valid in zip(people_3d, people_valid, strict=False):
                 self._draw_3d(target, panel, person, bool(person_valid))
             if not people_valid[0]:
                 _draw_banner(target, "no detection")
@@ -320,7 +359,7 @@ class SideBySideRenderer:
         thickness = self._line_2d
         confident = np.ones(len(points), bool) if scores is None else np.asarray(scores) >= self.config.min_score
         finite = np.isfinite(points).all(axis=1)
-        for (p, c), color in zip(self._bones, self._bone_colors):
+        for (p, c), color in zip(self._bones, self._bone_colors, strict=True):
             if not (finite[p] and finite[c]):
                 continue
             if not valid:
@@ -341,7 +380,8 @@ class SideBySideRenderer:
         shadow[:, 2] = 0.0
         shadow_px, _ = panel.project(shadow)
         thickness = panel.line_thickness
-        bones = [(p, c, col) for (p, c), col in zip(self._bones, self._bone_colors) if finite[p] and finite[c]]
+        bones = [(p, c, col) for (p, c), col in zip(self._bones, self._bone_colors, strict=True)
+                 if finite[p] and finite[c]]
         for p, c, _ in bones:  # the pose's shadow on the ground helps reading depth and height
             cv2.line(canvas, *_fixed_points(shadow_px[[p, c]]), SHADOW_BGR, thickness, cv2.LINE_AA, _SUBPIXEL_BITS)
         # Far bones first, so that nearer limbs are drawn over them.
@@ -352,3 +392,22 @@ class SideBySideRenderer:
             color = self._joint_colors[j] if valid else INVALID_BGR
             centre = tuple(int(v) for v in np.round(pixels[j] * _SUBPIXEL))
             cv2.circle(canvas, centre, thickness * _SUBPIXEL, color, -1, cv2.LINE_AA, _SUBPIXEL_BITS)
+
+    def _draw_trail(self, canvas: np.ndarray, panel: _Panel3D, path: np.ndarray) -> None:
+        """Pelvis positions (N, 3), oldest first: a line whose colour fades from the background (oldest) to
+        `TRAIL_BGR` (now), and its shadow on the ground fading the same way. Drawn as `_TRAIL_SHADES` polylines of
+        one shade each, not one line per segment: measured 1.5 ms instead of 9.4 ms for a 45-frame trail."""
+        path = path[np.isfinite(path).all(axis=1)]
+        if len(path) < 2:
+            return
+        shadow = path.copy()
+        shadow[:, 2] = 0.0
+        thickness = max(1, panel.line_thickness - 1)
+        background = np.array(PANEL_BACKGROUND_BGR, np.float64)
+        bounds = np.linspace(0, len(path) - 1, min(_TRAIL_SHADES, len(path) - 1) + 1).round().astype(int)
+        for points, color in ((shadow, TRAIL_SHADOW_BGR), (path, TRAIL_BGR)):
+            pixels = _fixed(panel.project(points)[0])
+            for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+                strength = stop / (len(path) - 1)  # the newest piece at full colour
+                faded = tuple(int(round(c)) for c in background + strength * (np.array(color) - background))
+                cv2.polylines(canvas, [pixels[start:stop + 1]], False, faded, thickness, cv2.LINE_AA, _SUBPIXEL_BITS)

@@ -1,16 +1,22 @@
-"""Approximate placement of several lifted people in one world view.
+"""Several lifted people in one world view.
 
-PoseFormerV2 gives every person root-relative: all pelvises at the origin. To show several people in one 3D panel,
-each is moved to where a pinhole camera puts them: depth from the pixel height of their box (people of average
-height `PERSON_HEIGHT_M`, a focal length of about the image's larger side, ~53 degrees of view), sideways and
-vertical position from their pelvis pixel. Only positions relative to the followed person matter: the followed person
-stays where the lifter put them. This is a picture aid, not a measurement: it is not saved to keypoints.npz.
+PoseFormerV2 gives every person root-relative: all pelvises at the origin. Two ways to show several people in one
+3D panel:
+- `world_scene` (the moving view): every person at their own pelvis trajectory (`pipeline.motion.trajectory`), all
+  on the followed person's ground. The trajectories are camera-space positions, so the people stand where the camera
+  saw them, each at the depth their lifted body size gives.
+- `place_people` (the pinned view): an approximate placement: each person is moved to where a pinhole camera puts
+  them, depth from the pixel height of their box (people of average height `PERSON_HEIGHT_M`, a focal length of
+  about the image's larger side, ~53 degrees of view), sideways and vertical position from their pelvis pixel. Only
+  positions relative to the followed person matter: the followed person stays where the lifter put them. This is a
+  picture aid, not a measurement: it is not saved to keypoints.npz.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.lifting import camera_to_world
+from pipeline.geometry import camera_to_world
+from pipeline.motion.trajectory import world_view
 
 PERSON_HEIGHT_M = 1.7
 SMOOTHING_FRAMES = 15  # box heights jump with every detection; a moving average keeps depths steady
@@ -48,3 +54,19 @@ def place_people(worlds: np.ndarray, pelvis_px: np.ndarray, box_heights_px: np.n
     offsets = camera_to_world(positions - positions[:1])  # relative to the followed person, rotated like the poses
     offsets[..., 2] = 0.0
     return worlds + offsets[:, :, None, :]
+
+
+def world_scene(camera_poses: np.ndarray, trajectories: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Root-relative camera-space poses (P, T, J, 3) of P people (the followed person first), their pelvis
+    trajectories (P, T, 3) and detection masks (P, T) -> world poses (P, T, J, 3) and pelvis paths (P, T, 3) in one
+    world view: the fixed camera-to-world rotation, and the ground under the followed person's lowest foot
+    (`pipeline.motion.trajectory.world_view`)."""
+    camera_poses = np.asarray(camera_poses)
+    if camera_poses.ndim != 4 or np.shape(trajectories) != camera_poses.shape[:2] + (3,) \
+            or np.shape(valid) != camera_poses.shape[:2]:
+        raise ValueError(f"expected poses (P, T, J, 3), trajectories (P, T, 3) and valid (P, T), got shapes "
+                         f"{camera_poses.shape}, {np.shape(trajectories)}, {np.shape(valid)}")
+    followed = world_view(camera_poses[0], trajectories[0], valid[0])
+    views = [followed] + [world_view(poses, path, mask, ground=followed.ground)
+                          for poses, path, mask in zip(camera_poses[1:], trajectories[1:], valid[1:], strict=True)]
+    return np.stack([v.poses for v in views]), np.stack([v.root for v in views])

@@ -6,16 +6,20 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.encode import VideoWriter, probe_media
+from pipeline.media.encode import VideoWriter
+from pipeline.media.ffmpeg import probe
 from pipeline.render import (
     BANNER_BGR,
     CENTER_BGR,
     INVALID_BGR,
     LEFT_BGR,
+    PANEL_BACKGROUND_BGR,
     RIGHT_BGR,
+    TRAIL_BGR,
     RenderConfig,
     SideBySideRenderer,
     WorldLimits,
+    grid_step,
     output_layout,
     view_axes,
 )
@@ -172,7 +176,7 @@ def test_undetected_frames_are_marked_on_both_panels(frame):
     keypoints = image_points(pose, (1768, 994))
     detected = renderer.render(frame, keypoints, None, True, [pose])
     missing = renderer.render(frame, keypoints, None, False, [pose])
-    for shown, marked in zip(panels(renderer, detected), panels(renderer, missing)):
+    for shown, marked in zip(panels(renderer, detected), panels(renderer, missing), strict=True):
         assert count_color(shown, BANNER_BGR) == 0 and count_color(marked, BANNER_BGR) > 1000
         assert count_color(marked, INVALID_BGR) > count_color(shown, INVALID_BGR) + 50  # (text edges have greys)
         for color in (LEFT_BGR, RIGHT_BGR, CENTER_BGR):  # the skeleton is grey, not in side colours
@@ -232,6 +236,7 @@ def test_for_clip_takes_the_limits_from_every_panel(frame):
         SideBySideRenderer.for_clip((1768, 994), ["a.bin", "b.bin"], [a])
 
 
+@pytest.mark.slow
 def test_sample_clip_renders_and_encodes_with_its_audio(tmp_path, shared_dir):
     """Real footage end to end: 30 frames of the 1768x994 sample from frame 100, side by side, with its AAC audio."""
     clip = shared_dir / "data" / "videos" / "sports2d_demo.mp4"
@@ -247,8 +252,8 @@ def test_sample_clip_renders_and_encodes_with_its_audio(tmp_path, shared_dir):
     with VideoWriter(path, renderer.output_size, 30, frame_count=30, audio_source=clip, audio_start=100 / 30) as writer:
         for t, frame in enumerate(frames):
             writer.write(renderer.render(frame, image_points(poses[t], (1768, 994)), None, t % 10 != 9, [poses[t]]))
-    info = probe_media(path)
-    assert (info.video_codec, info.pix_fmt, info.width, info.height) == ("h264", "yuv420p", 2000, 720)
+    info = probe(path)
+    assert (info.codec, info.pix_fmt, info.width, info.height) == ("h264", "yuv420p", 2000, 720)
     assert info.audio_codec == "aac" and info.fps == 30.0
     decoded = _decode_all(path)
     assert len(decoded) == 30
@@ -265,3 +270,80 @@ def _decode_all(path) -> list[np.ndarray]:
         if not ok:
             return frames
         frames.append(frame)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The moving view: skeletons placed along their trajectory, a fading pelvis trail
+
+
+def test_a_moving_skeleton_is_drawn_where_its_trajectory_puts_it(frame):
+    here = star_pose()
+    there = star_pose() + [1.5, -2.0, 0.4]  # 2.5 m away and up on a step
+    renderer = SideBySideRenderer.for_clip((1768, 994), ["a.bin"], [np.stack([here, there])])
+    panel = renderer.panels[0]
+    for pose in (here, there):  # the limits hold the whole path: every joint inside the panel, below the title
+        pixels, _ = panel.project(pose)
+        assert pixels[:, 0].min() > 0 and pixels[:, 0].max() < renderer.panel_width
+        assert pixels[:, 1].min() > renderer.height / 16 and pixels[:, 1].max() < renderer.height
+    keypoints = image_points(here, (1768, 994))
+
+    def skeleton_centre(pose):
+        part = panels(renderer, renderer.render(frame, keypoints, None, True, [pose]))[1]
+        mask = np.zeros(part.shape[:2], bool)
+        for color in (LEFT_BGR, RIGHT_BGR, CENTER_BGR):
+            mask |= np.all(part == np.array(color, np.uint8), axis=-1)
+        return np.argwhere(mask).mean(axis=0)[::-1]  # (x, y)
+
+    moved = skeleton_centre(there) - skeleton_centre(here)
+    expected = (panel.project(there)[0] - panel.project(here)[0]).mean(axis=0)
+    np.testing.assert_allclose(moved, expected, atol=3.0)
+    assert np.linalg.norm(expected) > 50  # a visible move, so the comparison above can fail
+
+
+def test_the_pelvis_trail_fades_out_towards_its_oldest_frame(frame):
+    config = RenderConfig(trail_frames=45)
+    pose = star_pose()
+    # 100 frames of pelvis path: the first 55 far off to one side (older than the trail shows), then 45 frames
+    # walking 2 m towards the pose.
+    far = np.tile([2.5, 2.5, 0.95], (55, 1))
+    walk = np.stack([np.linspace(-2.0, -0.2, 45), np.zeros(45), np.full(45, 0.95)], axis=-1)
+    path = np.concatenate([far, walk])
+    renderer = SideBySideRenderer.for_clip((1768, 994), ["a.bin"], [np.stack([pose, pose + [-2, 0, 0]])], config)
+    keypoints = image_points(pose, (1768, 994))
+    plain = panels(renderer, renderer.render(frame, keypoints, None, True, [pose]))[1]
+    trailed = panels(renderer, renderer.render(frame, keypoints, None, True, [pose], trails=[path]))[1]
+    assert count_color(plain, TRAIL_BGR) == 0 and count_color(trailed, TRAIL_BGR) > 5
+    panel = renderer.panels[0]
+
+    def brightness(points):
+        (x, y), _ = panel.project(points.mean(axis=0))
+        return int(np.abs(trailed[int(round(y)), int(round(x))].astype(int) - PANEL_BACKGROUND_BGR).sum())
+
+    recent, old = brightness(walk[-6:-4]), brightness(walk[3:5])
+    assert recent > 2 * old > 0  # both drawn, the recent part much brighter
+    shadow = walk[-6:-4].copy()
+    shadow[:, 2] = 0.0
+    assert brightness(shadow) > 0  # its shadow on the ground
+    # Nothing older than `trail_frames` is drawn: the far-off frames leave the panel as it was.
+    (x, y), _ = panel.project(far[0])
+    np.testing.assert_array_equal(trailed[int(y) - 3:int(y) + 4, int(x) - 3:int(x) + 4],
+                                  plain[int(y) - 3:int(y) + 4, int(x) - 3:int(x) + 4])
+    # Several people: one (P, N, 3) trail per panel; and a panel may have none.
+    both = renderer.render(frame, keypoints, None, True, [pose], trails=[np.stack([walk, walk + [0, 1, 0]])])
+    assert count_color(panels(renderer, both)[1], TRAIL_BGR) > count_color(trailed, TRAIL_BGR)
+    np.testing.assert_array_equal(renderer.render(frame, keypoints, None, True, [pose], trails=[None]),
+                                  renderer.render(frame, keypoints, None, True, [pose]))
+    with pytest.raises(ValueError, match="1 pelvis trails for"):
+        SideBySideRenderer.for_clip((1768, 994), ["a", "b"], [pose[None], pose[None]]).render(
+            frame, keypoints, None, True, [pose, pose], trails=[path])
+    with pytest.raises(ValueError, match=r"a pelvis trail must be \(N, 3\)"):
+        renderer.render(frame, keypoints, None, True, [pose], trails=[path[:, :2]])
+
+
+def test_the_ground_grid_gets_coarser_on_a_long_path():
+    assert grid_step(2.0, 0.25, 16) == 0.25
+    assert grid_step(10.0, 0.25, 16) == 1.0
+    assert grid_step(30.0, 0.25, 16) == 2.5
+    assert grid_step(60.0, 0.25, 16) == 5.0
+    for extent in (1.0, 7.3, 44.0, 500.0):
+        assert extent / grid_step(extent, 0.25, 16) <= 16
