@@ -6,8 +6,8 @@ clip ten times as long (the sample played ten times, made with ffmpeg's concat d
 
 Each run is a fresh `demo.py` process (so the peak RSS is that run's own), with --force and --quiet; the figures come
 from the run.json it writes. "clip fps" is frames / the clip's processing time (decode to encoded mp4); "wall s"
-adds process start-up and model loading. Peak memory is the demo process's maximum resident set size (ffmpeg children excluded:
-they hold a few frames at most).
+adds process start-up and model loading. Peak memory is the demo process's maximum resident set size (ffmpeg children
+excluded: they hold a few frames at most).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_CANDIDATES = (REPO.parent / "shared" / "data" / "videos" / "sports2d_demo.mp4", REPO / "videos" / "sports2d_demo.mp4")
+SAMPLE_CANDIDATES = (REPO.parent / "shared" / "data" / "videos" / "sports2d_demo.mp4",
+                     REPO / "videos" / "sports2d_demo.mp4")
 
 # Runs the demo in this process and prints its peak RSS: the child's own figure, not the max over all children.
 _MEASURE = """
@@ -38,7 +39,7 @@ sys.exit(code)
 
 
 def repeated_clip(source: Path, times: int, folder: Path) -> Path:
-    from pipeline.video import ffmpeg_exe
+    from pipeline.media.ffmpeg import ffmpeg_exe
 
     listing = folder / "list.txt"
     listing.write_text("".join(f"file '{source}'\n" for _ in range(times)))
@@ -58,7 +59,8 @@ def run_demo(clip: Path, out: Path, extra: list[str]) -> dict:
         raise SystemExit(f"demo failed on {clip.name}: {proc.stderr.strip().splitlines()[-2:]}")
     peak_kb = int(next(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")))
     run = json.loads((out / clip.stem / "run.json").read_text())
-    return {"clip": clip.name, "frames": run["video"]["frames"], "size": f"{run['video']['width']}x{run['video']['height']}",
+    size = f"{run['video']['width']}x{run['video']['height']}"
+    return {"clip": clip.name, "frames": run["video"]["frames"], "size": size,
             "wall_s": wall, "peak_rss_mb": peak_kb / 1024, "timings": run["timings"]}
 
 
@@ -82,7 +84,8 @@ def main() -> None:
             t = r["timings"]
             print(f"{r['clip']:<28} {r['frames']:>6} {t['pose2d']['frames_per_second']:>7.1f} "
                   f"{t['lift']['frames_per_second']:>9.1f} {t['render_encode']['frames_per_second']:>15.1f} "
-                  f"{r['frames'] / t['total_seconds']:>9.1f} {r['wall_s']:>7.1f} {r['peak_rss_mb']:>6.0f} MB", flush=True)
+                  f"{r['frames'] / t['total_seconds']:>9.1f} {r['wall_s']:>7.1f} {r['peak_rss_mb']:>6.0f} MB",
+                  flush=True)
 
 
 if __name__ == "__main__":

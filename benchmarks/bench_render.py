@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.encode import EncoderConfig, VideoWriter, count_video_frames
+from pipeline.media.encode import EncoderConfig, VideoWriter
+from pipeline.media.ffmpeg import count_frames
 from pipeline.render import RenderConfig, SideBySideRenderer, WorldLimits
 from pipeline.skeleton import H36M
 
@@ -139,7 +140,7 @@ def main() -> None:
             for i in range(args.frames):
                 writer.write(render(i))
         report = clock.report(args.frames)
-        assert count_video_frames(path) == args.frames
+        assert count_frames(path) == args.frames
         print(f"render + encode:   {report}  ({path.stat().st_size / 1e6:.1f} MB, target >= 40 frames/s)")
         load = os.getloadavg()[0]
         print(f"load average {load:.1f} on {os.cpu_count()} cores (above ~1 means other work shared the CPU)")

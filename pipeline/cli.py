@@ -1,6 +1,6 @@
 """Command line: `python demo.py --video dance.mp4` (also installed as `poseformerv2-demo`).
 
-Only this module and `pipeline.runner` know about files and flags; the stages take arrays and return arrays.
+Only this module and `pipeline.app` know about files and flags; the stages take arrays and return arrays.
 """
 from __future__ import annotations
 
@@ -11,7 +11,20 @@ import platform
 import sys
 from pathlib import Path
 
-from pipeline.runner import PROJECT_ROOT, RunConfig, UserError, process_clips, resolve_clips
+from pipeline.app.inputs import PROJECT_ROOT, ClipRange, UserError, resolve_clips
+from pipeline.app.models import LiftingConfig
+from pipeline.app.runner import RunConfig, process_clips
+from pipeline.errors import SettingError
+from pipeline.pose2d import Pose2DConfig
+from pipeline.render import RenderConfig
+
+# The flag that sets each setting a library error can name (pipeline.errors.SettingError).
+FLAG_OF_SETTING = {
+    "detector": "--detector", "keypoint_backend": "--keypoints", "hrnet_weights": "--hrnet-weights",
+    "person": "--person", "all_people": "--all-people", "start": "--start", "end": "--end",
+    "checkpoints": "--checkpoint", "frames": "--frames", "device": "--device",
+}
+
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default only when it says something (not for None / False switches)."""
@@ -65,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = p.add_argument_group("who to follow")
     t.add_argument("--person", type=int, default=None,
-                   help="track id to lift (ids are listed in run.json); default: the person present longest and largest")
+                   help="track id to lift (ids are listed in run.json); default: the person present longest and "
+                   "largest")
     t.add_argument("--all-people", action="store_true",
                    help="lift every person tracked for long enough, not only the main subject")
 
@@ -99,24 +113,30 @@ def parse_frame_or_time(value: str | None, name: str) -> int | float | None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Flags -> the run's config, one stage config at a time."""
     return RunConfig(
         out_root=args.out.expanduser().resolve(),
-        checkpoints=list(args.checkpoint or []),
-        frames=args.frames,
-        device=args.device,
-        detector=args.detector,
-        keypoints=args.keypoints,
-        hrnet_weights=args.hrnet_weights,
-        person=args.person,
-        all_people=args.all_people,
-        start=parse_frame_or_time(args.start, "start"),
-        end=parse_frame_or_time(args.end, "end"),
-        elev=args.elev,
-        azim=args.azim,
-        render=not args.no_render,
+        pose2d=Pose2DConfig(detector=args.detector, keypoint_backend=args.keypoints, hrnet_weights=args.hrnet_weights,
+                            device=args.device, person=args.person, all_people=args.all_people),
+        lifting=LiftingConfig(checkpoints=list(args.checkpoint or []), frames=args.frames, device=args.device),
+        render=RenderConfig(elev=args.elev, azim=args.azim),
+        clip_range=ClipRange(start=parse_frame_or_time(args.start, "start"), end=parse_frame_or_time(args.end, "end")),
+        write_video=not args.no_render,
         force=args.force,
         show_progress=not args.quiet,
     )
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for the user: a setting named by its flag, an unexpected error with a hint to --debug."""
+    if isinstance(exc, SettingError):
+        message = f"{FLAG_OF_SETTING.get(exc.setting, exc.setting)}: {exc.message}"
+    else:
+        message = str(exc).strip()
+    message = message.splitlines()[0] if message.strip() else type(exc).__name__
+    if not isinstance(exc, (UserError, ValueError, FileNotFoundError, RuntimeError, OSError)):
+        message = f"unexpected {type(exc).__name__}: {message} (run with --debug for the traceback)"
+    return message
 
 
 def return_large_buffers_to_the_system() -> None:
@@ -151,15 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         clips = resolve_clips(args.video, sample=args.sample)
-        return process_clips(clips, config)
+        return process_clips(clips, config, describe_error=error_message)
     except KeyboardInterrupt:
         print("interrupted: no partial output was kept", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; --debug shows the traceback
         if args.debug:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not isinstance(exc, (UserError, ValueError, FileNotFoundError, RuntimeError, OSError)):
-            message = f"unexpected {type(exc).__name__}: {message} (run with --debug for the traceback)"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2

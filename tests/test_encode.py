@@ -15,14 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.encode import (
-    EncoderConfig,
-    VideoWriter,
-    count_video_frames,
-    ffmpeg_exe,
-    frame_rate_fraction,
-    probe_media,
-)
+from pipeline.media.encode import EncoderConfig, VideoWriter
+from pipeline.media.ffmpeg import count_frames, ffmpeg_exe, frame_rate_fraction, probe
 
 SIZE = (160, 120)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -74,13 +68,13 @@ def test_frames_rate_codec_and_pixel_format_are_exact(tmp_path, fps, expected):
     path = tmp_path / "out.mp4"
     write_clip(path, 37, fps)
     frames, decoded_fps = decoded_frames(path)
-    assert len(frames) == 37 and count_video_frames(path) == 37
+    assert len(frames) == 37 and count_frames(path) == 37
     assert decoded_fps == pytest.approx(expected, abs=1e-3)
     # Frame i is the i-th pattern: nothing dropped, duplicated or reordered.
     brightness = [float(np.median(f[:, 80:])) for f in frames]
     np.testing.assert_allclose(brightness, [10 + 6 * i for i in range(37)], atol=1.5)
-    info = probe_media(path)
-    assert (info.video_codec, info.pix_fmt, info.width, info.height) == ("h264", "yuv420p", *SIZE)
+    info = probe(path)
+    assert (info.codec, info.pix_fmt, info.width, info.height) == ("h264", "yuv420p", *SIZE)
     assert info.audio_codec is None
     assert leftovers(tmp_path) == []
 
@@ -102,31 +96,31 @@ def test_aac_audio_is_copied_and_cut_to_the_video(tmp_path):
     source = make_source(tmp_path / "source.mp4", 3.0, "aac")
     path = tmp_path / "out.mp4"
     write_clip(path, 45, 30, audio_source=source, audio_start=1.0)
-    info = probe_media(path)
-    assert info.video_codec == "h264" and info.audio_codec == "aac"
-    assert count_video_frames(path) == 45
+    info = probe(path)
+    assert info.codec == "h264" and info.audio_codec == "aac"
+    assert count_frames(path) == 45
     audio_seconds = _stream_seconds(path, "a")
     assert 1.4 <= audio_seconds <= 1.55  # 45 frames at 30 fps = 1.5 s, from a 3 s source started at 1 s
 
 
 def test_audio_that_does_not_fit_mp4_is_reencoded_to_aac(tmp_path):
     source = make_source(tmp_path / "source.mkv", 2.0, "pcm_s16le")
-    assert probe_media(source).audio_codec == "pcm_s16le"
+    assert probe(source).audio_codec == "pcm_s16le"
     path = tmp_path / "out.mp4"
     write_clip(path, 30, 30, audio_source=source)
-    assert probe_media(path).audio_codec == "aac"
-    assert count_video_frames(path) == 30
+    assert probe(path).audio_codec == "aac"
+    assert count_frames(path) == 30
 
 
 def test_short_audio_never_cuts_the_video_and_silent_sources_add_no_track(tmp_path):
     short = make_source(tmp_path / "short.mp4", 0.5, "aac")
     path = tmp_path / "out.mp4"
     write_clip(path, 60, 30, audio_source=short)
-    assert count_video_frames(path) == 60 and probe_media(path).audio_codec == "aac"
+    assert count_frames(path) == 60 and probe(path).audio_codec == "aac"
 
     silent = make_source(tmp_path / "silent.mp4", 1.0, None)
     write_clip(path, 20, 30, audio_source=silent)
-    assert probe_media(path).audio_codec is None and count_video_frames(path) == 20
+    assert probe(path).audio_codec is None and count_frames(path) == 20
 
 
 @pytest.mark.parametrize("interrupt", [RuntimeError, KeyboardInterrupt])
@@ -180,7 +174,7 @@ def test_bad_arguments_are_rejected(tmp_path):
         with pytest.raises(ValueError, match="160x120 BGR uint8 frame"):
             writer.write(np.zeros((120, 160), np.uint8))
         writer.write(pattern(0))
-    assert count_video_frames(tmp_path / "x.mp4") == 1
+    assert count_frames(tmp_path / "x.mp4") == 1
 
 
 @pytest.mark.skipif(os.name != "posix", reason="sends SIGINT")
@@ -190,7 +184,7 @@ def test_ctrl_c_leaves_no_file(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         import numpy as np
-        from pipeline.encode import VideoWriter
+        from pipeline.media.encode import VideoWriter
         with VideoWriter({str(path)!r}, (160, 120), 30, frame_count=100000) as writer:
             for i in range(100000):
                 writer.write(np.full((120, 160, 3), i % 256, np.uint8))

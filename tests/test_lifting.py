@@ -5,17 +5,8 @@ import pytest
 import torch
 
 from pipeline.checkpoints import CheckpointError, read_checkpoint, save_safetensors
-from pipeline.lifting import (
-    DEMO_CAMERA_TO_WORLD,
-    Lifter,
-    camera_to_world,
-    demo_world_view,
-    frames_from_filename,
-    load_lifter,
-    normalize_screen_coordinates,
-    resolve_device,
-    save_lifter_checkpoint,
-)
+from pipeline.geometry import normalize_screen_coordinates
+from pipeline.lifting import Lifter, frames_from_filename, load_lifter, save_lifter_checkpoint
 from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
 
 RELEASED_NAMES = {  # released file name -> (T, f, n)
@@ -198,25 +189,6 @@ def test_bad_image_size_is_rejected():
 # Geometry
 
 
-def test_screen_normalisation():
-    xy = np.array([[0.0, 0.0], [1280.0, 720.0], [640.0, 360.0]])
-    np.testing.assert_allclose(normalize_screen_coordinates(xy, 1280, 720),
-                               [[-1, -0.5625], [1, 0.5625], [0, 0]])
-
-
-def test_world_view_uses_the_demo_rotation_and_puts_each_frame_on_the_floor():
-    from scipy.spatial.transform import Rotation
-
-    camera = np.random.default_rng(0).normal(size=(6, 17, 3)).astype(np.float32)
-    w, x, y, z = DEMO_CAMERA_TO_WORLD.astype(np.float64)
-    rotated = Rotation.from_quat([x, y, z, w]).apply(camera.reshape(-1, 3)).reshape(camera.shape)
-    np.testing.assert_allclose(camera_to_world(camera), rotated, rtol=1e-5, atol=1e-5)
-    world = demo_world_view(camera)
-    np.testing.assert_allclose(world[..., :2], rotated[..., :2], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(world[..., 2].min(axis=1), 0.0, atol=1e-7)  # per frame, not per sequence
-    np.testing.assert_allclose(world[..., 2] - world[:, :1, 2], rotated[..., 2] - rotated[:, :1, 2], atol=1e-5)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading: sources of T, formats, errors
 
@@ -333,18 +305,6 @@ def test_explicit_frames_override_the_file_name_with_a_warning(tmp_path, caplog)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Devices
-
-
-def test_device_choice():
-    auto = resolve_device("auto")
-    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    assert auto.type == expected
-    assert resolve_device("cpu") == torch.device("cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda")
-    with pytest.raises(ValueError, match="unknown device"):
-        resolve_device("tpu9")
 
 
 def test_precision_choices_on_cpu(tmp_path):

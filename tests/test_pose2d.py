@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from pipeline.detection import DetectorConfig, FrameDetections, PersonDetector, load_yolo
+from pipeline.media.decode import iter_frames
 from pipeline.pose2d import Pose2DConfig, Pose2DEstimator, estimate_2d, fill_gaps
 from pipeline.skeleton import coco_to_h36m
 from pipeline.tracking import NoPersonError, TrackerConfig
-from pipeline.video import iter_frames
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "sports2d_demo.mp4"
 
@@ -151,7 +151,7 @@ class RecordingTopDown:
 def test_hrnet_backend_runs_on_the_chosen_boxes_in_a_second_pass():
     topdown = RecordingTopDown()
     progress = []
-    config = Pose2DConfig(keypoints="hrnet", batch_size=8)
+    config = Pose2DConfig(keypoint_backend="hrnet", batch_size=8)
     out = estimate_2d(lambda: coded_frames(40), config, progress=lambda name, n: progress.append((name, n)),
                       detector=ScriptedDetector(SCRIPT), topdown=topdown)
     seen_frames = [i for frames, _ in topdown.calls for i in frames]
@@ -176,11 +176,11 @@ def test_detection_only_model_needs_hrnet():
     detector = ScriptedDetector(SCRIPT)
     detector.has_keypoints = False
     with pytest.raises(ValueError, match="detection-only"):
-        Pose2DEstimator(Pose2DConfig(keypoints="yolo"), detector=detector)
+        Pose2DEstimator(Pose2DConfig(keypoint_backend="yolo"), detector=detector)
     with pytest.raises(ValueError, match="needs HRNet weights"):
-        Pose2DEstimator(Pose2DConfig(keypoints="hrnet"), detector=detector)
+        Pose2DEstimator(Pose2DConfig(keypoint_backend="hrnet"), detector=detector)
     with pytest.raises(ValueError, match="'yolo' or 'hrnet'"):
-        Pose2DConfig(keypoints="openpose")
+        Pose2DConfig(keypoint_backend="openpose")
 
 
 def test_random_yolo_model_end_to_end():
@@ -247,7 +247,7 @@ def test_hrnet_backend_with_a_small_random_hrnet():
     topdown = TopDownEstimator(net, TopDownConfig(flip_test=False, batch_size=4))
     frames = lambda: coded_frames(20, h=48, w=400)  # noqa: E731
     script = {i: [0] for i in range(2, 20)}
-    out = estimate_2d(frames, Pose2DConfig(keypoints="hrnet", batch_size=4), detector=ScriptedDetector(script),
+    out = estimate_2d(frames, Pose2DConfig(keypoint_backend="hrnet", batch_size=4), detector=ScriptedDetector(script),
                       topdown=topdown)
     person = out.people[0]
     assert person.keypoints.shape == (20, 17, 2) and person.valid.sum() == 18

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.lifting import camera_to_world
+from pipeline.geometry import camera_to_world
 from pipeline.scene import camera_positions, place_people
 
 

@@ -7,17 +7,22 @@ import pytest
 import torch
 
 from pipeline.checkpoints import strip_prefix
+from pipeline.geometry import camera_to_world, flip_poses
 from pipeline.lifting import load_lifter
 from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
 from pipeline.skeleton import H36M
 from pipeline.training import h36m
 from pipeline.training.evaluate import evaluate_model, load_model, predict_sequences, score
 from pipeline.training.evaluate import main as evaluate_main
-from pipeline.training.train import main as train_main
 from pipeline.training.train import (
-    BEST_CHECKPOINT, LAST_CHECKPOINT, TrainConfig, load_checkpoint, train,
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    TrainConfig,
+    load_checkpoint,
+    train,
 )
-from pipeline.training.windows import SequenceSet, WindowSampler, flip_poses, normalize_screen_coordinates
+from pipeline.training.train import main as train_main
+from pipeline.training.windows import SequenceSet, WindowSampler
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY = PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3, embed_dim_ratio=8, depth=1, drop_path_rate=0.1)
@@ -55,7 +60,7 @@ def _write_h36m(folder: Path, lengths: dict[str, dict[str, int]], extra_2d_frame
             world = (np.array([0.0, 0.0, 1.0]) + 0.4 * rng.standard_normal((n, 32, 3))).astype(np.float32)
             positions_3d[subject][action] = world
             cams = []
-            for cam, (q, t) in zip(h36m.CAMERAS, h36m.EXTRINSICS[subject]):
+            for cam, (q, t) in zip(h36m.CAMERAS, h36m.EXTRINSICS[subject], strict=True):
                 c = _reference_world_to_camera(world[:, list(h36m.KEPT_MOCAP_JOINTS)], q, t)
                 px = c[..., :2] / c[..., 2:] * np.array(cam.focal_length) + np.array(cam.center)
                 px = np.concatenate([px, rng.uniform(0, 1000, (extra_2d_frames, 17, 2))])
@@ -81,7 +86,7 @@ def test_h36m_reader_projects_trims_normalises_and_splits(tmp_path):
     assert data.train.num_frames == 4 * (12 + 10 + 11)
 
     i = data.train.names.index("S5/Walking/58860488")
-    cam, (q, t) = h36m.CAMERAS[2], h36m.EXTRINSICS["S5"][2]
+    q, t = h36m.EXTRINSICS["S5"][2]
     expected_3d = _reference_world_to_camera(pos3d["S5"]["Walking"][:, list(h36m.KEPT_MOCAP_JOINTS)], q, t)
     np.testing.assert_allclose(data.train.targets_3d[i], expected_3d, atol=1e-5)
     assert (data.train.targets_3d[i][..., 2] > 1).all()  # in front of the camera
@@ -98,7 +103,7 @@ def test_h36m_reader_projects_trims_normalises_and_splits(tmp_path):
     again = h36m.load_h36m(tmp_path / "data", "synth", train_subjects=("S1", "S5"), test_subjects=("S9",),
                            cache_dir=tmp_path / "cache")
     assert again.train.names == data.train.names and again.test.groups == data.test.groups
-    for a, b in zip(again.train.targets_3d, data.train.targets_3d):
+    for a, b in zip(again.train.targets_3d, data.train.targets_3d, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -131,7 +136,7 @@ def test_quaternion_convention_matches_the_released_demo_fixture():
     d = np.load(fixture)
     # The demo rotates camera-space output into the world with Human3.6M S1 camera 0's orientation, then puts each
     # frame's lowest joint at z = 0.
-    world = h36m.camera_to_world(d["seq50_camera"], h36m.EXTRINSICS["S1"][0][0], np.zeros(3))
+    world = camera_to_world(d["seq50_camera"], h36m.EXTRINSICS["S1"][0][0], np.zeros(3))
     world[..., 2] -= world[..., 2].min(axis=-1, keepdims=True)
     np.testing.assert_allclose(world, d["seq50_world"], atol=1e-5)
 
@@ -172,7 +177,8 @@ def test_flip_mirrors_2d_and_3d_together():
     np.testing.assert_array_equal(plain.inputs_2d[1, :, left, 0], -plain.inputs_2d[0, :, right, 0])
     np.testing.assert_array_equal(plain.inputs_2d[1, :, left, 1], plain.inputs_2d[0, :, right, 1])
     np.testing.assert_array_equal(plain.targets_3d[1, left], plain.targets_3d[0, right] * np.array([-1, 1, 1]))
-    np.testing.assert_array_equal(flip_poses(flip_poses(plain.targets_3d)), plain.targets_3d)
+    perm = H36M.flip_permutation
+    np.testing.assert_array_equal(flip_poses(flip_poses(plain.targets_3d, perm), perm), plain.targets_3d)
     drawn = sampler.sample(200, np.random.RandomState(0))
     assert 60 < drawn.flipped.sum() < 140
 
@@ -188,11 +194,6 @@ def test_sampler_does_not_copy_sets_split_from_one_array():
     assert not np.shares_memory(reordered._all_2d, flat_2d)
     np.testing.assert_array_equal(reordered.gather(np.array([0])).inputs_2d[0, 2], flat_2d[13])
     np.testing.assert_array_equal(sampler.gather(np.array([13])).inputs_2d[0, 2], flat_2d[13])
-
-
-def test_screen_normalisation():
-    out = normalize_screen_coordinates(np.array([[0.0, 0.0], [1280, 720], [640, 360]]), 1280, 720)
-    np.testing.assert_allclose(out, [[-1, -0.5625], [1, 0.5625], [0, 0]])
 
 
 def test_sequence_set_rejects_mismatched_lengths():
@@ -286,7 +287,7 @@ class _FirstFrameModel(torch.nn.Module):
 def test_evaluation_centres_a_window_on_every_frame_with_edge_padding_and_flip_test():
     seqs = _sequences((4, 6))
     preds = predict_sequences(_FirstFrameModel(), 5, seqs, flip_test=True, batch_size=3)
-    for x, p in zip(seqs.inputs_2d, preds):
+    for x, p in zip(seqs.inputs_2d, preds, strict=True):
         first = x[np.clip(np.arange(len(x)) - 2, 0, None)]
         np.testing.assert_allclose(p[..., :2], first, atol=1e-6)  # the mirror-averaged output equals the plain one
         assert (p[..., 2] == 0).all()
@@ -297,7 +298,7 @@ def test_score_pools_frames_per_group_and_averages_groups():
     seqs.groups = ["Walking", "Walking", "Eating"]
     targets = [t - t[:, :1] for t in seqs.targets_3d]
     offsets = [0.010, 0.020, 0.040]
-    preds = [t + np.array([0, 0, o]) for t, o in zip(targets, offsets)]
+    preds = [t + np.array([0, 0, o]) for t, o in zip(targets, offsets, strict=True)]
     result = score(preds, seqs)
     assert result.per_group["Walking"]["frames"] == 10
     assert result.per_group["Walking"]["mpjpe"] == pytest.approx((4 * 0.010 + 6 * 0.020) / 10)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.video import VideoError, count_frames, ffmpeg_exe, iter_frames, probe_video
+from pipeline.media.decode import iter_frames
+from pipeline.media.ffmpeg import VideoError, count_frames, ffmpeg_exe, probe
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "sports2d_demo.mp4"
 
@@ -62,7 +63,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_probe_and_decode_plain_clip(clips):
-    info = probe_video(clips["base"])
+    info = probe(clips["base"])
     assert (info.width, info.height, info.rotation, info.codec, info.has_audio) == (160, 90, 0, "h264", False)
     assert info.fps == pytest.approx(25.0)
     frames = list(iter_frames(clips["base"]))
@@ -81,7 +82,7 @@ def test_frames_are_bgr(tmp_path):
 
 
 def test_rotation_metadata_is_applied(clips):
-    info = probe_video(clips["rotated"])
+    info = probe(clips["rotated"])
     assert (info.width, info.height) == (90, 160)
     assert info.rotation == 270  # 90 degrees counter-clockwise = 270 clockwise
     frames = np.stack(list(iter_frames(clips["rotated"])))
@@ -91,7 +92,7 @@ def test_rotation_metadata_is_applied(clips):
 
 
 def test_one_frame_video_with_odd_size(clips):
-    info = probe_video(clips["single"])
+    info = probe(clips["single"])
     assert (info.width, info.height) == (33, 17)
     frames = list(iter_frames(clips["single"]))
     assert len(frames) == 1 and frames[0].shape == (17, 33, 3)
@@ -99,7 +100,7 @@ def test_one_frame_video_with_odd_size(clips):
 
 
 def test_audio_is_reported_and_ignored(clips):
-    info = probe_video(clips["audio"])
+    info = probe(clips["audio"])
     assert info.has_audio and info.fps == pytest.approx(10.0)
     assert len(list(iter_frames(clips["audio"]))) == 7
 
@@ -108,7 +109,7 @@ def test_frame_range_is_exact(clips):
     every = list(iter_frames(clips["base"]))
     part = list(iter_frames(clips["base"], start=3, end=8))
     assert len(part) == 5
-    for a, b in zip(part, every[3:8]):
+    for a, b in zip(part, every[3:8], strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(list(iter_frames(clips["base"], start=10, end=100))) == 2  # past the end: stops at the last frame
     with pytest.raises(VideoError, match="from frame 50"):
@@ -117,25 +118,36 @@ def test_frame_range_is_exact(clips):
         list(iter_frames(clips["base"], start=5, end=5))
 
 
-def test_stopping_early_ends_ffmpeg(clips):
+def test_stopping_early_ends_ffmpeg(clips, monkeypatch):
+    started = []
+
+    class RecordingPopen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if "rawvideo" in self.args:  # the decoder, not the header probe
+                started.append(self)
+
+    monkeypatch.setattr("pipeline.media.decode.subprocess.Popen", RecordingPopen)
     gen = iter_frames(clips["base"])
     next(gen)
-    gen.close()  # the generator's cleanup kills the ffmpeg process; nothing hangs or leaks
+    assert len(started) == 1 and started[0].poll() is None  # ffmpeg is still decoding the rest
+    gen.close()  # the generator's cleanup kills the ffmpeg process and waits for it: nothing hangs or leaks
+    assert started[0].returncode is not None and started[0].stdout.closed
 
 
 def test_truncated_files(clips):
     full = count_frames(clips["faststart"])
     frames = list(iter_frames(clips["cut_data"]))
     assert 0 < len(frames) < full == 40
-    assert probe_video(clips["cut_data"]).frame_count_header == 40  # the header still claims the full length
+    assert probe(clips["cut_data"]).frame_count_header == 40  # the header still claims the full length
     with pytest.raises(VideoError, match="cut_index.mp4"):
-        probe_video(clips["cut_index"])
+        probe(clips["cut_index"])
 
 
 @pytest.mark.parametrize("name, message", [("text", "not a readable video"), ("audio_only", "no video stream")])
 def test_files_that_are_not_videos(clips, name, message):
     with pytest.raises(VideoError, match=message) as err:
-        probe_video(clips[name])
+        probe(clips[name])
     assert "\n" not in str(err.value)
     with pytest.raises(VideoError, match=message):
         list(iter_frames(clips[name]))
@@ -145,18 +157,18 @@ def test_files_that_are_not_videos(clips, name, message):
 
 def test_missing_and_empty_files(tmp_path):
     with pytest.raises(VideoError, match="not found"):
-        probe_video(tmp_path / "nope.mp4")
+        probe(tmp_path / "nope.mp4")
     (tmp_path / "empty.mp4").write_bytes(b"")
     with pytest.raises(VideoError, match="empty"):
-        probe_video(tmp_path / "empty.mp4")
+        probe(tmp_path / "empty.mp4")
     with pytest.raises(VideoError, match="not a file"):
-        probe_video(tmp_path)
+        probe(tmp_path)
 
 
 def test_sample_clip():
     if not SAMPLE.exists():
         pytest.skip("../shared sample clip not present")
-    info = probe_video(SAMPLE)
+    info = probe(SAMPLE)
     assert (info.width, info.height, info.fps, info.codec) == (1768, 994, 30.0, "vp9")
     assert count_frames(SAMPLE, decode=False) == 230
     frames = list(iter_frames(SAMPLE, start=228))
@@ -178,7 +190,7 @@ OLD_FFMPEG_PHONE_HEADER = """Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'IMG_0001.M
 
 
 def test_cover_art_is_not_the_video(clips):
-    info = probe_video(clips["with_cover"])
+    info = probe(clips["with_cover"])
     assert (info.width, info.height, info.stream) == (160, 90, 0)
     assert len(list(iter_frames(clips["with_cover"]))) == 12 == count_frames(clips["with_cover"])
     header = """Input #0, matroska,webm, from 'x.mkv':
@@ -186,14 +198,14 @@ def test_cover_art_is_not_the_video(clips):
   Stream #0:0: Video: mjpeg (Baseline), yuvj420p(pc, bt470bg/unknown/unknown), 600x600, 90k tbr (attached pic)
   Stream #0:1: Video: h264 (High), yuv420p(progressive), 640x360, 25 fps, 25 tbr, 1k tbn (default)
 """
-    from pipeline.video import parse_ffmpeg_header
+    from pipeline.media.ffmpeg import parse_ffmpeg_header
 
     info = parse_ffmpeg_header(header, Path("x.mkv"))
     assert (info.width, info.height, info.stream, info.codec) == (640, 360, 1, "h264")
 
 
 def test_parse_headers_of_other_ffmpeg_versions():
-    from pipeline.video import parse_ffmpeg_header
+    from pipeline.media.ffmpeg import parse_ffmpeg_header
 
     info = parse_ffmpeg_header(OLD_FFMPEG_PHONE_HEADER, Path("IMG_0001.MOV"))
     assert (info.width, info.height, info.rotation) == (1080, 1920, 90)

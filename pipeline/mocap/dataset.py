@@ -22,7 +22,8 @@ from pipeline.mocap.cameras import Camera, CameraConfig, sample_camera
 from pipeline.mocap.h36m_joints import BANDAI, CMU_ASF, CMU_BVH, BodyModel, Rig, map_skeleton
 from pipeline.mocap.noise import DetectorNoiseConfig, corrupt_keypoints
 from pipeline.skeleton import coco_to_h36m
-from pipeline.training.windows import SequenceSet, normalize_screen_coordinates
+from pipeline.geometry import normalize_screen_coordinates
+from pipeline.training.windows import SequenceSet
 
 log = logging.getLogger(__name__)
 

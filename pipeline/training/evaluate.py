@@ -19,7 +19,8 @@ from pipeline.lifting import load_lifter
 from pipeline.skeleton import H36M
 from pipeline.training.metrics import sequence_error_sums
 from pipeline.training.train import predict_centre
-from pipeline.training.windows import SequenceSet, WindowSampler, root_relative
+from pipeline.geometry import root_relative
+from pipeline.training.windows import SequenceSet, WindowSampler
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.geometry import normalize_screen_coordinates, world_to_camera
 from pipeline.skeleton import H36M
-from pipeline.training.windows import SequenceSet, normalize_screen_coordinates
+from pipeline.training.windows import SequenceSet
 
 log = logging.getLogger(__name__)
 
@@ -127,32 +128,6 @@ EXTRINSICS: dict[str, tuple[tuple[tuple[float, float, float, float], tuple[float
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Geometry
-
-
-def quaternion_to_matrix(q) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) -> 3x3 rotation matrix R with R @ v = q v q^-1."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def world_to_camera(points: np.ndarray, orientation, translation_m) -> np.ndarray:
-    """World points (..., 3) -> camera space: rotate `points - translation` by the inverse orientation."""
-    rotation = quaternion_to_matrix(orientation)
-    # Row vectors: (R^T (p - t))^T = (p - t)^T R.
-    return ((np.asarray(points, np.float64) - np.asarray(translation_m, np.float64)) @ rotation).astype(np.float32)
-
-
-def camera_to_world(points: np.ndarray, orientation, translation_m) -> np.ndarray:
-    rotation = quaternion_to_matrix(orientation)
-    return (np.asarray(points, np.float64) @ rotation.T + np.asarray(translation_m, np.float64)).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Reading the pickled npz files without running code
 
 
@@ -252,7 +227,8 @@ def convert(positions_3d: dict, positions_2d: dict, subjects: tuple[str, ...]) -
             cams_2d = positions_2d[subject][action]
             if len(cams_2d) != len(CAMERAS):
                 raise ValueError(f"{subject}/{action}: {len(cams_2d)} cameras in the 2D file, expected {len(CAMERAS)}")
-            for cam_index, (camera, (orientation, translation_mm)) in enumerate(zip(CAMERAS, EXTRINSICS[subject])):
+            cameras = zip(CAMERAS, EXTRINSICS[subject], strict=True)
+            for cam_index, (camera, (orientation, translation_mm)) in enumerate(cameras):
                 kp = np.asarray(cams_2d[cam_index], dtype=np.float32)[..., :2]
                 if len(kp) < len(world):
                     raise ValueError(f"{subject}/{action}/cam{cam_index}: {len(kp)} 2D frames but {len(world)} "
@@ -312,7 +288,8 @@ def load_h36m(data_dir: Path, keypoints: str, train_subjects: tuple[str, ...] = 
         if not subjects:
             sets[split] = SequenceSet(inputs_2d=[], targets_3d=[], names=[], groups=[])
             continue
-        cached = None if cache_dir is None else Path(cache_dir) / f"{keypoints}_{split}_{_cache_key([path_3d, path_2d], subjects)}.npz"
+        key = _cache_key([path_3d, path_2d], subjects)
+        cached = None if cache_dir is None else Path(cache_dir) / f"{keypoints}_{split}_{key}.npz"
         if cached is not None and cached.is_file():
             log.info("reading cached %s set %s", split, cached)
             sets[split] = _load_set(cached)

@@ -27,7 +27,8 @@ from pipeline.checkpoints import read_checkpoint, strip_prefix
 from pipeline.lifting import CONFIG_ENTRY
 from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
 from pipeline.training.metrics import mpjpe, mpjpe_torch, p_mpjpe
-from pipeline.training.windows import SequenceSet, WindowSampler, flip_poses
+from pipeline.geometry import flip_poses
+from pipeline.training.windows import SequenceSet, WindowSampler
 
 log = logging.getLogger(__name__)
 

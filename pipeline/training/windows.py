@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.geometry import flip_poses, root_relative
 from pipeline.skeleton import H36M
 
 
@@ -28,7 +29,7 @@ class SequenceSet:
                 f"SequenceSet needs as many targets/names/groups as inputs ({n}); got "
                 f"{len(self.targets_3d)}/{len(self.names)}/{None if self.groups is None else len(self.groups)}"
             )
-        for name, x2, x3 in zip(self.names, self.inputs_2d, self.targets_3d):
+        for name, x2, x3 in zip(self.names, self.inputs_2d, self.targets_3d, strict=True):
             if x2.ndim != 3 or x2.shape[-1] != 2 or x3.ndim != 3 or x3.shape[-1] != 3 or x2.shape[:2] != x3.shape[:2]:
                 raise ValueError(
                     f"sequence {name!r}: expected inputs (T, J, 2) and targets (T, J, 3) with equal T and J, "
@@ -48,7 +49,7 @@ class SequenceSet:
     def num_joints(self) -> int:
         return int(self.inputs_2d[0].shape[1]) if self.inputs_2d else H36M.num_joints
 
-    def select(self, indices: list[int] | np.ndarray) -> "SequenceSet":
+    def select(self, indices: list[int] | np.ndarray) -> SequenceSet:
         idx = [int(i) for i in indices]
         return SequenceSet(
             inputs_2d=[self.inputs_2d[i] for i in idx],
@@ -56,25 +57,6 @@ class SequenceSet:
             names=[self.names[i] for i in idx],
             groups=None if self.groups is None else [self.groups[i] for i in idx],
         )
-
-
-def normalize_screen_coordinates(pixels: np.ndarray, width: float, height: float) -> np.ndarray:
-    """Pixels (..., 2) -> [-1, 1] along x, aspect ratio kept, as the released code feeds the lifter."""
-    pixels = np.asarray(pixels, dtype=np.float32)
-    return (pixels / np.float32(width) * 2 - np.array([1, height / width], dtype=np.float32)).astype(np.float32)
-
-
-def flip_poses(poses: np.ndarray, permutation: np.ndarray | None = None) -> np.ndarray:
-    """Mirror poses (..., J, C) left-right: negate x and swap left/right joints (a new array)."""
-    perm = H36M.flip_permutation if permutation is None else permutation
-    out = poses[..., perm, :].copy()
-    out[..., 0] *= -1
-    return out
-
-
-def root_relative(poses: np.ndarray) -> np.ndarray:
-    """Subtract joint 0 (the pelvis), as the released training and evaluation do."""
-    return poses - poses[..., :1, :]
 
 
 def _address(a: np.ndarray) -> int:
@@ -94,7 +76,7 @@ def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
     root = _memory_root(first)
     if (root.flags.c_contiguous
             and all(a.dtype == np.float32 and a.flags.c_contiguous and a.shape[1:] == first.shape[1:] for a in arrays)
-            and all(_address(a) + a.nbytes == _address(b) for a, b in zip(arrays[:-1], arrays[1:]))
+            and all(_address(a) + a.nbytes == _address(b) for a, b in zip(arrays[:-1], arrays[1:], strict=True))
             and all(_memory_root(a) is root for a in arrays)):
         start = _address(first) - _address(root)
         nbytes = sum(a.nbytes for a in arrays)

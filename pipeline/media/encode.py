@@ -1,4 +1,4 @@
-"""H.264 mp4 writing through the ffmpeg binary that imageio-ffmpeg ships: frames go straight from memory into ffmpeg.
+"""H.264 mp4 writing through the ffmpeg binary (`pipeline.media.ffmpeg`): frames go straight from memory into ffmpeg.
 
 `VideoWriter` converts each BGR frame to yuv420p (the pixel format every browser plays) with OpenCV and pipes it into
 `ffmpeg -f rawvideo ... -c:v libx264`, optionally muxing in the audio track of the source clip. Why convert in Python:
@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.media.ffmpeg import count_frames, ffmpeg_exe, frame_rate_fraction, probe_audio_codec
+
 log = logging.getLogger(__name__)
 
 # Audio codecs that go into an mp4 unchanged and play in browsers; anything else is re-encoded to AAC.
@@ -37,96 +39,6 @@ class EncoderConfig:
     crf: int = 20
     audio_bitrate: str = "160k"  # only used when the source audio has to be re-encoded
     ffmpeg: str | None = None  # path of the ffmpeg binary; None = the one imageio-ffmpeg ships
-
-
-def ffmpeg_exe(config: EncoderConfig = EncoderConfig()) -> str:
-    if config.ffmpeg:
-        return config.ffmpeg
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def frame_rate_fraction(fps: float | Fraction | str) -> Fraction:
-    """The exact frame rate as a fraction: 29.97002997 -> 30000/1001, 25.0 -> 25, '24000/1001' -> 24000/1001.
-
-    Readers report NTSC rates as floats (29.97, 29.97002997...); writing those as decimals would make the output's
-    timing drift from the input's by a frame every few minutes, so rates within 0.001 of N*1000/1001 are snapped.
-    """
-    if isinstance(fps, str):
-        rate = Fraction(fps.strip())
-    elif isinstance(fps, Fraction):
-        rate = fps
-    else:
-        value = float(fps)
-        if not np.isfinite(value):
-            raise ValueError(f"frame rate must be a finite number, got {fps!r}")
-        rate = None
-        for base in (24, 30, 48, 60, 120, 240):
-            if abs(value - base * 1000 / 1001) < 1e-3:
-                rate = Fraction(base * 1000, 1001)
-                break
-        if rate is None:
-            rate = Fraction(value).limit_denominator(1001)
-    if rate <= 0:
-        raise ValueError(f"frame rate must be positive, got {fps!r}")
-    return rate
-
-
-@dataclass(frozen=True)
-class MediaInfo:
-    """What `ffmpeg -i` reports about a file's first video and first audio stream (None when absent)."""
-
-    video_codec: str | None
-    pix_fmt: str | None
-    width: int | None
-    height: int | None
-    fps: float | None
-    audio_codec: str | None
-
-
-def probe_media(path: Path, config: EncoderConfig = EncoderConfig()) -> MediaInfo:
-    """Stream properties from ffmpeg's description of the input (imageio-ffmpeg ships no ffprobe)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"media file not found: {path}")
-    proc = subprocess.run([ffmpeg_exe(config), "-hide_banner", "-nostdin", "-i", str(path)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-    text = proc.stderr.decode("utf-8", errors="replace")
-    video = re.search(r"Stream #\S+.*?: Video: (\w+)([^\n]*)", text)
-    audio = re.search(r"Stream #\S+.*?: Audio: (\w+)", text)
-    if video is None and audio is None:
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "At least one output" not in ln]
-        raise ValueError(f"ffmpeg cannot read {path}: {lines[-1] if lines else 'no stream found'}")
-    pix_fmt = width = height = fps = None
-    if video:
-        details = video.group(2)
-        pix = re.search(r", (yuv\w+|rgb\w+|bgr\w+|gray\w*|nv\w+)[(,]", details)
-        size = re.search(r", (\d{2,5})x(\d{2,5})", details)
-        rate = re.search(r", ([\d.]+k?) fps", details)
-        pix_fmt = pix.group(1) if pix else None
-        if size:
-            width, height = int(size.group(1)), int(size.group(2))
-        if rate:
-            fps = float(rate.group(1)[:-1]) * 1000 if rate.group(1).endswith("k") else float(rate.group(1))
-    return MediaInfo(
-        video_codec=video.group(1) if video else None, pix_fmt=pix_fmt, width=width, height=height, fps=fps,
-        audio_codec=audio.group(1) if audio else None,
-    )
-
-
-def count_video_frames(path: Path, config: EncoderConfig = EncoderConfig()) -> int:
-    """Frames in the first video stream, counted by reading every packet (no decoding, no trust in headers)."""
-    proc = subprocess.run(
-        [ffmpeg_exe(config), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy",
-         "-f", "null", "-"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
-    )
-    text = proc.stderr.decode("utf-8", errors="replace")
-    counts = re.findall(r"frame=\s*(\d+)", text)
-    if proc.returncode != 0 or not counts:
-        raise RuntimeError(f"could not count the frames of {path}: {text.strip().splitlines()[-1:] or 'no output'}")
-    return int(counts[-1])
 
 
 class VideoWriter:
@@ -175,7 +87,7 @@ class VideoWriter:
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         self.open()
         return self
 
@@ -232,7 +144,7 @@ class VideoWriter:
             if code != 0:
                 raise RuntimeError(f"ffmpeg failed (exit code {code}) writing {self.path.name}: "
                                    f"{self._ffmpeg_message()}")
-            encoded = count_video_frames(self.temp_path, self.config)
+            encoded = count_frames(self.temp_path, decode=False)
             if encoded != self.frames_written:
                 raise RuntimeError(f"{self.path.name}: ffmpeg encoded {encoded} frames of the {self.frames_written} "
                                    f"written: the output was not kept")
@@ -277,7 +189,7 @@ class VideoWriter:
         """(input arguments, output arguments) for the audio track, or two empty lists when there is none."""
         if self.audio_source is None:
             return [], []
-        audio_codec = probe_media(self.audio_source, self.config).audio_codec
+        audio_codec = probe_audio_codec(self.audio_source)
         if audio_codec is None:
             return [], []
         inputs = []
@@ -295,7 +207,7 @@ class VideoWriter:
         audio_inputs, audio_outputs = self._audio_args()
         rate = f"{self.fps.numerator}/{self.fps.denominator}"
         return [
-            ffmpeg_exe(self.config), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            ffmpeg_exe(self.config.ffmpeg), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{self.width}x{self.height}", "-framerate", rate,
             "-i", "pipe:0",
             *audio_inputs,

@@ -1,0 +1,114 @@
+"""The networks of a run, loaded once and reused for every clip: the lifters, and the 2D stage on first use.
+
+Also what identifies them (file fingerprints: part of the 2D cache key and of the skip check) and their provenance
+(written into keypoints.npz and run.json).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.app.cache import POSE2D_CACHE_VERSION, file_fingerprint
+from pipeline.app.inputs import (
+    WEIGHTS_HELP,
+    UserError,
+    default_hrnet_weights,
+    default_lifter_checkpoint,
+    resolve_weight_file,
+)
+from pipeline.errors import SettingError
+from pipeline.pose2d import Pose2DConfig
+
+
+@dataclass
+class LiftingConfig:
+    """The lifter checkpoints (one 3D panel each; empty = the shipped default) and where they run."""
+
+    checkpoints: list[Path] = field(default_factory=list)
+    frames: int | None = None  # window length T when a checkpoint's file name does not give it
+    device: str = "auto"
+
+
+@dataclass
+class Models:
+    """Everything loaded once per run and reused for every clip."""
+
+    lifters: list  # pipeline.lifting.Lifter, one per checkpoint
+    pose2d_config: Pose2DConfig  # with the detector path and the HRNet weights resolved
+    pose2d_identity: dict  # what decides the 2D result: part of the cache key and of the provenance
+    _pose2d: object = None
+
+    def pose2d(self):
+        """The 2D stage, loaded on first use: a run whose 2D results are all cached never loads the detector."""
+        if self._pose2d is None:
+            from pipeline.pose2d import Pose2DEstimator
+
+            self._pose2d = Pose2DEstimator(self.pose2d_config)
+        return self._pose2d
+
+    def provenance(self) -> dict:
+        """The models as keypoints.npz (models_json) and run.json record them."""
+        return {
+            "pose2d": {k: v for k, v in self.pose2d_identity.items() if k != "version"},
+            "lifters": [{"checkpoint": str(lifter.checkpoint), "frames": lifter.frames,
+                         "frames_kept": lifter.config.frames_kept, "coeffs_kept": lifter.config.coeffs_kept,
+                         "device": str(lifter.device)} for lifter in self.lifters],
+        }
+
+
+def load_lifters(config: LiftingConfig) -> list:
+    """One `pipeline.lifting.Lifter` per checkpoint (the shipped default when none is given)."""
+    from pipeline.lifting import load_lifter
+
+    checkpoints = [resolve_weight_file(p, "lifter checkpoint") for p in config.checkpoints] or \
+        [default_lifter_checkpoint()]
+    names = [p.name for p in checkpoints]
+    if len(set(names)) != len(names):
+        raise UserError(f"two checkpoints share a file name ({', '.join(names)}): rename one so their panels differ")
+    lifters = []
+    for path in checkpoints:
+        try:
+            lifters.append(load_lifter(path, frames=config.frames, device=config.device))
+        except ValueError as exc:
+            raise UserError(f"{exc} ({WEIGHTS_HELP})") from exc
+    return lifters
+
+
+def resolve_pose2d_config(config: Pose2DConfig) -> Pose2DConfig:
+    """The 2D settings with files resolved: HRNet weights (given, or found in weights/ for the auto backend) and a
+    detector given as a local file turned into an absolute path."""
+    hrnet = resolve_weight_file(config.hrnet_weights, "HRNet weights") if config.hrnet_weights else None
+    if config.keypoint_backend == "auto":
+        hrnet = hrnet or default_hrnet_weights()
+    if config.keypoint_backend == "hrnet" and hrnet is None:
+        raise SettingError("hrnet_weights", "the hrnet keypoint backend needs HRNet weights: pass "
+                           "pose_hrnet_w48_384x288.pth or put that file into weights/ (official files: "
+                           "github.com/leoxiaobin/deep-high-resolution-net.pytorch)")
+    detector = config.detector
+    if detector is not None and Path(detector).expanduser().is_file():
+        detector = str(Path(detector).expanduser().resolve())
+    resolved = dataclasses.replace(config, detector=detector, hrnet_weights=hrnet)
+    return dataclasses.replace(resolved, keypoint_backend=resolved.backend)
+
+
+def pose2d_identity(config: Pose2DConfig) -> dict:
+    """What decides the 2D result of a resolved config (the clip aside)."""
+    from pipeline.detection import default_detector_weights
+
+    detector_file = Path(config.detector) if config.detector and Path(config.detector).is_file() else None
+    return {
+        "version": POSE2D_CACHE_VERSION,
+        "detector": config.detector or default_detector_weights().name,
+        "detector_file": file_fingerprint(detector_file) if detector_file else None,
+        "keypoints": config.keypoint_backend,  # the keypoint backend; the key name is kept for existing outputs
+        "hrnet_weights": file_fingerprint(config.hrnet_weights) if config.hrnet_weights else None,
+        "person": config.person,
+        "all_people": config.all_people,
+    }
+
+
+def load_models(lifting: LiftingConfig, pose2d: Pose2DConfig) -> Models:
+    lifters = load_lifters(lifting)
+    pose2d = resolve_pose2d_config(pose2d)
+    return Models(lifters=lifters, pose2d_config=pose2d, pose2d_identity=pose2d_identity(pose2d))

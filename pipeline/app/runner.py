@@ -1,0 +1,277 @@
+"""One run of the demo: the stages per clip, in the order the data flows, and their outputs.
+
+    process_clip: plan -> (skip when complete) -> 2D keypoints (cached) -> lifting -> keypoints.npz
+                  -> render + encode the mp4 -> run.json
+
+This module and `pipeline.cli` are the only ones that know about files and flags; every stage it calls takes arrays
+and returns arrays. Paths and atomic writes live in `pipeline.app.outputs`, the 2D cache in `pipeline.app.cache`, the
+networks in `pipeline.app.models`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.app.cache import file_fingerprint, load_pose2d_cache, save_pose2d_cache, short_hash
+from pipeline.app.inputs import ClipRange
+from pipeline.app.models import LiftingConfig, Models, load_models
+from pipeline.app.outputs import ClipOutputs, keypoints_arrays, package_versions, save_json, save_npz
+from pipeline.app.progress import StageProgress, StageTimer, progress_bar
+from pipeline.media.ffmpeg import MediaInfo
+from pipeline.pose2d import Pose2DConfig, Pose2DOutput
+from pipeline.render import RenderConfig
+from pipeline.skeleton import H36M
+
+
+@dataclass
+class RunConfig:
+    """A run's settings: one config per stage, plus where the outputs go."""
+
+    out_root: Path
+    pose2d: Pose2DConfig = field(default_factory=lambda: Pose2DConfig(keypoint_backend="auto"))
+    lifting: LiftingConfig = field(default_factory=LiftingConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    clip_range: ClipRange = field(default_factory=ClipRange)
+    write_video: bool = True  # False: stop after keypoints.npz
+    force: bool = False  # redo clips whose outputs are complete
+    show_progress: bool = True
+
+    def record(self) -> dict:
+        """The settings as run.json records them: one flat entry per setting, named as in earlier releases."""
+        p = self.pose2d
+        return {
+            "out_root": self.out_root, "checkpoints": self.lifting.checkpoints, "frames": self.lifting.frames,
+            "device": self.lifting.device, "detector": p.detector, "keypoints": p.keypoint_backend,
+            "hrnet_weights": p.hrnet_weights, "person": p.person, "all_people": p.all_people,
+            "start": self.clip_range.start, "end": self.clip_range.end, "elev": self.render.elev,
+            "azim": self.render.azim, "render": self.write_video, "force": self.force,
+            "show_progress": self.show_progress,
+        }
+
+
+@dataclass
+class ClipJob:
+    """One clip's plan: the video, the frames to process, where the outputs go and what identifies them."""
+
+    clip: Path
+    info: MediaInfo
+    first: int
+    stop: int | None
+    out: ClipOutputs
+    pose2d_key: str  # the 2D cache key
+    fingerprint: str  # of everything that decides the outputs: a complete run with the same one is skipped
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """A fresh iterator over the frames to process (the 2D stage may read them twice, rendering once more)."""
+        from pipeline.media.decode import iter_frames
+
+        return iter_frames(self.clip, self.first, self.stop, self.info)
+
+    def expected_frames(self) -> int:
+        """The frame count for the progress bars (packets: ~0.1 s, exact for undamaged files)."""
+        from pipeline.media.ffmpeg import count_frames
+
+        return (self.stop if self.stop is not None else count_frames(self.clip, decode=False)) - self.first
+
+
+@dataclass
+class Lifted:
+    """The 3D poses of every followed person (P) by every checkpoint (K) over T frames."""
+
+    camera: np.ndarray  # (P, K, T, 17, 3) root-relative camera space, metres
+    world: np.ndarray  # (P, K, T, 17, 3) the demo's world view
+    disagreement_mm: dict[str, float]  # per checkpoint after the first: mean joint distance to the first's poses
+
+
+def process_clips(clips: list[Path], config: RunConfig,
+                  describe_error: Callable[[BaseException], str] | None = None) -> int:
+    """Process every clip; with several clips, one clip's failure is reported (as `describe_error` words it) and the
+    others still run."""
+    describe_error = describe_error or one_line
+    models = load_models(config.lifting, config.pose2d)
+    if len(clips) == 1:
+        print(process_clip(clips[0], config, models), flush=True)
+        return 0
+    failures = 0
+    for clip in clips:
+        try:
+            print(process_clip(clip, config, models), flush=True)
+        except Exception as exc:  # KeyboardInterrupt still stops the whole run
+            failures += 1
+            print(f"error: {clip.name}: {describe_error(exc)}", file=sys.stderr, flush=True)
+    return 1 if failures else 0
+
+
+def process_clip(clip: Path, config: RunConfig, models: Models) -> str:
+    """Run every stage for one clip and write its outputs; returns the one-line summary."""
+    t_start = time.perf_counter()
+    job = plan_clip(clip, config, models)
+    if not config.force and job.out.complete(job.fingerprint):
+        return f"{clip.name}: outputs in {job.out.folder} are complete, skipped (--force redoes them)"
+    timer = StageTimer()
+    pose2d = estimate_2d(job, models, timer, config.show_progress)
+    lifted = lift_people(job, pose2d, models.lifters, timer, config.show_progress)
+    written = write_keypoints(job, pose2d, lifted, models)
+    if config.write_video:
+        written.append(render_video(job, pose2d, lifted, models, config, timer))
+    total = time.perf_counter() - t_start
+    write_run_record(job, config, models, pose2d, lifted, timer, written, total)
+    return clip_summary(job, pose2d, timer, total, lifted.disagreement_mm)
+
+
+def plan_clip(clip: Path, config: RunConfig, models: Models) -> ClipJob:
+    """Probe the clip, choose its frames and compute the keys that decide caching and skipping."""
+    from pipeline.media.ffmpeg import probe
+
+    info = probe(clip)
+    first, stop = config.clip_range.frames(info.fps)
+    clip_identity = {"clip": file_fingerprint(clip), "first": first, "stop": stop}
+    pose2d_key = short_hash({**clip_identity, **models.pose2d_identity})
+    settings = {
+        **clip_identity, "pose2d": pose2d_key,
+        "checkpoints": [file_fingerprint(lifter.checkpoint) for lifter in models.lifters],
+        "frames": config.lifting.frames, "render": config.write_video,
+        "elev": config.render.elev, "azim": config.render.azim,
+    }
+    return ClipJob(clip=clip, info=info, first=first, stop=stop, out=ClipOutputs.for_clip(config.out_root, clip),
+                   pose2d_key=pose2d_key, fingerprint=short_hash(settings))
+
+
+def estimate_2d(job: ClipJob, models: Models, timer: StageTimer, show_progress: bool) -> Pose2DOutput:
+    """The 2D stage, cached per clip and 2D settings: a new lifter, view or --no-render does not redo detection."""
+    cache_file = job.out.cache / f"pose2d-{job.pose2d_key}.npz"
+    if cache_file.is_file():
+        timer.stages["pose2d"] = {"cached": cache_file.name}
+        return load_pose2d_cache(cache_file)
+    with timer.stage("pose2d") as entry, \
+            progress_bar(show_progress, f"{job.clip.name} 2D", job.expected_frames()) as bar:
+        pose2d = models.pose2d().run(job.frames, progress=StageProgress(bar), fps=job.info.fps)
+        entry["frames"] = pose2d.num_frames
+    save_pose2d_cache(cache_file, pose2d)
+    return pose2d
+
+
+def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageTimer, show_progress: bool) -> Lifted:
+    """Every followed person through every checkpoint."""
+    width, height = pose2d.image_size
+    camera = np.zeros((len(pose2d.people), len(lifters), pose2d.num_frames, 17, 3), np.float32)
+    world = np.zeros_like(camera)
+    with timer.stage("lift") as entry, \
+            progress_bar(show_progress, f"{job.clip.name} 3D", camera[..., 0, 0].size) as bar:
+        entry["frames"] = camera[..., 0, 0].size  # frames x people x checkpoints
+        for p, person in enumerate(pose2d.people):
+            for k, lifter in enumerate(lifters):
+                result = lifter.lift(person.keypoints, width, height, progress=bar.update)
+                camera[p, k], world[p, k] = result.camera, result.world
+    disagreement = {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)
+                    for k, lifter in enumerate(lifters[1:], start=1)}
+    return Lifted(camera=camera, world=world, disagreement_mm=disagreement)
+
+
+def mean_joint_distance_mm(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean per-joint distance between two (T, 17, 3) root-relative pose sequences, in millimetres."""
+    return float(np.linalg.norm(a - b, axis=-1).mean() * 1000)
+
+
+def write_keypoints(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, models: Models) -> list[str]:
+    """keypoints.npz for the followed person, keypoints_person<ID>.npz for the others; returns the file names."""
+    written = []
+    for p, person in enumerate(pose2d.people):
+        target = job.out.keypoints if p == 0 else job.out.person_keypoints(person.track_id)
+        save_npz(target, keypoints_arrays(person, lifted.camera[p], lifted.world[p],
+                                          checkpoint_names=[lifter.name for lifter in models.lifters],
+                                          models=models.provenance(), fps=job.info.fps, first_frame=job.first,
+                                          image_size=pose2d.image_size))
+        written.append(target.name)
+    return written
+
+
+def render_video(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, models: Models, config: RunConfig,
+                 timer: StageTimer) -> str:
+    """The side-by-side mp4: the input with the 2D skeletons, one 3D panel per checkpoint, the input's audio."""
+    from pipeline.media.encode import VideoWriter
+    from pipeline.render import SideBySideRenderer
+
+    people = pose2d.people
+    keypoints_2d = np.stack([p.keypoints for p in people])  # (P, T, 17, 2), the followed person first
+    scores_2d = np.stack([p.scores for p in people])
+    valid = np.stack([p.valid for p in people])
+    shown = placed_worlds(pose2d, lifted.world)  # (P, K, T, 17, 3)
+    renderer = SideBySideRenderer.for_clip(pose2d.image_size, [lifter.name for lifter in models.lifters],
+                                           [shown[:, k] for k in range(shown.shape[1])], config.render)
+    num_frames, info = pose2d.num_frames, job.info
+    with timer.stage("render_encode") as entry, \
+            progress_bar(config.show_progress, f"{job.clip.name} render", num_frames) as bar, \
+            VideoWriter(job.out.video, renderer.output_size, info.fps, frame_count=num_frames,
+                        audio_source=job.clip if info.has_audio else None, audio_start=job.first / info.fps) as writer:
+        for t, frame in enumerate(job.frames()):
+            if t >= num_frames:
+                raise RuntimeError(f"{job.clip.name} gave more frames on the second read than on the first")
+            writer.write(renderer.render(frame, keypoints_2d[:, t], scores_2d[:, t], valid[:, t],
+                                         list(shown[:, :, t].swapaxes(0, 1))))
+            bar.update(1)
+        entry["frames"] = writer.frames_written
+    return job.out.video.name
+
+
+def placed_worlds(pose2d: Pose2DOutput, world: np.ndarray) -> np.ndarray:
+    """World poses (P, K, T, 17, 3) to draw: root-relative poses all stand on one spot, so with several people the
+    others are moved to where their boxes put them (`pipeline.scene`; a picture aid, not saved)."""
+    people = pose2d.people
+    if len(people) == 1:
+        return world
+    from pipeline.scene import place_people
+
+    pelvis = np.stack([p.keypoints for p in people])[:, :, H36M.index("pelvis")]
+    box_heights = np.stack([p.boxes[:, 3] - p.boxes[:, 1] for p in people])
+    return np.stack([place_people(world[:, k], pelvis, box_heights, pose2d.image_size)
+                     for k in range(world.shape[1])], axis=1)
+
+
+def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Pose2DOutput, lifted: Lifted,
+                     timer: StageTimer, written: list[str], total: float) -> None:
+    """run.json: settings, models, tracks, timings and versions; written last, it marks the outputs complete."""
+    width, height = pose2d.image_size
+    info = job.info
+    save_json(job.out.run_json, {
+        "fingerprint": job.fingerprint,
+        "clip": str(job.clip),
+        "outputs": written,
+        "video": {"width": width, "height": height, "fps": info.fps, "frames": pose2d.num_frames,
+                  "first_frame": job.first, "rotation": info.rotation, "has_audio": info.has_audio,
+                  "codec": info.codec, "frame_count_in_header": info.frame_count_header},
+        "settings": config.record(),
+        "models": models.provenance(),
+        "people": [{"track_id": p.track_id, "detected_frames": int(p.valid.sum())} for p in pose2d.people],
+        "tracks": pose2d.tracks,
+        "checkpoint_disagreement_mm": lifted.disagreement_mm,
+        "timings": {**timer.stages, "total_seconds": round(total, 3)},
+        "versions": package_versions(),
+    })
+
+
+def clip_summary(job: ClipJob, pose2d: Pose2DOutput, timer: StageTimer, total: float,
+                 disagreement: dict[str, float]) -> str:
+    main = pose2d.people[0]
+    parts = [f"{job.clip.name}: {pose2d.num_frames} frames, person {main.track_id} detected in "
+             f"{int(main.valid.sum())}"]
+    speeds = [f"{name} {s['frames_per_second']:.1f} fps"
+              for name, s in timer.stages.items() if "frames_per_second" in s]
+    if "cached" in timer.stages.get("pose2d", {}):
+        speeds.insert(0, "2D cached")
+    parts.append(", ".join(speeds))
+    if disagreement:
+        parts.append("vs first checkpoint: " + ", ".join(f"{n} {d:.1f} mm" for n, d in disagreement.items()))
+    parts.append(f"{total:.1f} s -> {job.out.folder}")
+    return "; ".join(parts)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
