@@ -47,6 +47,11 @@ class Skeleton:
         return self.side(child)
 
     @property
+    def root(self) -> int:
+        """The joint without a parent (the pelvis of the lifter skeletons)."""
+        return self.parents.index(-1)
+
+    @property
     def flip_permutation(self) -> np.ndarray:
         """Joint order of the mirror image: index j of the flipped pose takes joint perm[j]."""
         perm = np.arange(self.num_joints)
@@ -67,6 +72,46 @@ H36M = Skeleton(
     left=(4, 5, 6, 11, 12, 13),
     right=(1, 2, 3, 14, 15, 16),
 )
+
+# MPI-INF-3DHP's "relevant" 17 joints (MATLAB `mpii_get_joints('relevant')`), the order of the PoseFormerV2 3DHP
+# release (`no_refine_39_2758.pth`) and of the P-STMO data files; the pelvis (14) is the root. Beware the names:
+# 3DHP's `head` is the point between neck and head top, i.e. Human3.6M's `neck_nose`, and 3DHP's `head_top` is
+# Human3.6M's `head` (see MPI_INF_3DHP_FROM_H36M).
+MPI_INF_3DHP = Skeleton(
+    name="mpi_inf_3dhp17",
+    joints=(
+        "head_top", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
+        "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+        "pelvis", "spine", "head",
+    ),
+    parents=(1, 15, 1, 2, 3, 1, 5, 6, 14, 8, 9, 14, 11, 12, -1, 14, 1),
+    left=(5, 6, 7, 11, 12, 13),
+    right=(2, 3, 4, 8, 9, 10),
+)
+
+# The Human3.6M-17 joint of the same meaning as each MPI-INF-3DHP joint, in 3DHP order: 3DHP joint i is
+# H36M joint MPI_INF_3DHP_FROM_H36M[i] (a permutation; the mapping cross-dataset evaluations use).
+MPI_INF_3DHP_FROM_H36M = (10, 8, 14, 15, 16, 11, 12, 13, 1, 2, 3, 4, 5, 6, 0, 7, 9)
+
+
+def h36m_to_mpi_inf_3dhp(poses: np.ndarray) -> np.ndarray:
+    """Human3.6M-17 joints (..., 17, C) -> the same joints in MPI-INF-3DHP order (a new array)."""
+    poses = np.asarray(poses)
+    if poses.ndim < 2 or poses.shape[-2] != H36M.num_joints:
+        raise ValueError(f"expected Human3.6M poses of shape (..., 17, C), got {poses.shape}")
+    return poses[..., MPI_INF_3DHP_FROM_H36M, :]
+
+
+def mpi_inf_3dhp_to_h36m(poses: np.ndarray) -> np.ndarray:
+    """MPI-INF-3DHP joints (..., 17, C) -> the same joints in Human3.6M-17 order (a new array)."""
+    poses = np.asarray(poses)
+    if poses.ndim < 2 or poses.shape[-2] != MPI_INF_3DHP.num_joints:
+        raise ValueError(f"expected MPI-INF-3DHP poses of shape (..., 17, C), got {poses.shape}")
+    return poses[..., np.argsort(MPI_INF_3DHP_FROM_H36M), :]
+
+
+# The skeletons a lifter checkpoint can be trained on, by the name checkpoints and `load_lifter` use.
+LIFTER_SKELETONS = {"h36m": H36M, "mpi_inf_3dhp": MPI_INF_3DHP}
 
 # COCO-17 as YOLO-pose and HRNet output it. It is a tree for drawing only: the face hangs off the nose and the
 # nose off no joint, the arms off the shoulders, the legs off the hips (COCO has no pelvis; the right hip is the root).
