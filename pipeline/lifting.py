@@ -27,6 +27,8 @@ from pipeline.checkpoints import (
     save_safetensors,
     strip_prefix,
 )
+from pipeline.devices import resolve_device
+from pipeline.geometry import demo_world_view, flip_poses, normalize_screen_coordinates
 from pipeline.poseformerv2 import (
     PoseFormerV2,
     PoseFormerV2Config,
@@ -34,9 +36,7 @@ from pipeline.poseformerv2 import (
     load_state_dict_strict,
     released_state_dict,
 )
-from pipeline.devices import resolve_device
-from pipeline.geometry import demo_world_view, flip_poses, normalize_screen_coordinates
-from pipeline.skeleton import H36M
+from pipeline.skeleton import LIFTER_SKELETONS, MPI_INF_3DHP_FROM_H36M
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ DEFAULT_BATCH_WINDOWS = {"cpu": 64, "cuda": 256, "mps": 256}
 RELEASED_NAME = re.compile(r"^(?P<kept>\d+)_(?P<frames>\d+)_\d+(?:\.\d+)?\.[A-Za-z]+$")
 SAFETENSORS_FORMAT = "poseformerv2"
 CONFIG_ENTRY = "poseformerv2_config"  # extra top-level entry our .bin files carry; the released loader ignores it
+# The MPI-INF-3DHP release: one file `no_refine_{epoch}_{test MPJPE x100}.pth` (a flat `module.` state dict), always
+# T=81, f=9, n=9 (mpi_inf_3dhp/README.MD of the PoseFormerV2 repository).
+RELEASED_3DHP_NAME = re.compile(r"^no_refine_\d+_\d+\.pth$")
+RELEASED_3DHP_CONFIG = {"frames": 81, "frames_kept": 9, "coeffs_kept": 9}
+# The unit a network predicts in, as a factor to metres, and what each skeleton's released checkpoints use:
+# Human3.6M checkpoints predict metres, the MPI-INF-3DHP one millimetres (its targets are `univ_annot3` in mm).
+UNITS_TO_METRES = {"m": 1.0, "mm": 0.001}
+DEFAULT_UNITS = {"h36m": "m", "mpi_inf_3dhp": "mm"}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -61,7 +69,8 @@ def _autocast_dtype(precision: str | torch.dtype | None, device: torch.device) -
     if precision in (None, "fp32", "float32", torch.float32):
         return None
     dtype = precision if isinstance(precision, torch.dtype) else _AUTOCAST.get(str(precision))
-    supported = {"cuda": (torch.float16, torch.bfloat16), "mps": (torch.float16, torch.bfloat16), "cpu": (torch.bfloat16,)}
+    supported = {"cuda": (torch.float16, torch.bfloat16), "mps": (torch.float16, torch.bfloat16),
+                 "cpu": (torch.bfloat16,)}
     if dtype is None or dtype not in supported.get(device.type, ()):
         raise ValueError(
             f"precision {precision!r} is not supported on {device.type}; use 'fp32', or 'fp16'/'bf16' on CUDA "
@@ -82,13 +91,26 @@ class LiftResult:
 
 @dataclass
 class Lifter:
-    """A loaded PoseFormerV2 ready to lift sequences. `model` maps (B, T, 17, 2) normalised 2D joints to (B, 1, 17, 3)."""
+    """A loaded PoseFormerV2 ready to lift sequences. `model` maps (B, T, 17, 2) normalised 2D joints to (B, 1, 17, 3).
+
+    `lift` and `lift_normalized` take and return Human3.6M-17 joints in metres whatever the checkpoint; `skeleton` and
+    `units` say what `model` itself works in (an MPI-INF-3DHP checkpoint: 3DHP joint order, millimetres), and the
+    lifting reorders, mirrors with that skeleton's left/right lists and rescales on the way in and out.
+    """
 
     model: PoseFormerV2
     device: torch.device
     checkpoint: Path | None = None  # provenance: the file the weights came from
     autocast_dtype: torch.dtype | None = None
     batch_size: int | None = None  # windows per forward pass; None: DEFAULT_BATCH_WINDOWS for the device
+    skeleton: str = "h36m"  # the joint order of the network's input and output, a key of LIFTER_SKELETONS
+    units: str = "m"  # the unit of the network's output, a key of UNITS_TO_METRES
+
+    def __post_init__(self) -> None:
+        if self.skeleton not in LIFTER_SKELETONS:
+            raise ValueError(f"unknown lifter skeleton {self.skeleton!r}; use one of {sorted(LIFTER_SKELETONS)}")
+        if self.units not in UNITS_TO_METRES:
+            raise ValueError(f"unknown lifter units {self.units!r}; use one of {sorted(UNITS_TO_METRES)}")
 
     @property
     def config(self) -> PoseFormerV2Config:
@@ -138,43 +160,71 @@ class Lifter:
         flip: bool = True,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
+        centres: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(T, 17, 2) screen-normalised keypoints -> (T, 17, 3) root-relative camera-space poses."""
+        """(T, 17, 2) screen-normalised Human3.6M keypoints -> (T, 17, 3) root-relative camera-space poses, Human3.6M
+        order, metres. `centres`: only these frames' poses (each still from its window over the whole sequence)."""
         if batch_size is None:
             batch_size = self.batch_size or DEFAULT_BATCH_WINDOWS.get(self.device.type, 64)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model.eval()
         keypoints = np.asarray(keypoints, dtype=np.float32)
+        order = self._native_order()
+        if order is not None:
+            keypoints = keypoints[:, order]  # Human3.6M -> the network's joint order
         sequence = torch.as_tensor(keypoints, device=self.device)
         num_frames = sequence.shape[0]
-        permutation = H36M.flip_permutation
+        wanted = _check_centres(centres, num_frames)
+        native = LIFTER_SKELETONS[self.skeleton]
+        permutation = native.flip_permutation
         mirrored = torch.as_tensor(flip_poses(keypoints, permutation), device=self.device) if flip else None
         pad = (self.frames - 1) // 2
         offsets = torch.arange(-pad, pad + 1, device=self.device)
-        out = np.empty((num_frames, sequence.shape[1], 3), dtype=np.float32)
-        for start in range(0, num_frames, batch_size):
-            centres = torch.arange(start, min(start + batch_size, num_frames), device=self.device)
+        out = np.empty((len(wanted), sequence.shape[1], 3), dtype=np.float32)
+        for start in range(0, len(wanted), batch_size):
+            batch_centres = torch.as_tensor(wanted[start : start + batch_size], device=self.device)
             # Edge padding by repeating the first/last frame == clamping window indices into the sequence.
-            index = (centres[:, None] + offsets[None, :]).clamp_(0, num_frames - 1)
+            index = (batch_centres[:, None] + offsets[None, :]).clamp_(0, num_frames - 1)
             windows = sequence[index]
             if flip:
                 windows = torch.cat((windows, mirrored[index]))
             poses = self._forward(windows)[:, 0].float().cpu().numpy()
             if flip:
-                n = len(centres)
+                n = len(batch_centres)
                 poses = (poses[:n] + flip_poses(poses[n:], permutation)) / 2
-            poses[:, 0] = 0  # root-relative
-            out[start : start + len(centres)] = poses
+            poses[:, native.root] = 0  # root-relative
+            out[start : start + len(batch_centres)] = poses
             if progress is not None:
-                progress(len(centres))
-        return out
+                progress(len(batch_centres))
+        if self.units != "m":
+            out *= np.float32(UNITS_TO_METRES[self.units])
+        return out if order is None else out[:, np.argsort(order)]  # back to Human3.6M order
+
+    def _native_order(self) -> np.ndarray | None:
+        """For each of the network's joints, the Human3.6M joint it is; None when the network works in H36M order."""
+        if self.skeleton == "h36m":
+            return None
+        return np.asarray(MPI_INF_3DHP_FROM_H36M)
 
     def _forward(self, windows: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is None:
             return self.model(windows)
         with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
             return self.model(windows)
+
+
+def _check_centres(centres: np.ndarray | None, num_frames: int) -> np.ndarray:
+    """The frames to predict: all of them, or the given frame numbers after a range check."""
+    if centres is None:
+        return np.arange(num_frames)
+    wanted = np.asarray(centres)
+    if wanted.ndim != 1 or not np.issubdtype(wanted.dtype, np.integer):
+        raise ValueError(f"centres must be a 1-D array of frame numbers, got shape {wanted.shape} {wanted.dtype}")
+    if wanted.size and (wanted.min() < 0 or wanted.max() >= num_frames):
+        raise ValueError(f"centres must lie in 0..{num_frames - 1} (the sequence's frames), got "
+                         f"{wanted.min()}..{wanted.max()}")
+    return wanted.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -188,18 +238,60 @@ def frames_from_filename(path: str | Path) -> tuple[int, int] | None:
 
 
 def _stored_config(path: Path, checkpoint: dict) -> dict | None:
-    """The config our own files carry (safetensors metadata or an extra .bin entry), if any."""
+    """The config our own files carry (safetensors metadata or an extra .bin entry), if any; for safetensors the
+    top-level `skeleton` / `units` metadata are merged in (in .bin files they are part of the config entry)."""
     if is_safetensors(path):
         meta = read_safetensors_metadata(path)
+        stored = {k: meta[k] for k in ("skeleton", "units") if k in meta}
         if "config" not in meta:
-            return None
+            return stored or None
         try:
-            stored = json.loads(meta["config"])
+            stored.update(json.loads(meta["config"]))
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path}: safetensors metadata 'config' is not valid JSON ({exc})") from None
     else:
         stored = checkpoint.get(CONFIG_ENTRY)
     return dict(stored) if isinstance(stored, dict) else None
+
+
+def _lifter_skeleton(path: Path, stored: dict, skeleton: str | None) -> tuple[str, str, str]:
+    """(skeleton, units, where the skeleton came from): the `skeleton` argument, else the file's metadata, else the
+    released MPI-INF-3DHP file name, else Human3.6M. Units: the metadata's, else those of the skeleton's release."""
+    choices = sorted(LIFTER_SKELETONS)
+    if skeleton is not None and skeleton not in LIFTER_SKELETONS:
+        raise ValueError(f"unknown skeleton {skeleton!r}; use one of {choices}")
+    stored_skeleton = stored.get("skeleton")
+    if stored_skeleton is not None and stored_skeleton not in LIFTER_SKELETONS:
+        raise CheckpointError(f"{path.name} says it was trained on skeleton {stored_skeleton!r}, which this "
+                              f"loader does not know (it knows {choices})")
+    if skeleton is not None and stored_skeleton is not None and skeleton != stored_skeleton:
+        raise CheckpointError(f"{path.name} was trained on the {stored_skeleton!r} skeleton (stored in the file), "
+                              f"not {skeleton!r}; leave skeleton= out")
+    if skeleton is not None:
+        name, source = skeleton, "the skeleton argument"
+    elif stored_skeleton is not None:
+        name, source = stored_skeleton, "the metadata stored in the file"
+    elif RELEASED_3DHP_NAME.match(path.name):
+        name, source = "mpi_inf_3dhp", f"the released MPI-INF-3DHP file name {path.name!r}"
+    else:
+        name, source = "h36m", "the default"
+    units = stored.get("units", DEFAULT_UNITS[name])
+    if units not in UNITS_TO_METRES:
+        raise CheckpointError(f"{path.name} says its network predicts in {units!r}; expected one of "
+                              f"{sorted(UNITS_TO_METRES)}")
+    return name, units, source
+
+
+def _released_3dhp_window(path: Path, state_dict: dict) -> int:
+    """T of a file named like the MPI-INF-3DHP release, after checking that its weights are the release's f and n."""
+    kept = tuple(int(state_dict[k].shape[1]) for k in ("Temporal_pos_embed", "Temporal_pos_embed_") if k in state_dict)
+    expected = (RELEASED_3DHP_CONFIG["frames_kept"], RELEASED_3DHP_CONFIG["coeffs_kept"])
+    if kept and kept != expected:
+        raise CheckpointError(
+            f"file name {path.name!r} is that of the released MPI-INF-3DHP model (T=81, f=9, n=9), but the weights "
+            f"have f={kept[0]}, n={kept[-1]}; the name does not describe this file, so pass frames=T explicitly"
+        )
+    return RELEASED_3DHP_CONFIG["frames"]
 
 
 def load_lifter(
@@ -210,19 +302,25 @@ def load_lifter(
     precision: str | torch.dtype | None = None,
     num_heads: int | None = None,
     batch_size: int | None = None,
+    skeleton: str | None = None,
 ) -> Lifter:
     """Load a PoseFormerV2 checkpoint: a released training file (`model_pos` with `module.` keys), a plain state dict
-    (with or without `module.`), or a safetensors file.
+    (with or without `module.`, like the MPI-INF-3DHP release), or a safetensors file.
 
     The window length T comes from `frames`, else from the config stored in the file (our own saves), else from the
-    released name pattern `{f}_{T}_{mpjpe}.bin`. `precision` 'fp16'/'bf16' enables autocast (CUDA; bf16 on the CPU).
+    released name patterns `{f}_{T}_{mpjpe}.bin` and `no_refine_{epoch}_{mpjpe}.pth` (T=81). `skeleton` ('h36m' or
+    'mpi_inf_3dhp') is the joint order the network was trained on: by default the one stored in the file, else
+    'mpi_inf_3dhp' for the `no_refine_*.pth` release, else 'h36m'. `precision` 'fp16'/'bf16' enables autocast (CUDA;
+    bf16 on the CPU).
     """
     resolved = resolve_device(device)  # bad device/precision fail before a large file is read
     autocast_dtype = _autocast_dtype(precision, resolved)
     path = Path(checkpoint)
     raw = read_checkpoint(path)
-    state_dict = strip_prefix(extract_state_dict(raw))
+    # A flat state dict of ours carries its config next to the tensors (see save_lifter_checkpoint).
+    state_dict = strip_prefix(extract_state_dict({k: v for k, v in raw.items() if k != CONFIG_ENTRY}))
     stored = _stored_config(path, raw) or {}
+    skeleton, units, skeleton_source = _lifter_skeleton(path, stored, skeleton)
     from_name = frames_from_filename(path)
     heads = num_heads or int(stored.get("num_heads", 8))
 
@@ -232,6 +330,8 @@ def load_lifter(
         window, source = int(stored["frames"]), "the config stored in the file"
     elif from_name is not None:
         window, source = from_name[1], f"the file name {path.name!r}"
+    elif RELEASED_3DHP_NAME.match(path.name):
+        window, source = _released_3dhp_window(path, state_dict), f"the file name {path.name!r}"
     else:
         raise CheckpointError(
             f"cannot tell the window length T of {path.name}: it is not stored in the weights; pass frames=T "
@@ -252,9 +352,10 @@ def load_lifter(
     model = PoseFormerV2(config)
     load_state_dict_strict(model, state_dict)
     model.to(resolved).eval()
-    log.info("loaded PoseFormerV2 %s (T=%d, f=%d, n=%d; T from %s) on %s", path.name, config.frames,
-             config.frames_kept, config.coeffs_kept, source, resolved)
-    return Lifter(model=model, device=resolved, checkpoint=path, autocast_dtype=autocast_dtype, batch_size=batch_size)
+    log.info("loaded PoseFormerV2 %s (T=%d, f=%d, n=%d; T from %s; %s skeleton in %s from %s) on %s", path.name,
+             config.frames, config.frames_kept, config.coeffs_kept, source, skeleton, units, skeleton_source, resolved)
+    return Lifter(model=model, device=resolved, checkpoint=path, autocast_dtype=autocast_dtype, batch_size=batch_size,
+                  skeleton=skeleton, units=units)
 
 
 def save_lifter_checkpoint(
@@ -265,18 +366,31 @@ def save_lifter_checkpoint(
     lr: float = 0.0,
     optimizer_state: dict | None = None,
     random_state: object = None,
+    skeleton: str = "h36m",
+    units: str | None = None,
 ) -> Path:
     """Save `model` so that `load_lifter` (and, for .bin/.pth, the released PoseFormerV2 code) reads it.
 
-    `.safetensors`: the weights (no `module.` prefix) with the config, T included, as JSON in the header metadata.
-    Anything else: the released layout {epoch, lr, random_state, optimizer, model_pos with `module.` keys}, plus a
-    `poseformerv2_config` entry of plain values.
+    `.safetensors`: the weights (no `module.` prefix) with the config, T included, as JSON in the header metadata,
+    and the `skeleton` and `units` (default: those of the skeleton's release) as metadata entries of their own.
+    Anything else: the released layout of the skeleton, plus a `poseformerv2_config` entry of plain values with the
+    skeleton and units: Human3.6M {epoch, lr, random_state, optimizer, model_pos with `module.` keys}; MPI-INF-3DHP
+    a flat `module.` state dict (what `run_3dhp.py --reload` reads; it ignores the extra entry).
     """
+    if skeleton not in LIFTER_SKELETONS:
+        raise ValueError(f"unknown skeleton {skeleton!r}; use one of {sorted(LIFTER_SKELETONS)}")
+    units = units or DEFAULT_UNITS[skeleton]
+    if units not in UNITS_TO_METRES:
+        raise ValueError(f"unknown units {units!r}; use one of {sorted(UNITS_TO_METRES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        save_safetensors(path, state, {"format": SAFETENSORS_FORMAT, "config": model.config.to_dict()})
+        save_safetensors(path, state, {"format": SAFETENSORS_FORMAT, "config": model.config.to_dict(),
+                                       "skeleton": skeleton, "units": units})
+    elif skeleton == "mpi_inf_3dhp":
+        torch.save({**released_state_dict(model),
+                    CONFIG_ENTRY: {**model.config.to_dict(), "skeleton": skeleton, "units": units}}, path)
     else:
         torch.save(
             {
@@ -285,7 +399,7 @@ def save_lifter_checkpoint(
                 "random_state": random_state,
                 "optimizer": optimizer_state or {},
                 "model_pos": released_state_dict(model),
-                CONFIG_ENTRY: model.config.to_dict(),
+                CONFIG_ENTRY: {**model.config.to_dict(), "skeleton": skeleton, "units": units},
             },
             path,
         )
