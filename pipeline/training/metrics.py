@@ -12,7 +12,8 @@ import torch
 
 def _check(predicted, target) -> None:
     if predicted.shape != target.shape or predicted.shape[-1] != 3:
-        raise ValueError(f"predicted and target must both be (..., J, 3); got {tuple(predicted.shape)} and {tuple(target.shape)}")
+        raise ValueError(f"predicted and target must both be (..., J, 3); got {tuple(predicted.shape)} and "
+                         f"{tuple(target.shape)}")
 
 
 def mpjpe(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -94,3 +95,28 @@ def sequence_error_sums(predicted: np.ndarray, target: np.ndarray) -> dict[str, 
     }
     out["mpjve"] = mpjve(predicted, target) * n if n >= 2 else 0.0
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MPI-INF-3DHP: PCK and AUC (`3dhp_test/test_util/mpii_compute_3d_pck.m` of the released evaluation)
+
+PCK_THRESHOLD_MM = 150.0
+AUC_THRESHOLDS_MM = tuple(float(t) for t in range(0, 151, 5))  # 0, 5, ..., 150: 31 thresholds
+
+
+def joint_errors(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every joint (..., J), float64."""
+    _check(predicted, target)
+    return np.linalg.norm(np.asarray(predicted, np.float64) - np.asarray(target, np.float64), axis=-1)
+
+
+def pck(errors: np.ndarray, threshold: float = PCK_THRESHOLD_MM) -> float:
+    """Percentage of joint errors strictly below `threshold` (the MATLAB code's `<`)."""
+    return float(100.0 * np.mean(np.asarray(errors) < threshold))
+
+
+def auc(errors: np.ndarray, thresholds: tuple[float, ...] = AUC_THRESHOLDS_MM) -> float:
+    """Area under the PCK curve as the released evaluation computes it: the mean of PCK over `thresholds`, in %.
+    The t = 0 term is always 0, which is why 3DHP AUCs are lower than a continuous integral would give."""
+    errors = np.asarray(errors)
+    return float(np.mean([pck(errors, t) for t in thresholds]))
