@@ -8,6 +8,12 @@ decay the learning rate at a sensible pace. Checkpoints use the released layout 
 (`torch_rng_state`, `progress`, `model_config` (also as `poseformerv2_config`, read by `load_lifter`),
 `train_config`, `validation`); they hold only tensors, plain Python
 values and the RandomState, so `pipeline.checkpoints.read_checkpoint` (weights_only=True + allow-list) reads them.
+
+MPI-INF-3DHP (`--dataset mpi_inf_3dhp`) follows the 3DHP release's `run_3dhp.py` instead: Adam with amsgrad (lr 7e-4,
+no weight decay), lr x0.97 per epoch, batch 512, 79 epochs, drop path 0.1, flip augmentation with the 3DHP left/right
+lists, centre-frame MPJPE in millimetres on pelvis-relative (joint 14) targets, validation on every valid test frame
+with flip test and the predicted pelvis set to 0. Besides `last.bin`/`best.bin`, the best weights are also written as
+`best.pth` in the release's own layout (a flat `module.` state dict), which the released `run_3dhp.py --reload` reads.
 """
 from __future__ import annotations
 
@@ -24,10 +30,11 @@ import numpy as np
 import torch
 
 from pipeline.checkpoints import read_checkpoint, strip_prefix
-from pipeline.lifting import CONFIG_ENTRY
-from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
-from pipeline.training.metrics import mpjpe, mpjpe_torch, p_mpjpe
 from pipeline.geometry import flip_poses
+from pipeline.lifting import CONFIG_ENTRY, save_lifter_checkpoint
+from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+from pipeline.skeleton import LIFTER_SKELETONS
+from pipeline.training.metrics import mpjpe, mpjpe_torch, p_mpjpe
 from pipeline.training.windows import SequenceSet, WindowSampler
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TRAIN_ROOT = Path.home() / ".cache" / "poseformerv2-demo" / "train"
 LAST_CHECKPOINT = "last.bin"
 BEST_CHECKPOINT = "best.bin"
+BEST_RELEASE_CHECKPOINT = "best.pth"  # MPI-INF-3DHP runs: the best weights in the release's flat layout
+OPTIMIZERS = ("adamw", "adam_amsgrad")  # the Human3.6M release's, the MPI-INF-3DHP release's
 
 
 def default_run_dir(run_name: str) -> Path:
@@ -66,9 +75,18 @@ class TrainConfig:
     seed: int = 1234
     resume: bool = False  # continue from run_dir/last.bin if it exists
     log_every_steps: int = 50
+    optimizer: str = "adamw"  # "adam_amsgrad": torch Adam(amsgrad=True), the MPI-INF-3DHP release's
+    skeleton: str = "h36m"  # joint order of the data (flip lists, root joint), stored in the checkpoints
+    units: str = "m"  # unit of the 3D targets ("m" or "mm"), stored in the checkpoints
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).expanduser()
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.skeleton not in LIFTER_SKELETONS:
+            raise ValueError(f"skeleton must be one of {sorted(LIFTER_SKELETONS)}, got {self.skeleton!r}")
+        if self.units not in ("m", "mm"):
+            raise ValueError(f"units must be 'm' or 'mm', got {self.units!r}")
         if self.best_metric not in ("mpjpe", "p_mpjpe"):
             raise ValueError(f"best_metric must be 'mpjpe' or 'p_mpjpe', got {self.best_metric!r}")
         if self.batch_size < 1 or self.threads < 1:
@@ -81,8 +99,8 @@ class TrainResult:
     step: int
     epoch: int
     samples_seen: int
-    losses: list[float] = field(default_factory=list)  # training loss of every step of this call, metres
-    validation: dict[str, float] = field(default_factory=dict)  # last validation errors, metres
+    losses: list[float] = field(default_factory=list)  # training loss of every step of this call, in config.units
+    validation: dict[str, float] = field(default_factory=dict)  # last validation errors, in config.units
     finished: bool = False  # all epochs done
 
 
@@ -150,26 +168,49 @@ def predict_centre(model: torch.nn.Module, inputs_2d: np.ndarray, flip_test: boo
 
 
 def validate(model: torch.nn.Module, sampler: WindowSampler, frame_ids: np.ndarray, batch_size: int,
-             flip_test: bool) -> dict[str, float]:
-    """MPJPE and P-MPJPE (metres) of the centre frames of a fixed set of validation windows."""
+             flip_test: bool, root: int = 0) -> dict[str, float]:
+    """MPJPE and P-MPJPE (in the data's units) of the centre frames of a fixed set of validation windows.
+
+    With a `root` other than joint 0 (MPI-INF-3DHP's pelvis, 14), targets are made relative to it and the predicted
+    root is set to 0, as the released 3DHP test does; Human3.6M predictions are scored as the model outputs them."""
     was_training = model.training
     model.eval()
     preds, targets = [], []
     for i in range(0, len(frame_ids), batch_size):
         batch = sampler.gather(frame_ids[i:i + batch_size])
-        preds.append(predict_centre(model, batch.inputs_2d, flip_test, sampler.flip_permutation))
-        targets.append(batch.targets_3d)
+        pred = predict_centre(model, batch.inputs_2d, flip_test, sampler.flip_permutation)
+        if root != 0:
+            pred[:, root] = 0
+        preds.append(pred)
+        targets.append(centre_on_root(batch.targets_3d, root))
     model.train(was_training)
     pred, target = np.concatenate(preds), np.concatenate(targets)
     return {"mpjpe": mpjpe(pred, target), "p_mpjpe": p_mpjpe(pred, target)}
+
+
+def centre_on_root(targets: np.ndarray, root: int) -> np.ndarray:
+    """Targets (B, J, 3) relative to joint `root`. The window sampler makes them relative to joint 0; subtracting
+    the root of that gives `x - x[root]` for skeletons whose root is another joint (MPI-INF-3DHP)."""
+    return targets if root == 0 else targets - targets[:, root : root + 1]
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam_amsgrad":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=True)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Training loop
 
 
-def train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig) -> TrainResult:
-    """Train (or continue training) a PoseFormerV2 built from `model_config`; checkpoints go to `config.run_dir`."""
+def train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig,
+          val_frame_ids: np.ndarray | None = None) -> TrainResult:
+    """Train (or continue training) a PoseFormerV2 built from `model_config`; checkpoints go to `config.run_dir`.
+
+    `val_frame_ids`: the frames of `val_set` (global ids over its concatenated sequences) that may be validated on,
+    e.g. MPI-INF-3DHP's valid test frames; by default all of them. `config.validation_frames` of them, evenly spaced,
+    are used."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "train.log")
@@ -180,23 +221,31 @@ def train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Seq
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train(model_config, train_set, val_set, config)
+        return _train(model_config, train_set, val_set, config, val_frame_ids)
     finally:
         torch.set_num_threads(previous_threads)
         log.removeHandler(handler)
         handler.close()
 
 
-def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig) -> TrainResult:
+def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig,
+           val_frame_ids: np.ndarray | None = None) -> TrainResult:
     frames = model_frames(model_config)
-    sampler = WindowSampler(train_set, frames=frames, flip=config.flip_augment)
-    val_sampler = WindowSampler(val_set, frames=frames, flip=False) if val_set is not None and len(val_set) else None
+    skeleton = LIFTER_SKELETONS[config.skeleton]
+    to_mm = 1000.0 if config.units == "m" else 1.0  # for the log
+    sampler = WindowSampler(train_set, frames=frames, flip=config.flip_augment,
+                            flip_permutation=skeleton.flip_permutation)
+    val_sampler = (WindowSampler(val_set, frames=frames, flip=False, flip_permutation=skeleton.flip_permutation)
+                   if val_set is not None and len(val_set) else None)
     val_ids = val_sampler.evenly_spaced_frames(config.validation_frames) if val_sampler is not None else None
+    if val_ids is not None and val_frame_ids is not None:
+        chosen = np.linspace(0, len(val_frame_ids) - 1, min(config.validation_frames, len(val_frame_ids)))
+        val_ids = np.asarray(val_frame_ids, dtype=np.int64)[chosen.round().astype(np.int64)]
     samples_per_epoch = config.samples_per_epoch or sampler.num_frames * (2 if config.flip_augment else 1)
 
     torch.manual_seed(config.seed)
     model = build_model(model_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     rng = np.random.RandomState(config.seed)
     lr, epoch, step, samples_seen, samples_in_epoch = config.lr, 0, 0, 0, 0
     best = math.inf
@@ -234,11 +283,12 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
         extra = {
             "torch_rng_state": torch.get_rng_state(),
             "model_config": model_config_plain,
-            CONFIG_ENTRY: model_config_plain,  # where `pipeline.lifting.load_lifter` looks for T
+            # Where `pipeline.lifting.load_lifter` looks for T, the skeleton and the units.
+            CONFIG_ENTRY: {**model_config_plain, "skeleton": config.skeleton, "units": config.units},
             "train_config": plain_config(config),
             "progress": {"step": step, "samples_seen": samples_seen, "samples_in_epoch": samples_in_epoch,
                          "best": best},
-            "validation": validation,  # the latest validation errors (metres), possibly from an earlier step
+            "validation": validation,  # the latest validation errors (config.units), possibly from an earlier step
         }
         value = validation.get(config.best_metric)
         if fresh and value is not None and value < best:
@@ -246,15 +296,19 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
             extra["progress"]["best"] = best
             save_checkpoint(config.run_dir / BEST_CHECKPOINT, model, optimizer, epoch=epoch, lr=lr, rng=rng,
                             extra=extra)
+            if config.skeleton == "mpi_inf_3dhp":
+                tmp = config.run_dir / (BEST_RELEASE_CHECKPOINT + ".tmp")
+                save_lifter_checkpoint(tmp, model, skeleton=config.skeleton, units=config.units)
+                os.replace(tmp, config.run_dir / BEST_RELEASE_CHECKPOINT)
         save_checkpoint(last_path, model, optimizer, epoch=epoch, lr=lr, rng=rng, extra=extra)
 
     def run_validation() -> dict[str, float]:
         if val_sampler is None:
             return {}
         t0 = time.perf_counter()
-        result = validate(model, val_sampler, val_ids, config.validation_batch, config.flip_test)
+        result = validate(model, val_sampler, val_ids, config.validation_batch, config.flip_test, skeleton.root)
         log.info("validation at step %d (epoch %d): MPJPE %.1f mm, P-MPJPE %.1f mm (%.0f s)", step, epoch,
-                 result["mpjpe"] * 1000, result["p_mpjpe"] * 1000, time.perf_counter() - t0)
+                 result["mpjpe"] * to_mm, result["p_mpjpe"] * to_mm, time.perf_counter() - t0)
         return result
 
     model.train()
@@ -266,7 +320,7 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
     while epoch < config.epochs:
         batch = sampler.sample(config.batch_size, rng)
         inputs = torch.from_numpy(batch.inputs_2d)
-        targets = torch.from_numpy(batch.targets_3d)
+        targets = torch.from_numpy(centre_on_root(batch.targets_3d, skeleton.root))
         optimizer.zero_grad(set_to_none=True)
         loss = mpjpe_torch(model(inputs)[:, 0], targets)
         loss.backward()
@@ -295,7 +349,7 @@ def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Se
         if step % config.log_every_steps == 0:
             elapsed = time.perf_counter() - window_start
             log.info("step %d epoch %d: loss %.1f mm, %.1f samples/s, lr %.4g", step, epoch,
-                     window_loss / window_samples * 1000, window_samples / max(elapsed, 1e-9), lr)
+                     window_loss / window_samples * to_mm, window_samples / max(elapsed, 1e-9), lr)
             window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
 
         now = time.monotonic()
@@ -352,37 +406,55 @@ def measure_throughput(model_config: PoseFormerV2Config, batch_size: int, thread
 # Command line
 
 
+# Command-line defaults per dataset: the released recipes (`run_poseformer.py`, `run_3dhp.py`), except the
+# Human3.6M batch size, which is this project's CPU choice (see README).
+RECIPES = {
+    "h36m": {"frames": 243, "frames_kept": 27, "coeffs_kept": 27, "batch_size": 64, "lr": 1e-4, "lr_decay": 0.99,
+             "weight_decay": 0.1, "epochs": 200, "optimizer": "adamw", "val_frames": 2048},
+    # 79 epochs: `for epoch in range(1, 80)`; 2,929 validation frames: every valid test frame.
+    "mpi_inf_3dhp": {"frames": 81, "frames_kept": 9, "coeffs_kept": 9, "batch_size": 512, "lr": 7e-4,
+                     "lr_decay": 0.97, "weight_decay": 0.0, "epochs": 79, "optimizer": "adam_amsgrad",
+                     "val_frames": 2929},
+}
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.training.train",
-        description="Train PoseFormerV2 on VideoPose3D-format Human3.6M files (train S1 S5 S6 S7 S8, validate on "
-                    "S9 S11) with the released recipe; checkpoints and log go outside the repository.")
-    p.add_argument("--h36m-dir", type=Path, help="folder with data_3d_h36m.npz and data_2d_h36m_<keypoints>.npz")
-    p.add_argument("--keypoints", default="cpn_ft_h36m_dbb", help="2D detections name (default %(default)s)")
-    p.add_argument("--frames", type=int, default=243, help="input window T (default %(default)s)")
-    p.add_argument("--f", "--frames-kept", dest="frames_kept", type=int, default=27, help="centre frames kept")
-    p.add_argument("--n", "--coeffs-kept", dest="coeffs_kept", type=int, default=27, help="DCT coefficients kept")
+        description="Train PoseFormerV2 with the released recipe on VideoPose3D-format Human3.6M files (train S1 S5 "
+                    "S6 S7 S8, validate on S9 S11) or on MPI-INF-3DHP (P-STMO's data_train_3dhp.npz, validated on "
+                    "the valid frames of data_test_3dhp.npz); checkpoints and log go outside the repository. "
+                    "Defaults marked [recipe] depend on --dataset.")
+    p.add_argument("--dataset", choices=sorted(RECIPES), default="h36m")
+    p.add_argument("--data-dir", "--h36m-dir", dest="data_dir", type=Path,
+                   help="h36m: folder with data_3d_h36m.npz and data_2d_h36m_<keypoints>.npz; mpi_inf_3dhp: folder "
+                        "with data_train_3dhp.npz and data_test_3dhp.npz")
+    p.add_argument("--keypoints", default="cpn_ft_h36m_dbb", help="h36m: 2D detections name (default %(default)s)")
+    p.add_argument("--frames", type=int, help="input window T [recipe: 243 / 81]")
+    p.add_argument("--f", "--frames-kept", dest="frames_kept", type=int, help="centre frames kept [recipe]")
+    p.add_argument("--n", "--coeffs-kept", dest="coeffs_kept", type=int, help="DCT coefficients kept [recipe]")
     p.add_argument("--embed-dim-ratio", type=int, default=32)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (released training: 0.1)")
     p.add_argument("--run", help="run name; checkpoints in ~/.cache/poseformerv2-demo/train/<run>")
     p.add_argument("--run-dir", type=Path, help="explicit run directory (overrides --run)")
     p.add_argument("--resume", action="store_true", help="continue from <run dir>/last.bin")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, help="[recipe: 64 / 512]")
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads; use 1 when other jobs share the cores (a 2-thread step then stalls on "
                         "every parallel region; measure with --benchmark)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--lr-decay", type=float, default=0.99, help="lr factor per epoch")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--lr", type=float, help="[recipe: 1e-4 / 7e-4]")
+    p.add_argument("--lr-decay", type=float, help="lr factor per epoch [recipe: 0.99 / 0.97]")
+    p.add_argument("--weight-decay", type=float, help="[recipe: 0.1 / 0]")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="[recipe: adamw / adam_amsgrad]")
+    p.add_argument("--epochs", type=int, help="[recipe: 200 / 79]")
     p.add_argument("--samples-per-epoch", type=int, help="epoch length in samples (default: training frames x2)")
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
     p.add_argument("--max-samples", type=int, help="stop (with a checkpoint) after this many samples")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="write last.bin this often")
     p.add_argument("--validation-minutes", type=float, default=30.0,
                    help="validate (and update best.bin) this often, and when stopping")
-    p.add_argument("--val-frames", type=int, default=2048, help="size of the fixed validation subset")
+    p.add_argument("--val-frames", type=int, help="size of the fixed validation subset [recipe: 2048 / 2929]")
     p.add_argument("--no-flip", action="store_true", help="disable flip augmentation and flip test")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -391,7 +463,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="only measure training samples/s for batch sizes and threads (no data needed)")
     p.add_argument("--benchmark-batch-sizes", default="64")
     p.add_argument("--benchmark-threads", default="1,2")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for key, value in RECIPES[args.dataset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,9 +476,20 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(_main, argv)
 
 
-def _main(argv: list[str] | None) -> int:
+def _load_data(args: argparse.Namespace) -> tuple[SequenceSet, SequenceSet, np.ndarray | None]:
+    """Training set, validation set and (MPI-INF-3DHP) the validation set's valid frames."""
+    if args.dataset == "mpi_inf_3dhp":
+        from pipeline.training.mpi_inf_3dhp import load_test, load_train, validation_set
+
+        val_set, valid_ids = validation_set(load_test(args.data_dir))
+        return load_train(args.data_dir), val_set, valid_ids
     from pipeline.training.h36m import DEFAULT_CACHE_DIR, load_h36m
 
+    data = load_h36m(args.data_dir, args.keypoints, cache_dir=args.cache_dir or DEFAULT_CACHE_DIR)
+    return data.train, data.test, None
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     model_config = PoseFormerV2Config(frames=args.frames, frames_kept=args.frames_kept, coeffs_kept=args.coeffs_kept,
@@ -415,19 +502,22 @@ def _main(argv: list[str] | None) -> int:
                 log.info("%d/%d/%d batch %d threads %d: %.1f samples/s", args.frames, args.frames_kept,
                          args.coeffs_kept, batch, threads, rate)
         return 0
-    if args.h36m_dir is None:
-        raise SystemExit("--h36m-dir is required (the folder with data_3d_h36m.npz and data_2d_h36m_<k>.npz)")
+    if args.data_dir is None:
+        raise SystemExit("--data-dir is required (h36m: the folder with data_3d_h36m.npz and data_2d_h36m_<k>.npz; "
+                         "mpi_inf_3dhp: the folder with data_train_3dhp.npz and data_test_3dhp.npz)")
+    name = args.keypoints if args.dataset == "h36m" else "gt"
     run_dir = args.run_dir or default_run_dir(
-        args.run or f"h36m_{args.keypoints}_{args.frames}_{args.frames_kept}_{args.coeffs_kept}")
-    data = load_h36m(args.h36m_dir, args.keypoints, cache_dir=args.cache_dir or DEFAULT_CACHE_DIR)
+        args.run or f"{args.dataset}_{name}_{args.frames}_{args.frames_kept}_{args.coeffs_kept}")
+    train_set, val_set, val_ids = _load_data(args)
     config = TrainConfig(
         run_dir=run_dir, batch_size=args.batch_size, threads=args.threads, lr=args.lr, weight_decay=args.weight_decay,
         lr_decay=args.lr_decay, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
         max_samples=args.max_samples, max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
         validation_minutes=args.validation_minutes,
         validation_frames=args.val_frames, flip_augment=not args.no_flip, flip_test=not args.no_flip,
-        seed=args.seed, resume=args.resume)
-    result = train(model_config, data.train, data.test, config)
+        seed=args.seed, resume=args.resume, optimizer=args.optimizer, skeleton=args.dataset,
+        units="mm" if args.dataset == "mpi_inf_3dhp" else "m")
+    result = train(model_config, train_set, val_set, config, val_frame_ids=val_ids)
     log.info("stopped at step %d, epoch %d (%s); checkpoints in %s", result.step, result.epoch,
              "finished" if result.finished else "resume with --resume", result.run_dir)
     return 0
