@@ -171,12 +171,13 @@ class PersonDetector:
             raise DetectorError(f"class {PERSON_CLASS} of the detector is {label!r}, not 'person': "
                                 "use a COCO-trained Ultralytics model")
 
-    def __call__(self, frames: Sequence[np.ndarray]) -> list[FrameDetections]:
+    def __call__(self, frames: Sequence[np.ndarray], imgsz: int | None = None) -> list[FrameDetections]:
+        """imgsz: this call's input size (the 2D stage chooses one per clip, `pipeline.imgsz`); None: config.imgsz."""
         if len(frames) == 0:
             return []
         c = self.config
-        results = self.model.predict(list(frames), classes=[PERSON_CLASS], conf=c.conf, iou=c.iou, imgsz=c.imgsz,
-                                     device=self.device, batch=len(frames), verbose=False)
+        results = self.model.predict(list(frames), classes=[PERSON_CLASS], conf=c.conf, iou=c.iou,
+                                     imgsz=imgsz or c.imgsz, device=self.device, batch=len(frames), verbose=False)
         return [self._convert(r) for r in results]
 
     def _convert(self, result) -> FrameDetections:
