@@ -230,149 +230,191 @@ def train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Seq
 
 def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig,
            val_frame_ids: np.ndarray | None = None) -> TrainResult:
-    frames = model_frames(model_config)
-    skeleton = LIFTER_SKELETONS[config.skeleton]
-    to_mm = 1000.0 if config.units == "m" else 1.0  # for the log
-    sampler = WindowSampler(train_set, frames=frames, flip=config.flip_augment,
-                            flip_permutation=skeleton.flip_permutation)
-    val_sampler = (WindowSampler(val_set, frames=frames, flip=False, flip_permutation=skeleton.flip_permutation)
-                   if val_set is not None and len(val_set) else None)
-    val_ids = val_sampler.evenly_spaced_frames(config.validation_frames) if val_sampler is not None else None
-    if val_ids is not None and val_frame_ids is not None:
-        chosen = np.linspace(0, len(val_frame_ids) - 1, min(config.validation_frames, len(val_frame_ids)))
-        val_ids = np.asarray(val_frame_ids, dtype=np.int64)[chosen.round().astype(np.int64)]
-    samples_per_epoch = config.samples_per_epoch or sampler.num_frames * (2 if config.flip_augment else 1)
+    trainer = Trainer(model_config, train_set, val_set, config, val_frame_ids)
+    if config.resume:
+        trainer.resume()
+    return trainer.run()
 
-    torch.manual_seed(config.seed)
-    model = build_model(model_config)
-    optimizer = make_optimizer(model, config)
-    rng = np.random.RandomState(config.seed)
-    lr, epoch, step, samples_seen, samples_in_epoch = config.lr, 0, 0, 0, 0
-    best = math.inf
-    validation: dict[str, float] = {}  # latest validation errors
-    model_config_plain = plain_config(model_config)
 
-    last_path = config.run_dir / LAST_CHECKPOINT
-    if config.resume and last_path.exists():
-        chk = load_checkpoint(last_path)
+@dataclass
+class TrainState:
+    """What changes while training; saved in every checkpoint so that a resumed run continues bit-exactly."""
+
+    lr: float
+    rng: np.random.RandomState  # all sampling randomness (the released checkpoints' `random_state`)
+    epoch: int = 0
+    step: int = 0
+    samples_seen: int = 0
+    samples_in_epoch: int = 0
+    best: float = math.inf  # the best validation error so far (config.best_metric)
+    validation: dict[str, float] = field(default_factory=dict)  # the latest validation errors
+
+
+class Trainer:
+    """One training call: the samplers, model, optimizer and `TrainState`; `run` is the loop."""
+
+    def __init__(self, model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: SequenceSet | None,
+                 config: TrainConfig, val_frame_ids: np.ndarray | None = None):
+        self.config = config
+        self.frames = model_frames(model_config)
+        self.skeleton = LIFTER_SKELETONS[config.skeleton]
+        self.to_mm = 1000.0 if config.units == "m" else 1.0  # for the log
+        self.sampler = WindowSampler(train_set, frames=self.frames, flip=config.flip_augment,
+                                     flip_permutation=self.skeleton.flip_permutation)
+        self.val_sampler = (WindowSampler(val_set, frames=self.frames, flip=False,
+                                          flip_permutation=self.skeleton.flip_permutation)
+                            if val_set is not None and len(val_set) else None)
+        self.val_ids = self._validation_frames(val_frame_ids)
+        self.samples_per_epoch = config.samples_per_epoch or \
+            self.sampler.num_frames * (2 if config.flip_augment else 1)
+        torch.manual_seed(config.seed)
+        self.model = build_model(model_config)
+        self.optimizer = make_optimizer(self.model, config)
+        self.state = TrainState(lr=config.lr, rng=np.random.RandomState(config.seed))
+        self.model_config_plain = plain_config(model_config)
+        self.last_path = config.run_dir / LAST_CHECKPOINT
+        log.info("training %d frames in %d sequences, validating on %d frames; window %d, batch %d, %d threads, "
+                 "epoch = %d samples, %d epochs", self.sampler.num_frames, len(train_set),
+                 0 if self.val_ids is None else len(self.val_ids), self.frames, config.batch_size, config.threads,
+                 self.samples_per_epoch, config.epochs)
+
+    def _validation_frames(self, val_frame_ids: np.ndarray | None) -> np.ndarray | None:
+        """`config.validation_frames` evenly spaced validation frames (among `val_frame_ids` when given)."""
+        if self.val_sampler is None:
+            return None
+        count = self.config.validation_frames
+        if val_frame_ids is None:
+            return self.val_sampler.evenly_spaced_frames(count)
+        chosen = np.linspace(0, len(val_frame_ids) - 1, min(count, len(val_frame_ids)))
+        return np.asarray(val_frame_ids, dtype=np.int64)[chosen.round().astype(np.int64)]
+
+    def resume(self) -> None:
+        """Continue from run_dir/last.bin: weights, optimizer, learning rate, counters and both random generators."""
+        if not self.last_path.exists():
+            log.warning("no checkpoint at %s: starting a new run", self.last_path)
+            return
+        chk = load_checkpoint(self.last_path)
         saved_config = chk.get("model_config")
-        if saved_config is not None and saved_config != model_config_plain:
-            raise ValueError(f"{last_path} was trained with model config {saved_config}, not {model_config_plain}; "
-                             "use another run directory or the same model config")
-        model.load_state_dict(strip_prefix(chk["model_pos"]))
-        optimizer.load_state_dict(chk["optimizer"])
-        rng = chk["random_state"]
+        if saved_config is not None and saved_config != self.model_config_plain:
+            raise ValueError(f"{self.last_path} was trained with model config {saved_config}, not "
+                             f"{self.model_config_plain}; use another run directory or the same model config")
+        self.model.load_state_dict(strip_prefix(chk["model_pos"]))
+        self.optimizer.load_state_dict(chk["optimizer"])
         torch.set_rng_state(chk["torch_rng_state"])
         progress = chk["progress"]
-        lr, epoch = chk["lr"], chk["epoch"]
-        step, samples_seen, samples_in_epoch = progress["step"], progress["samples_seen"], progress["samples_in_epoch"]
-        best = progress["best"]
-        validation = dict(chk.get("validation", {}))
-        log.info("resumed %s: epoch %d, step %d, %d samples, lr %.3g", last_path, epoch, step, samples_seen, lr)
-    elif config.resume:
-        log.warning("no checkpoint at %s: starting a new run", last_path)
+        self.state = TrainState(lr=chk["lr"], rng=chk["random_state"], epoch=chk["epoch"], step=progress["step"],
+                                samples_seen=progress["samples_seen"], samples_in_epoch=progress["samples_in_epoch"],
+                                best=progress["best"], validation=dict(chk.get("validation", {})))
+        s = self.state
+        log.info("resumed %s: epoch %d, step %d, %d samples, lr %.3g", self.last_path, s.epoch, s.step,
+                 s.samples_seen, s.lr)
 
-    log.info("training %d frames in %d sequences, validating on %d frames; window %d, batch %d, %d threads, "
-             "epoch = %d samples, %d epochs", sampler.num_frames, len(train_set),
-             0 if val_ids is None else len(val_ids), frames, config.batch_size, config.threads, samples_per_epoch,
-             config.epochs)
-
-    def checkpoint(validation: dict[str, float], fresh: bool) -> None:
+    def checkpoint(self, fresh: bool) -> None:
         """Write last.bin; with a `fresh` validation that beats the best so far, also best.bin."""
-        nonlocal best
+        config, s = self.config, self.state
         extra = {
             "torch_rng_state": torch.get_rng_state(),
-            "model_config": model_config_plain,
+            "model_config": self.model_config_plain,
             # Where `pipeline.lifting.load_lifter` looks for T, the skeleton and the units.
-            CONFIG_ENTRY: {**model_config_plain, "skeleton": config.skeleton, "units": config.units},
+            CONFIG_ENTRY: {**self.model_config_plain, "skeleton": config.skeleton, "units": config.units},
             "train_config": plain_config(config),
-            "progress": {"step": step, "samples_seen": samples_seen, "samples_in_epoch": samples_in_epoch,
-                         "best": best},
-            "validation": validation,  # the latest validation errors (config.units), possibly from an earlier step
+            "progress": {"step": s.step, "samples_seen": s.samples_seen, "samples_in_epoch": s.samples_in_epoch,
+                         "best": s.best},
+            "validation": s.validation,  # the latest validation errors (config.units), possibly from an earlier step
         }
-        value = validation.get(config.best_metric)
-        if fresh and value is not None and value < best:
-            best = value
-            extra["progress"]["best"] = best
-            save_checkpoint(config.run_dir / BEST_CHECKPOINT, model, optimizer, epoch=epoch, lr=lr, rng=rng,
-                            extra=extra)
+        value = s.validation.get(config.best_metric)
+        if fresh and value is not None and value < s.best:
+            s.best = value
+            extra["progress"]["best"] = s.best
+            save_checkpoint(config.run_dir / BEST_CHECKPOINT, self.model, self.optimizer, epoch=s.epoch, lr=s.lr,
+                            rng=s.rng, extra=extra)
             if config.skeleton == "mpi_inf_3dhp":
                 tmp = config.run_dir / (BEST_RELEASE_CHECKPOINT + ".tmp")
-                save_lifter_checkpoint(tmp, model, skeleton=config.skeleton, units=config.units)
+                save_lifter_checkpoint(tmp, self.model, skeleton=config.skeleton, units=config.units)
                 os.replace(tmp, config.run_dir / BEST_RELEASE_CHECKPOINT)
-        save_checkpoint(last_path, model, optimizer, epoch=epoch, lr=lr, rng=rng, extra=extra)
+        save_checkpoint(self.last_path, self.model, self.optimizer, epoch=s.epoch, lr=s.lr, rng=s.rng, extra=extra)
 
-    def run_validation() -> dict[str, float]:
-        if val_sampler is None:
+    def validate(self) -> dict[str, float]:
+        if self.val_sampler is None:
             return {}
         t0 = time.perf_counter()
-        result = validate(model, val_sampler, val_ids, config.validation_batch, config.flip_test, skeleton.root)
-        log.info("validation at step %d (epoch %d): MPJPE %.1f mm, P-MPJPE %.1f mm (%.0f s)", step, epoch,
-                 result["mpjpe"] * to_mm, result["p_mpjpe"] * to_mm, time.perf_counter() - t0)
+        c = self.config
+        result = validate(self.model, self.val_sampler, self.val_ids, c.validation_batch, c.flip_test,
+                          self.skeleton.root)
+        log.info("validation at step %d (epoch %d): MPJPE %.1f mm, P-MPJPE %.1f mm (%.0f s)", self.state.step,
+                 self.state.epoch, result["mpjpe"] * self.to_mm, result["p_mpjpe"] * self.to_mm,
+                 time.perf_counter() - t0)
         return result
 
-    model.train()
-    start = time.monotonic()
-    last_checkpoint_time = last_validation_time = start
-    window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
-    samples_this_call = 0
-    losses: list[float] = []
-    while epoch < config.epochs:
-        batch = sampler.sample(config.batch_size, rng)
+    def train_step(self) -> tuple[float, int]:
+        """One optimiser step on a random batch: (loss, samples); advances the epoch and decays lr at its end."""
+        s = self.state
+        batch = self.sampler.sample(self.config.batch_size, s.rng)
         inputs = torch.from_numpy(batch.inputs_2d)
-        targets = torch.from_numpy(centre_on_root(batch.targets_3d, skeleton.root))
-        optimizer.zero_grad(set_to_none=True)
-        loss = mpjpe_torch(model(inputs)[:, 0], targets)
+        targets = torch.from_numpy(centre_on_root(batch.targets_3d, self.skeleton.root))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = mpjpe_torch(self.model(inputs)[:, 0], targets)
         loss.backward()
-        optimizer.step()
-
+        self.optimizer.step()
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"training loss became {loss_value} at step {step}; lower the learning rate "
+            raise FloatingPointError(f"training loss became {loss_value} at step {s.step}; lower the learning rate "
                                      "or check the data for NaNs")
-        losses.append(loss_value)
         n = len(inputs)
-        step += 1
-        samples_seen += n
-        samples_this_call += n
-        samples_in_epoch += n
-        window_loss += loss_value * n
-        window_samples += n
-        if samples_in_epoch >= samples_per_epoch:
-            samples_in_epoch -= samples_per_epoch
-            epoch += 1
-            lr *= config.lr_decay
-            for group in optimizer.param_groups:
-                group["lr"] *= config.lr_decay
-            log.info("epoch %d done at step %d; lr now %.4g", epoch, step, lr)
+        s.step += 1
+        s.samples_seen += n
+        s.samples_in_epoch += n
+        if s.samples_in_epoch >= self.samples_per_epoch:
+            s.samples_in_epoch -= self.samples_per_epoch
+            s.epoch += 1
+            s.lr *= self.config.lr_decay
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.config.lr_decay
+            log.info("epoch %d done at step %d; lr now %.4g", s.epoch, s.step, s.lr)
+        return loss_value, n
 
-        if step % config.log_every_steps == 0:
-            elapsed = time.perf_counter() - window_start
-            log.info("step %d epoch %d: loss %.1f mm, %.1f samples/s, lr %.4g", step, epoch,
-                     window_loss / window_samples * to_mm, window_samples / max(elapsed, 1e-9), lr)
-            window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
-
-        now = time.monotonic()
-        stop = (epoch >= config.epochs
-                or (config.max_samples is not None and samples_this_call >= config.max_samples)
-                or (config.max_minutes is not None and now - start >= config.max_minutes * 60))
-        checkpoint_due = (now - last_checkpoint_time >= config.checkpoint_minutes * 60
-                          or (config.checkpoint_every_steps is not None and step % config.checkpoint_every_steps == 0))
-        validation_due = stop or now - last_validation_time >= config.validation_minutes * 60
-        if checkpoint_due or validation_due:
-            pause_start = time.perf_counter()
-            if validation_due:
-                validation = run_validation()
-                last_validation_time = time.monotonic()
-            checkpoint(validation, fresh=validation_due)
-            last_checkpoint_time = time.monotonic()
-            log.info("checkpoint %s (step %d, epoch %d)", last_path, step, epoch)
-            window_start += time.perf_counter() - pause_start  # keep samples/s about training alone
-        if stop:
-            break
-
-    return TrainResult(run_dir=config.run_dir, step=step, epoch=epoch, samples_seen=samples_seen, losses=losses,
-                       validation=validation, finished=epoch >= config.epochs)
+    def run(self) -> TrainResult:
+        """Train until the epochs are done or this call's sample/time budget is spent; checkpoint and validate on
+        the way (validation time does not count in the logged samples/s)."""
+        config, s = self.config, self.state
+        self.model.train()
+        start = time.monotonic()
+        last_checkpoint_time = last_validation_time = start
+        window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+        samples_this_call = 0
+        losses: list[float] = []
+        while s.epoch < config.epochs:
+            loss_value, n = self.train_step()
+            losses.append(loss_value)
+            samples_this_call += n
+            window_loss += loss_value * n
+            window_samples += n
+            if s.step % config.log_every_steps == 0:
+                elapsed = time.perf_counter() - window_start
+                log.info("step %d epoch %d: loss %.1f mm, %.1f samples/s, lr %.4g", s.step, s.epoch,
+                         window_loss / window_samples * self.to_mm, window_samples / max(elapsed, 1e-9), s.lr)
+                window_loss, window_samples, window_start = 0.0, 0, time.perf_counter()
+            now = time.monotonic()
+            stop = (s.epoch >= config.epochs
+                    or (config.max_samples is not None and samples_this_call >= config.max_samples)
+                    or (config.max_minutes is not None and now - start >= config.max_minutes * 60))
+            checkpoint_due = (now - last_checkpoint_time >= config.checkpoint_minutes * 60
+                              or (config.checkpoint_every_steps is not None
+                                  and s.step % config.checkpoint_every_steps == 0))
+            validation_due = stop or now - last_validation_time >= config.validation_minutes * 60
+            if checkpoint_due or validation_due:
+                pause_start = time.perf_counter()
+                if validation_due:
+                    s.validation = self.validate()
+                    last_validation_time = time.monotonic()
+                self.checkpoint(fresh=validation_due)
+                last_checkpoint_time = time.monotonic()
+                log.info("checkpoint %s (step %d, epoch %d)", self.last_path, s.step, s.epoch)
+                window_start += time.perf_counter() - pause_start  # keep samples/s about training alone
+            if stop:
+                break
+        return TrainResult(run_dir=config.run_dir, step=s.step, epoch=s.epoch, samples_seen=s.samples_seen,
+                           losses=losses, validation=s.validation, finished=s.epoch >= config.epochs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
