@@ -402,15 +402,15 @@
   function step(delta) { pause(); seek(state.frame + delta); }
 
   function onVideoTime(seconds) {
+    // A callback from before the user's latest seek: the frame the user chose leads, the video is on its way.
+    if (!state.playing && video.seeking) return;
     // At its very end a video reports currentTime = duration while it still shows its last frame.
     if (video.duration && seconds >= video.duration - 1e-6) seconds = video.duration - 0.5 / DATA.fps;
     const row = rowAt(seconds);
     state.shownVideoFrame = row + DATA.frameOffset;
-    // Paused, the user's frame leads and the video follows (a late callback of an earlier seek must not pull the
-    // 3D back); playing, the video leads.
-    if (!state.playing) return;
-    if (row >= T) { pause(); showFrame(T - 1); return; }  // the video goes on past the processed part (--end)
-    if (row !== state.frame) showFrame(row);
+    if (row >= T && state.playing) pause();  // the video goes on past the processed part (--end)
+    const shown = Math.max(0, Math.min(T - 1, row));
+    if (shown !== state.frame) showFrame(shown);
   }
 
   // Without a playable video (missing file, codec) a clock plays the poses alone.
@@ -451,7 +451,10 @@
   }
   video.addEventListener("seeked", () => { if (!state.playing) onVideoTime(video.currentTime); });
   video.addEventListener("ended", pause);
-  video.addEventListener("pause", () => { if (state.playing && !clock) pause(); });
+  video.addEventListener("pause", () => {  // paused by us or by the browser: the 3D shows the frame it stopped on
+    if (state.playing && !clock) pause();
+    onVideoTime(video.currentTime);
+  });
   video.addEventListener("loadedmetadata", () => { layout(); seek(state.frame); });
   function showVideoError() {
     $("message2d").textContent = state.videoError + " \u2014 the poses still play without it.";
