@@ -1,0 +1,144 @@
+"""Command line of the real-footage validation: `python -m pipeline.evaluation multiview ...`.
+
+    python -m pipeline.evaluation multiview --recording ../shared/data/multiview/pose2sim_multi \\
+        --checkpoint weights/poseformerv2_mocap_27_3_3.safetensors [--checkpoint other.bin ...] [--json scores.json]
+
+The 2D stage of every view is cached (~/.cache/poseformerv2-demo/multiview/, keyed by the video's bytes and the 2D
+settings), so scoring another checkpoint on the same recording takes seconds. Bad input (a missing folder, no
+calibration, a wrong checkpoint) ends in one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from pipeline.evaluation.multiview import (
+    MultiviewConfig,
+    MultiviewReport,
+    default_cache_dir,
+    evaluate_recording,
+    find_recording,
+)
+from pipeline.pose2d import Pose2DConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluation",
+                                     description="Validate lifters on real footage.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("multiview", help="score lifters per view against a calibrated multi-camera recording",
+                       description="Triangulate the people of a calibrated multi-camera recording from the 2D "
+                                   "keypoints of every view, lift every view with each checkpoint, and print "
+                                   "per-view and overall scores against the triangulation.")
+    m.add_argument("--recording", required=True, type=Path,
+                   help="folder with one video per camera, named after the camera (cam01.mp4 ...)")
+    m.add_argument("--calibration", type=Path,
+                   help="Qualisys .qca.txt or pose2sim Calib.toml (default: the one calibration file in the folder)")
+    m.add_argument("--checkpoint", required=True, action="append", type=Path,
+                   help="lifter checkpoint; repeat to compare several")
+    m.add_argument("--json", type=Path, help="write every score (per sequence, view, person, overall) here")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (detector and lifter)")
+    m.add_argument("--detector", help="Ultralytics pose model (default: the bundled yolo11n-pose)")
+    m.add_argument("--imgsz", help="detector input size in pixels (640, 1280) or auto (default: the 2D stage's)")
+    m.add_argument("--min-views", type=int, default=3,
+                   help="people seen by fewer views are not scored (default 3, capped at the number of views)")
+    m.add_argument("--smooth-hz", type=float,
+                   help="denoise the triangulated reference along time with this cutoff (e.g. 6); default: raw")
+    m.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="where the 2D stage is cached")
+    m.add_argument("--no-cache", action="store_true", help="neither read nor write the 2D cache")
+    m.add_argument("--quiet", action="store_true", help="only the tables")
+    m.add_argument("--debug", action="store_true", help="full traceback on errors")
+    return parser
+
+
+def _mm(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value * 1000:.1f}"
+
+
+def _num(value: float, digits: int) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def reference_table(report: MultiviewReport) -> str:
+    head = (f"{'person':<8}{'views':>6}{'frames':>8}{'reproj COCO px':>16}{'reproj H36M px':>16}"
+            f"{'views/joint':>13}{'bone CV':>9}{'worst L/R':>11}{'jitter m/s2':>13}")
+    rows = [head]
+    for i, ref in enumerate(report.reference):
+        rows.append(f"{i:<8}{len(ref['views']):>6}{ref['frames']:>8}{_num(ref['reprojection_px_coco'], 2):>16}"
+                    f"{_num(ref['reprojection_px_h36m'], 2):>16}{_num(ref['views_per_joint'], 2):>13}"
+                    f"{_num(ref['bone_cv'], 3):>9}{_num(ref['lr_ratio'], 2):>11}{_num(ref['jitter'], 1):>13}")
+    return "\n".join(rows)
+
+
+def lifter_table(scores: dict) -> str:
+    head = (f"{'view':<10}{'frames':>7}{'P-MPJPE limbs':>15}{'P-MPJPE all':>13}{'MPJPE':>8}"
+            f"{'const limbs':>13}{'const all':>11}{'bone CV':>9}{'worst L/R':>11}{'jitter m/s2':>13}")
+    rows = [head]
+    for name, s in [*scores["views"].items(), ("overall", scores["overall"])]:
+        if not s.get("frames"):
+            rows.append(f"{name:<10}{0:>7}  (not scored: nobody detected and triangulated in this view)")
+            continue
+        rows.append(f"{name:<10}{s['frames']:>7}{_mm(s['p_mpjpe_limbs']):>15}{_mm(s['p_mpjpe']):>13}"
+                    f"{_mm(s['mpjpe']):>8}{_mm(s['constant_p_mpjpe_limbs']):>13}{_mm(s['constant_p_mpjpe']):>11}"
+                    f"{_num(s['bone_cv'], 3):>9}{_num(s['lr_ratio'], 2):>11}{_num(s['jitter'], 1):>13}")
+    return "\n".join(rows)
+
+
+def format_report(report: MultiviewReport) -> str:
+    parts = [f"recording {report.recording}: views {' '.join(report.views)} at {report.fps:g} fps",
+             "", "triangulated reference (root-relative; jitter = mean joint acceleration)", reference_table(report)]
+    for checkpoint, scores in report.lifters.items():
+        parts += ["", f"lifter {checkpoint} (errors in mm; P-MPJPE after per-frame Procrustes; const = the "
+                      "reference's mean pose held still)", lifter_table(scores)]
+    return "\n".join(parts)
+
+
+def _imgsz(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 32:
+        raise ValueError(f"--imgsz must be a number of pixels (e.g. 640, 1280) or auto, not {text!r}")
+    return int(text)
+
+
+def run_multiview(args: argparse.Namespace) -> int:
+    for checkpoint in args.checkpoint:
+        if not checkpoint.is_file():
+            raise ValueError(f"checkpoint not found: {checkpoint}")
+    config = MultiviewConfig(
+        pose2d=Pose2DConfig(detector=args.detector, device=args.device, all_people=True,
+                            **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
+        min_person_views=args.min_views, smoothing_hz=args.smooth_hz,
+        cache_dir=None if args.no_cache else args.cache_dir)
+    recording = find_recording(args.recording, args.calibration)
+    report = evaluate_recording(recording, args.checkpoint, config, device=args.device)
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(report.to_dict(), indent=1, default=float))
+        tmp.replace(args.json)
+        log.info("scores written to %s", args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logging.getLogger("ultralytics").setLevel(logging.WARNING)
+    try:
+        return run_multiview(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

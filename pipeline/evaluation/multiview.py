@@ -1,0 +1,439 @@
+"""Validate lifters on real footage: a calibrated multi-camera recording gives a triangulated 3D reference, and every
+single view is lifted on its own and scored against it.
+
+    views -> the project's 2D stage per view (all people, cached) -> people associated across views
+          -> triangulated Human3.6M-17 (and COCO-17) joints per person -> per view: lifter -> scores
+
+Why: synthetic mocap cannot show how a lifter copes with a real detector's keypoints on real bodies; a recording seen
+by several calibrated cameras can, without motion capture, because the same detector's points from four directions
+pin down where the joints are. The reference is built from the very H36M-17 points the lifter sees (the COCO->H36M
+remap of the detector's keypoints), so the comparison measures the lifting, not the joint definitions.
+
+Association: tracks of different views are the same person when their keypoints triangulate consistently: the
+median two-view reprojection error over frames and joints is below `match_max_px` (about 2-5 px for the same
+person on the recording, hundreds for different people). Views with the most tracks are taken first; every track
+either joins the person it fits best (one track per person and view) or starts a new person; people seen by fewer
+than `min_person_views` views (e.g. a bystander at the edge of two pictures) are dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.evaluation.calibration import CameraCalibration, load_calibration
+from pipeline.evaluation.scores import (
+    LIMB_JOINTS,
+    acceleration,
+    aligned_joint_errors,
+    bone_length_cv,
+    joint_errors,
+    limb_length_ratios,
+    root_relative,
+)
+from pipeline.evaluation.triangulation import Triangulation, TriangulationConfig, smooth_points, triangulate
+from pipeline.pose2d import Pose2DConfig, Pose2DEstimator
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+CALIBRATION_PATTERNS = ("*.qca.txt", "Calib*.toml", "calib*.toml", "calibration/*.qca.txt", "calibration/Calib*.toml")
+CACHE_VERSION = 1  # bump when the cached arrays or the 2D stage's meaning change
+
+
+def default_cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "poseformerv2-demo" / "multiview"
+
+
+@dataclass
+class MultiviewConfig:
+    pose2d: Pose2DConfig = field(default_factory=lambda: Pose2DConfig(all_people=True))
+    triangulation: TriangulationConfig = field(default_factory=TriangulationConfig)
+    match_max_px: float = 25.0  # largest median two-view reprojection error of one person's tracks
+    min_match_points: int = 30  # (frame, joint) pairs two tracks must share to be compared
+    min_person_views: int = 3  # people seen by fewer views are not triangulated (capped at the number of views)
+    smoothing_hz: float | None = None  # denoise the reference along time (triangulation.smooth_points); None: raw
+    cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
+
+
+@dataclass
+class Recording:
+    directory: Path
+    videos: list[Path]  # one per camera, in calibration order
+    cameras: list[CameraCalibration]
+
+    @property
+    def names(self) -> list[str]:
+        return [cam.name for cam in self.cameras]
+
+
+@dataclass
+class ViewTracks:
+    """The 2D stage's output for one view: every person it followed (P people, T frames)."""
+
+    name: str
+    image_size: tuple[int, int]  # (width, height)
+    fps: float
+    track_ids: np.ndarray  # (P,)
+    keypoints_coco: np.ndarray  # (P, T, 17, 2) pixels, COCO-17
+    scores_coco: np.ndarray  # (P, T, 17), 0 where not detected
+    keypoints: np.ndarray  # (P, T, 17, 2) pixels, Human3.6M-17 (the lifter's input)
+    scores: np.ndarray  # (P, T, 17)
+    valid: np.ndarray  # (P, T) bool: detected in this frame
+
+    @property
+    def num_frames(self) -> int:
+        return self.valid.shape[1]
+
+
+@dataclass
+class TriangulatedPerson:
+    tracks: dict[int, int]  # view index -> row of that view's ViewTracks
+    h36m: Triangulation  # points (T, 17, 3) world metres, from the H36M-17 keypoints of every view
+    coco: Triangulation  # points (T, 17, 3), from the detector's own COCO-17 keypoints
+    reference: np.ndarray  # (T, 17, 3) the H36M-17 points lifters are scored against (h36m, smoothed if asked)
+
+    @property
+    def complete(self) -> np.ndarray:
+        """(T,) frames where every Human3.6M joint of the reference is known."""
+        return np.isfinite(self.reference).all(axis=(1, 2))
+
+
+def _match_video(camera: str, videos: list[Path]) -> Path | None:
+    exact = [v for v in videos if v.stem.lower() == camera.lower()]
+    if exact:
+        return exact[0]
+    containing = [v for v in videos if camera.lower() in v.stem.lower()]
+    return containing[0] if len(containing) == 1 else None
+
+
+def find_recording(directory: str | Path, calibration: str | Path | None = None) -> Recording:
+    """The videos of `directory` matched to the cameras of its calibration (a video's name holds its camera's)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"recording folder not found: {directory}")
+    if calibration is None:
+        found = sorted({p for pattern in CALIBRATION_PATTERNS for p in directory.glob(pattern)})
+        if len(found) != 1:
+            what = "no calibration file" if not found else f"{len(found)} calibration files"
+            raise ValueError(f"{directory}: {what} (*.qca.txt or Calib*.toml); name one with --calibration")
+        calibration = found[0]
+    cameras = load_calibration(calibration)
+    videos = sorted(p for p in directory.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    matched = [(cam, _match_video(cam.name, videos)) for cam in cameras]
+    pairs = [(cam, video) for cam, video in matched if video is not None]
+    if len(pairs) < 2:
+        raise ValueError(f"{directory}: fewer than 2 videos match the cameras {[c.name for c in cameras]} of "
+                         f"{Path(calibration).name}; name each video after its camera (e.g. cam01.mp4)")
+    unused = sorted(set(videos) - {video for _, video in pairs})
+    if unused:
+        logger.warning("videos without a camera in the calibration are ignored: %s", ", ".join(v.name for v in unused))
+    return Recording(directory=directory, videos=[v for _, v in pairs], cameras=[c for c, _ in pairs])
+
+
+def _cache_key(video: Path, config: Pose2DConfig) -> str:
+    settings = dataclasses.asdict(config)
+    for key in ("device", "batch_size"):  # how the work is done, not what comes out
+        settings.pop(key, None)
+    digest = hashlib.sha256(video.read_bytes()).hexdigest()
+    text = json.dumps({"video": digest, "settings": settings, "version": CACHE_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _view_from_output(name: str, output, fps: float) -> ViewTracks:
+    people = output.people
+    t = output.num_frames
+
+    def stack(attr: str, shape: tuple[int, ...]) -> np.ndarray:
+        if not people:
+            return np.zeros((0, t) + shape, np.float32)
+        return np.stack([getattr(p, attr) for p in people]).astype(np.float32)
+
+    return ViewTracks(name=name, image_size=tuple(output.image_size), fps=fps,
+                      track_ids=np.array([p.track_id for p in people], np.int64),
+                      keypoints_coco=stack("keypoints_coco", (17, 2)), scores_coco=stack("scores_coco", (17,)),
+                      keypoints=stack("keypoints", (17, 2)), scores=stack("scores", (17,)),
+                      valid=stack("valid", ()).astype(bool))
+
+
+def detect_views(recording: Recording, config: MultiviewConfig | None = None) -> list[ViewTracks]:
+    """The 2D stage on every view (all people), read from the cache when the video and settings are unchanged."""
+    from pipeline.media.decode import iter_frames
+    from pipeline.media.ffmpeg import probe
+
+    config = config or MultiviewConfig()
+    estimator: Pose2DEstimator | None = None
+    views = []
+    for cam, video in zip(recording.cameras, recording.videos, strict=True):
+        info = probe(video)
+        cache = None
+        if config.cache_dir is not None:
+            cache = Path(config.cache_dir) / f"{video.stem}-{_cache_key(video, config.pose2d)}.npz"
+        if cache is not None and cache.is_file():
+            views.append(_load_view(cache))
+            logger.info("%s: 2D keypoints from the cache %s", cam.name, cache)
+            continue
+        estimator = estimator or Pose2DEstimator(config.pose2d)
+        output = estimator.run(lambda video=video: iter_frames(video), fps=info.fps)
+        view = _view_from_output(cam.name, output, info.fps)
+        if cache is not None:
+            _save_view(cache, view)
+        views.append(view)
+    _check_views(recording, views)
+    return views
+
+
+def _check_views(recording: Recording, views: list[ViewTracks]) -> None:
+    counts = {v.name: v.num_frames for v in views}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"the views have different frame counts {counts}: the recording must be synchronised "
+                         "frame by frame (cut the videos to the same frames)")
+    rates = {v.name: round(v.fps, 3) for v in views}
+    if len(set(rates.values())) > 1:
+        raise ValueError(f"the views have different frame rates {rates}: they must be recorded at one rate")
+    for cam, view in zip(recording.cameras, views, strict=True):
+        if tuple(view.image_size) != tuple(cam.image_size):
+            raise ValueError(f"{cam.name}: the video is {view.image_size[0]}x{view.image_size[1]} but the "
+                             f"calibration is for {cam.image_size[0]}x{cam.image_size[1]}; use the calibration of "
+                             "this picture size (upright, as decoded)")
+
+
+def _save_view(path: Path, view: ViewTracks) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, name=view.name, image_size=np.array(view.image_size), fps=view.fps,
+                        track_ids=view.track_ids, keypoints_coco=view.keypoints_coco, scores_coco=view.scores_coco,
+                        keypoints=view.keypoints, scores=view.scores, valid=view.valid)
+    tmp.replace(path)
+
+
+def _load_view(path: Path) -> ViewTracks:
+    with np.load(path) as z:
+        return ViewTracks(name=str(z["name"]), image_size=(int(z["image_size"][0]), int(z["image_size"][1])),
+                          fps=float(z["fps"]), track_ids=z["track_ids"], keypoints_coco=z["keypoints_coco"],
+                          scores_coco=z["scores_coco"], keypoints=z["keypoints"], scores=z["scores"],
+                          valid=z["valid"])
+
+
+def _usable_scores(view: ViewTracks, row: int, coco: bool = True) -> np.ndarray:
+    scores = view.scores_coco[row] if coco else view.scores[row]
+    return np.where(view.valid[row][:, None], scores, 0.0)
+
+
+def pair_cost(cameras: list[CameraCalibration], views: list[ViewTracks], a: tuple[int, int], b: tuple[int, int],
+              config: MultiviewConfig) -> float:
+    """Median two-view reprojection error (px) of the COCO keypoints of track a=(view, row) and b: inf when they
+    share fewer than `min_match_points` confidently detected (frame, joint) pairs."""
+    (va, ra), (vb, rb) = a, b
+    min_score = config.triangulation.min_score
+    sa, sb = _usable_scores(views[va], ra), _usable_scores(views[vb], rb)
+    both = (sa >= min_score) & (sb >= min_score)
+    if both.sum() < config.min_match_points:
+        return float("inf")
+    keypoints = np.stack([views[va].keypoints_coco[ra], views[vb].keypoints_coco[rb]])
+    tri = triangulate([cameras[va], cameras[vb]], keypoints, np.stack([both, both]).astype(np.float64),
+                      dataclasses.replace(config.triangulation, min_score=0.5))
+    errors = np.nan_to_num(tri.reprojection_px.mean(axis=0), nan=1e6)
+    return float(np.median(errors[both]))
+
+
+def associate(cameras: list[CameraCalibration], views: list[ViewTracks],
+              config: MultiviewConfig | None = None) -> list[dict[int, int]]:
+    """Group the views' tracks into people: one {view index: track row} per person, most views first."""
+    config = config or MultiviewConfig()
+    costs: dict[tuple, float] = {}
+
+    def cost(a: tuple[int, int], b: tuple[int, int]) -> float:
+        key = (a, b) if a < b else (b, a)
+        if key not in costs:
+            costs[key] = pair_cost(cameras, views, key[0], key[1], config)
+        return costs[key]
+
+    people: list[dict[int, int]] = []
+    for v in sorted(range(len(views)), key=lambda i: (-len(views[i].track_ids), i)):
+        candidates = sorted(
+            (float(np.median([cost((v, row), (u, r)) for u, r in person.items()])), p, row)
+            for p, person in enumerate(people) for row in range(len(views[v].track_ids)))
+        taken_people: set[int] = set()
+        taken_rows: set[int] = set()
+        for c, p, row in candidates:
+            if c <= config.match_max_px and p not in taken_people and row not in taken_rows:
+                people[p][v] = row
+                taken_people.add(p)
+                taken_rows.add(row)
+                logger.info("%s track %d joins person %d (median reprojection %.1f px)", views[v].name,
+                            views[v].track_ids[row], p, c)
+        people += [{v: row} for row in range(len(views[v].track_ids)) if row not in taken_rows]
+    needed = min(config.min_person_views, len(views))
+    kept = [p for p in people if len(p) >= needed]
+    kept.sort(key=lambda p: (-len(p), -sum(views[v].valid[r].sum() for v, r in p.items())))
+    return kept
+
+
+def triangulate_person(cameras: list[CameraCalibration], views: list[ViewTracks], tracks: dict[int, int],
+                       config: TriangulationConfig | None = None,
+                       smoothing_hz: float | None = None) -> TriangulatedPerson:
+    """Triangulate one person's H36M-17 and COCO-17 keypoints from the views that see them."""
+    t = views[0].num_frames
+    out = {}
+    for coco in (False, True):
+        keypoints = np.full((len(views), t, 17, 2), np.nan)
+        scores = np.zeros((len(views), t, 17))
+        for v, row in tracks.items():
+            keypoints[v] = views[v].keypoints_coco[row] if coco else views[v].keypoints[row]
+            scores[v] = _usable_scores(views[v], row, coco=coco)
+        out[coco] = triangulate(cameras, keypoints, scores, config)
+    reference = out[False].points
+    if smoothing_hz is not None:
+        reference = smooth_points(reference, views[0].fps, smoothing_hz)
+    return TriangulatedPerson(tracks=dict(tracks), h36m=out[False], coco=out[True], reference=reference)
+
+
+def reconstruct(recording: Recording, config: MultiviewConfig | None = None
+                ) -> tuple[list[ViewTracks], list[TriangulatedPerson]]:
+    """2D stage on every view (cached), association and triangulation of every person seen by enough views."""
+    config = config or MultiviewConfig()
+    views = detect_views(recording, config)
+    groups = associate(recording.cameras, views, config)
+    if not groups:
+        raise ValueError(f"{recording.directory}: no person is seen by {config.min_person_views} views or more; "
+                         "check that the videos and the calibration belong together")
+    people = [triangulate_person(recording.cameras, views, g, config.triangulation, config.smoothing_hz)
+              for g in groups]
+    for i, person in enumerate(people):
+        logger.info("person %d: views %s, %d complete frames, reprojection %.2f px (COCO) / %.2f px (H36M)", i,
+                    [views[v].name for v in person.tracks], person.complete.sum(),
+                    person.coco.mean_reprojection_px(), person.h36m.mean_reprojection_px())
+    return views, people
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Scoring lifters against the triangulation
+
+MEAN_KEYS = ("p_mpjpe_limbs", "p_mpjpe", "mpjpe", "bone_cv", "jitter", "constant_p_mpjpe_limbs", "constant_p_mpjpe")
+
+
+def sequence_scores(predicted: np.ndarray, target: np.ndarray, constant: np.ndarray, fps: float,
+                    frames: np.ndarray) -> dict:
+    """Scores of one lifted sequence. predicted/target (N, 17, 3) root-relative camera space (metres) at the frame
+    numbers `frames`; constant (17, 3) the baseline pose held still."""
+    errors = aligned_joint_errors(predicted, target)
+    baseline = aligned_joint_errors(np.broadcast_to(constant, target.shape), target)
+    ratios = limb_length_ratios(predicted)
+    accel = acceleration(predicted, fps, frames)
+    return {
+        "frames": int(len(frames)),
+        "p_mpjpe_limbs": float(errors[:, list(LIMB_JOINTS)].mean()),
+        "p_mpjpe": float(errors.mean()),
+        "mpjpe": float(joint_errors(predicted, target).mean()),
+        "bone_cv": bone_length_cv(predicted),
+        "lr_ratio": max(ratios.values()),
+        "lr_ratios": ratios,
+        "jitter": float(accel.mean()) if accel.size else float("nan"),
+        "constant_p_mpjpe_limbs": float(baseline[:, list(LIMB_JOINTS)].mean()),
+        "constant_p_mpjpe": float(baseline.mean()),
+        "per_joint_p_mpjpe": errors.mean(axis=0).tolist(),
+    }
+
+
+def combine(rows: list[dict]) -> dict:
+    """Pool sequences: frame-weighted means, the worst (largest) left/right ratio."""
+    if not rows:
+        return {"frames": 0}
+    weights = np.array([r["frames"] for r in rows], np.float64)
+    out: dict = {"frames": int(weights.sum())}
+    for key in MEAN_KEYS:
+        values = np.array([r[key] for r in rows])
+        ok = np.isfinite(values)
+        out[key] = float(np.average(values[ok], weights=weights[ok])) if ok.any() else float("nan")
+    out["lr_ratio"] = max(r["lr_ratio"] for r in rows)
+    out["lr_ratios"] = {limb: max(r["lr_ratios"][limb] for r in rows) for limb in rows[0]["lr_ratios"]}
+    out["per_joint_p_mpjpe"] = np.average([r["per_joint_p_mpjpe"] for r in rows], axis=0, weights=weights).tolist()
+    return out
+
+
+def _scored_frames(person: TriangulatedPerson, view: ViewTracks, row: int) -> np.ndarray:
+    return np.flatnonzero(person.complete & view.valid[row])
+
+
+def reference_scores(person: TriangulatedPerson, views: list[ViewTracks], fps: float) -> dict:
+    """How good the triangulated reference itself is: reprojection per view, bone-length variation, symmetry,
+    jitter (root-relative, the lifter's frame of reference)."""
+    frames = np.flatnonzero(person.complete)
+    poses = root_relative(person.reference[frames])
+    ratios = limb_length_ratios(poses)
+    accel = acceleration(poses, fps, frames)
+    return {
+        "views": [views[v].name for v in person.tracks],
+        "frames": int(len(frames)),
+        "reprojection_px_coco": person.coco.mean_reprojection_px(),
+        "reprojection_px_h36m": person.h36m.mean_reprojection_px(),
+        "reprojection_px_coco_per_view": {views[v].name: person.coco.mean_reprojection_px(v) for v in person.tracks},
+        "views_per_joint": float(person.h36m.num_views[frames].mean()),
+        "bone_cv": bone_length_cv(poses),
+        "lr_ratio": max(ratios.values()),
+        "lr_ratios": ratios,
+        "jitter": float(accel.mean()) if accel.size else float("nan"),
+    }
+
+
+def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], people: list[TriangulatedPerson]) -> dict:
+    """Lift every person in every view that sees them and score it: per view, per person and overall."""
+    fps = views[0].fps
+    sequences = []
+    for p, person in enumerate(people):
+        complete = np.flatnonzero(person.complete)
+        mean_pose = root_relative(person.reference[complete]).mean(axis=0)
+        for v, row in person.tracks.items():
+            frames = _scored_frames(person, views[v], row)
+            if len(frames) < 3:
+                continue
+            cam = recording.cameras[v]
+            width, height = views[v].image_size
+            predicted = lifter.lift(views[v].keypoints[row], width, height).camera[frames]
+            target = root_relative(cam.to_camera(person.reference[frames]))
+            constant = mean_pose @ cam.R.T
+            scores = sequence_scores(predicted, target, constant, fps, frames)
+            sequences.append({"view": views[v].name, "person": p, **scores})
+    if not sequences:
+        raise ValueError("no view has 3 or more frames with its person detected and triangulated; nothing to score")
+    return {
+        "views": {v.name: combine([s for s in sequences if s["view"] == v.name]) for v in views},
+        "people": [combine([s for s in sequences if s["person"] == p]) for p in range(len(people))],
+        "overall": combine(sequences),
+        "sequences": sequences,
+    }
+
+
+@dataclass
+class MultiviewReport:
+    recording: str
+    fps: float
+    views: list[str]
+    reference: list[dict]  # per person: reference_scores
+    lifters: dict[str, dict] = field(default_factory=dict)  # checkpoint -> evaluate_lifter
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def evaluate_recording(recording: Recording, checkpoints: list[str | Path], config: MultiviewConfig | None = None,
+                       device: str = "cpu") -> MultiviewReport:
+    """Reconstruct the recording's people once, then lift and score every view with each checkpoint."""
+    from pipeline.lifting import load_lifter
+
+    views, people = reconstruct(recording, config)
+    fps = views[0].fps
+    report = MultiviewReport(recording=str(recording.directory), fps=fps, views=[v.name for v in views],
+                             reference=[reference_scores(p, views, fps) for p in people])
+    for checkpoint in checkpoints:
+        lifter = load_lifter(checkpoint, device=device)
+        report.lifters[str(checkpoint)] = evaluate_lifter(lifter, recording, views, people)
+    return report
