@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 
 from pipeline.mocap import amc, bvh
-from pipeline.mocap.cameras import Camera, CameraConfig, inside_share, look_at, sample_camera
+from pipeline.mocap.cameras import Camera, CameraConfig, camera_angles, inside_share, look_at, sample_camera
 from pipeline.mocap.dataset import bandai_group, is_validation_group, render, resample
-from pipeline.mocap.h36m_joints import BANDAI, body_forward, map_skeleton
-from pipeline.mocap.noise import COCO_SIGMAS, DetectorNoiseConfig, corrupt_keypoints, fill_gaps, person_size
+from pipeline.mocap.h36m_joints import BANDAI, body_forward, map_skeleton, perturb_landmarks
+from pipeline.mocap.noise import (
+    COCO_SIGMAS,
+    DetectorNoiseConfig,
+    corrupt_keypoints,
+    fill_gaps,
+    keyframe_noise,
+    person_size,
+)
 from pipeline.skeleton import COCO, H36M, coco_to_h36m
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -60,6 +67,22 @@ def test_bvh_position_channels_replace_offsets():
     text = text.replace("10 20 30 90 0 0 90 90 0", "0 0 0 0 0 0 5 0 0 0 0 0")
     pos, _ = bvh.forward_kinematics(bvh.parse_bvh(text))
     np.testing.assert_allclose(pos[0, 1], [5, 0, 0])
+
+
+def test_bvh_forward_kinematics_with_given_rotations_matches_a_full_solve_for_a_scaled_body():
+    import dataclasses
+
+    clip = bvh.parse_bvh(TINY_BVH)
+    _, rotations = bvh.forward_kinematics(clip)
+    scaled = bvh.BvhClip(dataclasses.replace(clip.skeleton, offsets=clip.skeleton.offsets * 1.3), clip.motion * 1.3,
+                         clip.frame_time)  # rotations scaled too: the check must not depend on them
+    scaled.motion[:, 3:] = clip.motion[:, 3:]
+    full_pos, full_rot = bvh.forward_kinematics(scaled)
+    pos, rot = bvh.forward_kinematics(scaled, rotations)
+    np.testing.assert_allclose(pos, full_pos, atol=1e-12)
+    np.testing.assert_allclose(rot, full_rot, atol=1e-12)
+    with pytest.raises(ValueError, match="do not fit"):
+        bvh.forward_kinematics(scaled, rotations[:1])
 
 
 def test_bvh_rejects_wrong_value_count():
@@ -185,16 +208,61 @@ def test_camera_projection_round_trip_and_axes():
     assert cam.project(cam.to_camera(np.array([0.0, 2.0, 0.0])))[1] < 540
 
 
-def test_sampled_cameras_keep_the_subject_in_view():
+def _walking_person(num_frames: int = 90, metres: float = 3.0) -> np.ndarray:
+    """(F, 17, 3) a vertical stick of 17 points 0.05-1.7 m high walking `metres` along x."""
+    t = np.linspace(0, metres, num_frames)
+    return np.stack([np.stack([t, np.full_like(t, y), np.zeros_like(t)], -1) for y in np.linspace(0.05, 1.7, 17)], 1)
+
+
+def test_sampled_cameras_keep_the_subject_in_view_with_phone_like_lenses():
     rng = np.random.default_rng(1)
-    t = np.linspace(0, 3, 90)
-    person = np.stack([np.stack([t, np.full_like(t, y), np.zeros_like(t)], -1) for y in np.linspace(0.05, 1.7, 17)], 1)
-    for _ in range(10):
+    person = _walking_person()
+    for _ in range(20):
         cam = sample_camera(person, rng, CameraConfig())
         assert inside_share(cam, person) >= 0.9
-        distance = np.linalg.norm(cam.position[[0, 2]] - person.reshape(-1, 3).mean(0)[[0, 2]])
-        assert distance >= 2.5 - 1e-6
-        assert 40 <= np.rad2deg(2 * np.arctan(cam.width / 2 / cam.focal)) <= 90 + 1e-6
+        assert cam.to_camera(person)[..., 2].min() > 0.1
+        # 13-80 mm equivalent: 25-108 degrees across the frame's long side.
+        fov = np.rad2deg(2 * np.arctan(max(cam.width, cam.height) / 2 / cam.focal))
+        assert 25 <= fov <= 109
+
+
+def test_camera_pitch_and_roll_follow_the_configured_distributions():
+    rng = np.random.default_rng(2)
+    person = _walking_person(30, 0.5)
+    angles = [camera_angles(sample_camera(person, rng, CameraConfig())) for _ in range(500)]
+    pitch = np.array([p.mean() for p, _ in angles])
+    roll = np.array([r.mean() for _, r in angles])
+    # N(5, 22.5) degrees, minus what the floor forbids (a camera cannot look up from below the ground), so the
+    # realised pitch is a little higher and narrower; roll N(0, 7.5).
+    assert 3 < pitch.mean() < 13 and 15 < pitch.std() < 26
+    assert np.mean(pitch > 30) > 0.08 and np.mean(pitch < -10) > 0.05  # high and low viewpoints both occur
+    assert abs(roll.mean()) < 1.5 and 6.0 < roll.std() < 9.0
+    heights = []
+    for _ in range(200):
+        cam = sample_camera(person, rng, CameraConfig())
+        heights.append(np.min(cam.position[..., 1]))
+    assert min(heights) >= 0.15 + person[..., 1].min() - 1e-6
+
+
+def test_panning_cameras_keep_a_walking_subject_near_the_image_centre():
+    person = _walking_person(150, 6.0)
+    still = CameraConfig(pan_share=0.0, dolly_share=0.0, shake_share=0.0, distance_m=(6.0, 6.0))
+    panning = CameraConfig(pan_share=1.0, dolly_share=0.0, shake_share=0.0, distance_m=(6.0, 6.0))
+
+    def centre_travel(config: CameraConfig) -> tuple[float, Camera]:
+        cam = sample_camera(person, np.random.default_rng(3), config)
+        x = cam.project(cam.to_camera(person))[:, :, 0].mean(axis=1)
+        return float(np.ptp(x) / cam.width), cam
+
+    still_travel, still_cam = centre_travel(still)
+    pan_travel, pan_cam = centre_travel(panning)
+    assert still_cam.rotation.shape == (3, 3)
+    assert pan_cam.rotation.shape == (150, 3, 3)
+    np.testing.assert_allclose(np.einsum("fij,fkj->fik", pan_cam.rotation, pan_cam.rotation),
+                               np.broadcast_to(np.eye(3), (150, 3, 3)), atol=1e-9)
+    assert pan_travel < 0.5 * still_travel
+    with pytest.raises(ValueError, match="moving camera"):
+        pan_cam.to_camera(person[:10])
 
 
 def _standing_person_px(num_frames: int = 3000) -> np.ndarray:
@@ -204,27 +272,73 @@ def _standing_person_px(num_frames: int = 3000) -> np.ndarray:
     return np.repeat(kp[None], num_frames, axis=0)
 
 
-def test_noise_scales_with_coco_sigmas_and_person_size():
+QUIET = dict(bias=(0.0, 0.0), drift=(0.0, 0.0), jitter=(0.0, 0.0), joint_spread=0.0, outlier_rate=(0.0, 0.0),
+             swap_rate=0.0, occlusion_rate=0.0, dropout_rate=0.0, person_dropout_rate=0.0)
+
+
+def test_jitter_scales_with_coco_sigmas_and_person_size():
     clean = _standing_person_px()
-    config = DetectorNoiseConfig(level=(1.0, 1.0), outlier_rate=(0.0, 0.0), swap_rate=0.0, dropout_rate=0.0,
-                                 person_dropout_rate=0.0)
+    config = DetectorNoiseConfig(**{**QUIET, "jitter": (1.0, 1.0)})
     noisy = corrupt_keypoints(clean, np.random.default_rng(0), config)
     std = (noisy - clean).std(axis=0).mean(axis=-1)  # (17,) per-axis std
     expected = np.asarray(COCO_SIGMAS) * person_size(clean)[0] / np.sqrt(2)
     np.testing.assert_allclose(std, expected, rtol=0.15)
-    # The drifting part makes consecutive frames' errors correlated.
     err = (noisy - clean)[:, COCO.index("left_hip"), 0]
-    assert 0.3 < np.corrcoef(err[1:], err[:-1])[0, 1] < 0.8
+    assert abs(np.corrcoef(err[1:], err[:-1])[0, 1]) < 0.1  # white
     bigger = corrupt_keypoints(clean * 2, np.random.default_rng(0), config)
     np.testing.assert_allclose((bigger - clean * 2).std(), 2 * (noisy - clean).std(), rtol=1e-6)
 
 
+def test_bias_is_constant_over_a_sequence_and_differs_between_sequences():
+    clean = _standing_person_px(200)
+    config = DetectorNoiseConfig(**{**QUIET, "bias": (1.0, 1.0)})
+    a = corrupt_keypoints(clean, np.random.default_rng(0), config) - clean
+    b = corrupt_keypoints(clean, np.random.default_rng(1), config) - clean
+    assert np.abs(a - a[0]).max() < 1e-3
+    assert np.abs(a[0]).mean() > 1.0 and np.abs(a[0] - b[0]).mean() > 1.0
+
+
+def test_keyframe_drift_is_smooth_and_changes_on_its_time_scale():
+    drift = keyframe_noise(np.random.default_rng(0), (20000, 2), spacing=20.0)
+    assert 0.6 < drift.std() < 1.0  # keyframes are N(0, 1); between them the blend is a little narrower
+    step = np.diff(drift, axis=0)
+    assert np.abs(step).max() < np.pi / 2 / 20 * 2 * 4.5 + 1e-9  # slope bounded by the keyframe spacing
+    # No kinks: the slope changes by a fraction of itself per frame (linear interpolation would jump by up to 2x).
+    assert np.abs(np.diff(step, axis=0)).max() < 0.25 * np.abs(step).max()
+    x = drift[:, 0]
+    assert np.corrcoef(x[1:], x[:-1])[0, 1] > 0.98
+    assert abs(np.corrcoef(x[60:], x[:-60])[0, 1]) < 0.15  # three keyframes apart: independent
+    clean = _standing_person_px(2000)
+    config = DetectorNoiseConfig(**{**QUIET, "drift": (1.0, 1.0), "drift_frames": (10.0, 10.0)})
+    err = (corrupt_keypoints(clean, np.random.default_rng(0), config) - clean)[:, COCO.index("left_knee"), 0]
+    assert np.corrcoef(err[1:], err[:-1])[0, 1] > 0.9
+
+
 def test_noise_outliers_and_dropouts_happen_at_their_rates():
     clean = _standing_person_px(5000)
-    config = DetectorNoiseConfig(level=(0.0, 0.0), outlier_rate=(0.01, 0.01), outlier_size=0.3, swap_rate=0.0,
-                                 dropout_rate=0.0, person_dropout_rate=0.0)
+    config = DetectorNoiseConfig(**{**QUIET, "outlier_rate": (0.01, 0.01), "outlier_size": 0.3})
     err = np.linalg.norm(corrupt_keypoints(clean, np.random.default_rng(0), config) - clean, axis=-1)
     assert 0.006 < np.mean(err > 1.0) < 0.014
+
+
+def test_hidden_limbs_are_interpolated_across_or_laid_onto_the_other_side():
+    t = np.arange(3000)
+    clean = _standing_person_px(3000)
+    clean[:, :, 1] += 40 * np.sin(t / 7.0)[:, None] * (np.arange(17) >= 7)  # limbs swing, the face stays
+    clean[:, :, 0] += 25 * np.cos(t / 5.0)[:, None] * (np.arange(17) >= 7)
+    hide = DetectorNoiseConfig(**{**QUIET, "occlusion_rate": 0.01, "occlusion_collapse": 0.0})
+    out = corrupt_keypoints(clean, np.random.default_rng(0), hide)
+    changed = np.linalg.norm(out - clean, axis=-1) > 1.0
+    limbs = [COCO.index(n) for n in ("left_elbow", "left_wrist", "left_knee", "left_ankle", "right_elbow",
+                                     "right_wrist", "right_knee", "right_ankle")]
+    assert changed[:, limbs].mean() > 0.02 and not changed[:, :7].any()
+    straight = np.abs(np.diff(out[:, limbs, 1], 2, axis=0)) < 1e-3  # interpolated stretches are straight lines
+    assert straight.mean() > 0.02
+    collapse = DetectorNoiseConfig(**{**QUIET, "occlusion_rate": 0.01, "occlusion_collapse": 1.0})
+    out = corrupt_keypoints(clean, np.random.default_rng(0), collapse)
+    flip = COCO.flip_permutation
+    on_other_side = np.linalg.norm(out[:, limbs] - clean[:, flip[limbs]], axis=-1) < 1e-3
+    assert on_other_side.mean() > 0.01
 
 
 def test_fill_gaps_interpolates_linearly_and_holds_ends():
@@ -268,7 +382,7 @@ def test_export_writes_half_precision_safetensors_that_load_lifter_reads(tmp_pat
     import torch
 
     from pipeline.lifting import load_lifter
-    from pipeline.mocap.__main__ import export_safetensors, load_training_checkpoint
+    from pipeline.mocap.export import export_safetensors, load_training_checkpoint
     from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
 
     torch.manual_seed(0)
@@ -289,3 +403,57 @@ def test_export_writes_half_precision_safetensors_that_load_lifter_reads(tmp_pat
         np.testing.assert_allclose(got.numpy(), halved(window).numpy(), atol=1e-6)
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-3)
     assert out.stat().st_size < sum(v.numel() * 4 for v in model.state_dict().values()) * 0.6
+
+
+def test_surface_hips_sit_wider_and_lower_than_the_joint_hips():
+    clip = bvh.parse_bvh(_first_bandai_clip())
+    pos, rot = bvh.forward_kinematics(clip)
+    h36m, coco = map_skeleton(pos, rot, clip.skeleton.names, BANDAI)
+    h, c = H36M.index, COCO.index
+    joint_width = np.linalg.norm(h36m[:, h("left_hip")] - h36m[:, h("right_hip")], axis=-1)
+    surface_width = np.linalg.norm(coco[:, c("left_hip")] - coco[:, c("right_hip")], axis=-1)
+    assert np.all(surface_width > joint_width + 0.02)
+    up = h36m[:, h("thorax")] - h36m[:, h("pelvis")]
+    up /= np.linalg.norm(up, axis=-1, keepdims=True)
+    drop = ((h36m[:, h("pelvis")] - (coco[:, c("left_hip")] + coco[:, c("right_hip")]) / 2) * up).sum(-1)
+    assert np.all(drop > 0.02)
+
+
+def test_perturbed_landmarks_keep_their_offset_in_the_body_frame():
+    clip = bvh.parse_bvh(_first_bandai_clip())
+    pos, rot = bvh.forward_kinematics(clip)
+    h36m, coco = map_skeleton(pos, rot, clip.skeleton.names, BANDAI)
+    moved = perturb_landmarks(coco, h36m, np.random.default_rng(0), 0.02)
+    offset = np.linalg.norm(moved - coco, axis=-1)  # (F, 17)
+    np.testing.assert_allclose(offset, np.broadcast_to(offset[0], offset.shape), atol=1e-9)
+    assert 0.01 < offset.mean() < 0.05
+    # The offset turns with the body: in world coordinates it is not constant when the person turns.
+    facing = body_forward(h36m)
+    if np.ptp(np.arctan2(facing[:, 0], facing[:, 2])) > 0.5:
+        assert np.abs((moved - coco) - (moved - coco)[0]).max() > 0.005
+    assert perturb_landmarks(coco, h36m, np.random.default_rng(0), 0.0) is coco
+
+
+def test_init_training_run_starts_a_longer_window_from_a_lifter_files_weights(tmp_path):
+    import torch
+
+    from pipeline.lifting import load_lifter, save_lifter_checkpoint
+    from pipeline.mocap.export import init_training_run, load_training_checkpoint
+    from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+
+    torch.manual_seed(0)
+    short = PoseFormerV2(PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3)).eval()
+    weights = save_lifter_checkpoint(tmp_path / "short.safetensors", short)
+    long_config = PoseFormerV2Config(frames=27, frames_kept=3, coeffs_kept=3, drop_path_rate=0.1)
+    path = init_training_run(weights, long_config, tmp_path / "run", lr=2e-4)
+    model, config, chk = load_training_checkpoint(path)
+    assert config.frames == 27 and chk["progress"]["step"] == 0 and chk["lr"] == 2e-4
+    for key, value in short.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    # The run's model lifts a 27-frame window; a 27-frame lifter file of the same weights agrees with it.
+    window = torch.from_numpy(np.random.default_rng(0).uniform(-0.5, 0.5, (2, 27, 17, 2)).astype(np.float32))
+    with torch.inference_mode():
+        same = load_lifter(weights, frames=27).model(window)
+        torch.testing.assert_close(model(window), same)
+    with pytest.raises(ValueError, match="does not fit"):
+        init_training_run(weights, PoseFormerV2Config(frames=27, frames_kept=9, coeffs_kept=9), tmp_path / "bad", 1e-4)

@@ -119,12 +119,19 @@ def euler_to_matrix(angles_deg: np.ndarray, order: str) -> np.ndarray:
     return out
 
 
-def forward_kinematics(clip: BvhClip) -> tuple[np.ndarray, np.ndarray]:
-    """World joint positions (F, J, 3) in file units and world rotations (F, J, 3, 3) of every joint's frame."""
+def forward_kinematics(clip: BvhClip, rotations: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """World joint positions (F, J, 3) in file units and world rotations (F, J, 3, 3) of every joint's frame.
+
+    `rotations` from an earlier call on the same motion skip the Euler-angle work (most of the time): a body variant
+    (scaled offsets and position channels, see pipeline.mocap.dataset) changes the positions, not the rotations."""
     sk = clip.skeleton
     num_frames = clip.motion.shape[0]
     positions = np.zeros((num_frames, sk.num_joints, 3))
-    rotations = np.zeros((num_frames, sk.num_joints, 3, 3))
+    known = rotations is not None
+    if known and rotations.shape != (num_frames, sk.num_joints, 3, 3):
+        raise ValueError(f"rotations of shape {rotations.shape} do not fit {num_frames} frames of {sk.num_joints} "
+                         "joints; pass the rotations of the same clip")
+    rotations = rotations if known else np.zeros((num_frames, sk.num_joints, 3, 3))
     col = 0
     for j, (parent, chans) in enumerate(zip(sk.parents, sk.channels, strict=True)):
         values = clip.motion[:, col:col + len(chans)]
@@ -140,11 +147,11 @@ def forward_kinematics(clip: BvhClip) -> tuple[np.ndarray, np.ndarray]:
                 rot_cols.append(k)
             else:
                 raise ValueError(f"unknown BVH channel {name!r} on joint {sk.names[j]!r}")
-        local = euler_to_matrix(values[:, rot_cols], "".join(rot_axes)) if rot_axes else np.eye(3)
         if parent < 0:
             positions[:, j] = translation
-            rotations[:, j] = local
         else:
             positions[:, j] = positions[:, parent] + np.einsum("fab,fb->fa", rotations[:, parent], translation)
-            rotations[:, j] = rotations[:, parent] @ local
+        if not known:
+            local = euler_to_matrix(values[:, rot_cols], "".join(rot_axes)) if rot_axes else np.eye(3)
+            rotations[:, j] = local if parent < 0 else rotations[:, parent] @ local
     return positions, rotations

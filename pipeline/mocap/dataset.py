@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.geometry import normalize_screen_coordinates
 from pipeline.mocap import amc, bvh
 from pipeline.mocap.cameras import Camera, CameraConfig, sample_camera
-from pipeline.mocap.h36m_joints import BANDAI, CMU_ASF, CMU_BVH, BodyModel, Rig, map_skeleton
+from pipeline.mocap.h36m_joints import BANDAI, CMU_ASF, CMU_BVH, BodyModel, Rig, map_skeleton, perturb_landmarks
 from pipeline.mocap.noise import DetectorNoiseConfig, corrupt_keypoints
 from pipeline.skeleton import coco_to_h36m
-from pipeline.geometry import normalize_screen_coordinates
 from pipeline.training.windows import SequenceSet
 
 log = logging.getLogger(__name__)
@@ -35,21 +35,25 @@ DEFAULT_DATA_DIR = CACHE_ROOT / "data"  # cached rendered sets
 # draw. The studio's skeleton has narrow shoulders (10 cm from the midline vs ~15-19 cm in people) and a short torso.
 BANDAI_PROPORTIONS: dict[tuple[str, ...], tuple[float, float]] = {
     ("UpperArm_L", "UpperArm_R"): (1.0, 2.8),  # clavicle length -> shoulder width 10-20 cm from the midline
-    ("Spine", "Chest", "Neck"): (1.0, 1.25),  # torso length
-    ("Head",): (1.0, 1.4),  # neck length
-    ("LowerArm_L", "LowerArm_R"): (0.95, 1.15),  # upper arm
-    ("Hand_L", "Hand_R"): (0.85, 1.15),  # forearm
-    ("LowerLeg_L", "LowerLeg_R", "Foot_L", "Foot_R"): (0.93, 1.08),  # thigh and shin
-    ("UpperLeg_L", "UpperLeg_R"): (1.0, 1.5),  # hip width
+    ("Spine", "Chest", "Neck"): (0.95, 1.3),  # torso length
+    ("Head",): (0.9, 1.4),  # neck length
+    ("LowerArm_L", "LowerArm_R"): (0.92, 1.25),  # upper arm (Bandai ~24 cm, CMU 28-29 cm)
+    ("Hand_L", "Hand_R"): (0.85, 1.2),  # forearm
+    ("LowerLeg_L", "LowerLeg_R"): (0.9, 1.12),  # thigh
+    ("Foot_L", "Foot_R"): (0.9, 1.12),  # shin
+    ("UpperLeg_L", "UpperLeg_R"): (1.0, 1.6),  # hip width
 }
 
 
 @dataclass(frozen=True)
 class RenderConfig:
     cameras_per_clip: int = 4
-    speed: tuple[float, float] = (0.8, 1.25)  # playback speed factor (runtime videos are 24-60 fps, motions vary)
-    body_scale: tuple[float, float] = (0.88, 1.1)  # overall person size
+    # Playback speed factor, log-uniform: the lifter sees frames, not seconds, and run-time videos are 24-60 fps
+    # (a 60 fps phone clip is the 30 fps mocap at speed 0.5), people move faster and slower than the actors.
+    speed: tuple[float, float] = (0.45, 1.6)
+    body_scale: tuple[float, float] = (0.85, 1.15)  # overall person size
     proportions: bool = True
+    landmark_std_m: float = 0.02  # per-person offset of each COCO landmark in the body frame (see perturb_landmarks)
     noise: DetectorNoiseConfig = field(default_factory=DetectorNoiseConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     body: BodyModel = field(default_factory=BodyModel)
@@ -114,19 +118,22 @@ def _scaled_bvh(clip: bvh.BvhClip, rng: np.random.Generator | None, scale_range:
 def load_bvh_clip(path: Path, rig: Rig, group: str, rng: np.random.Generator | None = None,
                   scale_range: tuple[float, float] = (1.0, 1.0),
                   proportions: dict[tuple[str, ...], tuple[float, float]] | None = None,
-                  body: BodyModel = BodyModel()) -> MocapClip:
-    clip = bvh.parse_bvh(Path(path).read_text())
+                  body: BodyModel | None = None, parsed: bvh.BvhClip | None = None,
+                  rotations: np.ndarray | None = None) -> MocapClip:
+    """A BVH file as H36M/COCO world points, with a random body variant when `rng` is given. `parsed` (the file
+    parsed) and `rotations` (its world rotations) save redoing that work when one clip is rendered several times."""
+    clip = parsed if parsed is not None else bvh.parse_bvh(Path(path).read_text())
     clip = _scaled_bvh(clip, rng, scale_range, proportions or {})
-    positions, rotations = bvh.forward_kinematics(clip)
-    h36m, coco = map_skeleton(positions, rotations, clip.skeleton.names, rig, body)
+    positions, rotations = bvh.forward_kinematics(clip, rotations)
+    h36m, coco = map_skeleton(positions, rotations, clip.skeleton.names, rig, body or BodyModel())
     return MocapClip(Path(path).stem, group, h36m, coco, 1.0 / clip.frame_time)
 
 
-def load_amc_clip(asf_path: Path, amc_path: Path, body: BodyModel = BodyModel()) -> MocapClip:
+def load_amc_clip(asf_path: Path, amc_path: Path, body: BodyModel | None = None) -> MocapClip:
     skeleton = amc.parse_asf(Path(asf_path).read_text())
     motion = amc.parse_amc(Path(amc_path).read_text(), skeleton)
     positions, rotations = amc.forward_kinematics(skeleton, motion)
-    h36m, coco = map_skeleton(positions, rotations, skeleton.names, CMU_ASF, body)
+    h36m, coco = map_skeleton(positions, rotations, skeleton.names, CMU_ASF, body or BodyModel())
     return MocapClip(Path(amc_path).stem, Path(amc_path).stem, h36m, coco, 120.0)  # CMU AMC: 120 fps
 
 
@@ -161,8 +168,9 @@ def _render_cameras(clip: MocapClip, cameras: int, rng: np.random.Generator, con
                     speed: tuple[float, float]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     out = []
     for k in range(cameras):
-        factor = rng.uniform(*speed)
+        factor = float(np.exp(rng.uniform(*np.log(speed))))
         h36m, coco = resample(clip.h36m_world, factor), resample(clip.coco_world, factor)
+        coco = perturb_landmarks(coco, h36m, rng, config.landmark_std_m)
         camera = sample_camera(coco, rng, config.camera)
         inputs, targets = render(h36m, coco, camera, rng, config.noise)
         out.append((f"{clip.name}/cam{k}", inputs, targets))
@@ -174,9 +182,11 @@ def render_bandai(paths: list[Path], config: RenderConfig, cameras: int) -> Sequ
     inputs, targets, names, groups = [], [], [], []
     for i, path in enumerate(paths):
         rng = np.random.default_rng([config.seed, int(hashlib.sha1(path.stem.encode()).hexdigest()[:8], 16)])
+        parsed = bvh.parse_bvh(path.read_text())
+        _, rotations = bvh.forward_kinematics(parsed)
         for k in range(cameras):
             clip = load_bvh_clip(path, BANDAI, bandai_group(path.stem), rng if config.proportions else None,
-                                 config.body_scale, BANDAI_PROPORTIONS, config.body)
+                                 config.body_scale, BANDAI_PROPORTIONS, config.body, parsed, rotations)
             name, x2, x3 = _render_cameras(clip, 1, rng, config, config.speed)[0]
             inputs.append(x2)
             targets.append(x3)
@@ -187,7 +197,7 @@ def render_bandai(paths: list[Path], config: RenderConfig, cameras: int) -> Sequ
     return SequenceSet(inputs, targets, names, groups)
 
 
-def cmu_clips(mocap_dir: Path, body: BodyModel = BodyModel()) -> list[MocapClip]:
+def cmu_clips(mocap_dir: Path, body: BodyModel | None = None) -> list[MocapClip]:
     """The CMU evaluation subset at 30 fps (AMC 120 fps and BVH 120 fps, every 4th frame)."""
     clips = []
     for asf_path in sorted(Path(mocap_dir).glob("cmu_asfamc/*/*.asf")):
@@ -224,7 +234,7 @@ def render_clips(clips: list[MocapClip], config: RenderConfig, cameras: int) -> 
 
 def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> str:
     """A short hash of everything that determines a rendered set (bump `version` when the code's output changes)."""
-    payload = {"kind": kind, "version": 2, "config": dataclasses.asdict(config),
+    payload = {"kind": kind, "version": 4, "config": dataclasses.asdict(config),
                "proportions": {"+".join(k): v for k, v in BANDAI_PROPORTIONS.items()}, **(extra or {})}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -180,3 +180,20 @@ def body_forward(h36m: np.ndarray) -> np.ndarray:
         h36m[:, h("left_shoulder")] - h36m[:, h("right_shoulder")])
     up = h36m[:, h("thorax")] - h36m[:, h("pelvis")]
     return _unit(np.cross(left, up))
+
+
+def perturb_landmarks(coco: np.ndarray, h36m: np.ndarray, rng: np.random.Generator, std_m: float) -> np.ndarray:
+    """COCO-17 points (F, 17, 3) moved by one fixed random offset per keypoint (std `std_m` metres per axis) in the
+    body's own frame (left, up, forward from the H36M-17 poses (F, 17, 3)): where a detector puts a landmark on this
+    person (clothing, build, the annotators' habits) differs from our fixed surface offsets, consistently over time
+    and over views, unlike image-space noise."""
+    if std_m <= 0:
+        return coco
+    h = H36M.index
+    up = _unit(h36m[:, h("thorax")] - h36m[:, h("pelvis")])
+    left = _unit((h36m[:, h("left_hip")] - h36m[:, h("right_hip")]) + (
+        h36m[:, h("left_shoulder")] - h36m[:, h("right_shoulder")]))
+    left = _unit(left - (left * up).sum(-1, keepdims=True) * up)
+    forward = np.cross(left, up)
+    offsets = rng.normal(0, std_m, (COCO.num_joints, 3))  # (left, up, forward) per keypoint
+    return coco + np.einsum("kc,fcd->fkd", offsets, np.stack([left, up, forward], axis=1))

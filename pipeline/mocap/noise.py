@@ -1,9 +1,15 @@
 """Detector-like corruption of clean 2D COCO-17 keypoint tracks.
 
-Errors scale with the person's size like COCO's per-keypoint OKS sigmas (hips and knees are the least precise, the
-eyes the most), part white frame-to-frame jitter and part a slowly drifting bias (detectors err consistently for a few
-frames), plus occasional outliers, short left/right limb swaps, and short dropouts that are filled by linear
-interpolation as the runtime's gap filling does.
+A detector's error on a video is not white noise. Following what the field's lifters train with (MotionBERT's
+keyframe-interpolated noise, per-joint scales like COCO's OKS sigmas), each sequence gets four error components, each
+with its own strength and its own per-joint scale, all proportional to the person's size:
+- a constant per-sequence bias (the detector's systematic placement for this person, clothing, viewpoint),
+- a smooth drift drawn at keyframes a few to 30 frames apart and interpolated (errors that persist for a while),
+- per-frame white jitter,
+- rare large outliers;
+plus left/right limb swaps, limbs hidden for stretches (the detector either loses them, and the track is interpolated
+across, or lays them onto the visible limb of the other side, as a side view does), and short single-keypoint and
+whole-person dropouts filled by linear interpolation as the runtime's gap filling does.
 """
 from __future__ import annotations
 
@@ -23,17 +29,26 @@ SWAP_GROUPS = (
     ("left_shoulder", "left_elbow", "left_wrist"), ("left_wrist",), ("left_ankle",),
 )
 
+# Limbs that go out of sight together (the left side; the right side is mirrored).
+OCCLUSION_GROUPS = (("left_elbow", "left_wrist"), ("left_wrist",), ("left_knee", "left_ankle"), ("left_ankle",))
+
 
 @dataclass(frozen=True)
 class DetectorNoiseConfig:
-    level: tuple[float, float] = (0.3, 1.2)  # per-sequence multiplier of COCO_SIGMAS (1 = annotator spread)
-    drift_share: float = 0.5  # share of the variance that drifts slowly instead of jittering per frame
-    drift_frames: float = 5.0  # correlation time of the drift (gaussian smoothing sigma, frames)
-    outlier_rate: tuple[float, float] = (0.0, 0.006)  # per keypoint and frame, drawn per sequence
+    # Strength of each component per sequence, uniform in (low, high), in multiples of COCO_SIGMAS x person size.
+    bias: tuple[float, float] = (0.0, 0.6)
+    drift: tuple[float, float] = (0.1, 0.9)
+    jitter: tuple[float, float] = (0.05, 0.5)
+    joint_spread: float = 0.4  # each joint's scale of each component: x exp(N(0, spread)), drawn per sequence
+    drift_frames: tuple[float, float] = (4.0, 30.0)  # keyframe spacing of the drift, drawn per sequence
+    outlier_rate: tuple[float, float] = (0.0, 0.004)  # per keypoint and frame, drawn per sequence
     outlier_size: float = 0.3  # outlier displacement std, in person sizes
     swap_rate: float = 0.003  # left/right limb swaps starting per frame
-    swap_frames: tuple[int, int] = (1, 6)
-    dropout_rate: float = 0.003  # single-keypoint dropouts starting per keypoint and frame
+    swap_frames: tuple[int, int] = (1, 10)
+    occlusion_rate: float = 0.004  # hidden-limb stretches starting per frame
+    occlusion_frames: tuple[int, int] = (5, 45)
+    occlusion_collapse: float = 0.5  # share of hidden limbs laid onto the other side's limb instead of interpolated
+    dropout_rate: float = 0.002  # single-keypoint dropouts starting per keypoint and frame
     person_dropout_rate: float = 0.002  # whole-person misses starting per frame
     dropout_frames: tuple[int, int] = (1, 8)
 
@@ -44,15 +59,19 @@ def person_size(keypoints: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(span[..., 0] * span[..., 1] * 0.5, 1.0))
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_frames: float) -> np.ndarray:
-    """Unit-variance gaussian noise correlated along axis 0 (gaussian kernel of `sigma_frames`)."""
-    radius = int(3 * sigma_frames) + 1
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_frames) ** 2)
-    kernel /= np.sqrt((kernel ** 2).sum())
-    white = rng.standard_normal((shape[0] + 2 * radius, *shape[1:]))
-    flat = white.reshape(white.shape[0], -1)
-    out = np.stack([np.convolve(flat[:, k], kernel, mode="valid") for k in range(flat.shape[1])], axis=1)
-    return out.reshape(shape)
+def keyframe_noise(rng: np.random.Generator, shape: tuple[int, ...], spacing: float) -> np.ndarray:
+    """Smooth noise along axis 0: standard-normal values at keyframes `spacing` frames apart (random phase), joined by
+    cosine interpolation, so the curve and its slope are continuous and it changes on the keyframes' time scale."""
+    num = shape[0]
+    spacing = max(float(spacing), 1.0)
+    phase = rng.uniform(0, spacing)
+    keys = int(np.ceil((num + phase) / spacing)) + 1
+    values = rng.standard_normal((keys, *shape[1:]))
+    t = (np.arange(num) + phase) / spacing
+    lo = np.floor(t).astype(int)
+    w = (1 - np.cos(np.pi * (t - lo))) / 2
+    w = w.reshape(-1, *([1] * (len(shape) - 1)))
+    return values[lo] * (1 - w) + values[lo + 1] * w
 
 
 def fill_gaps(keypoints: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -73,6 +92,35 @@ def _runs(rng: np.random.Generator, num_frames: int, rate: float, lengths: tuple
     return [slice(s, s + rng.integers(lengths[0], lengths[1] + 1)) for s in starts]
 
 
+def _joint_scales(rng: np.random.Generator, strength: tuple[float, float], spread: float) -> np.ndarray:
+    """(17, 1) per-joint scale of one error component: strength x COCO sigma x a per-joint log-normal factor."""
+    factor = np.exp(rng.normal(0, spread, COCO.num_joints)) if spread > 0 else np.ones(COCO.num_joints)
+    return (rng.uniform(*strength) * np.asarray(COCO_SIGMAS) * factor)[:, None]
+
+
+def _swap_and_hide(out: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
+                   config: DetectorNoiseConfig) -> None:
+    """In place: left/right limb swaps, and hidden limbs (invalid, or laid onto the mirrored limb)."""
+    num_frames = out.shape[0]
+    flip = COCO.flip_permutation
+    for run in _runs(rng, num_frames, config.swap_rate, config.swap_frames):
+        group = [COCO.index(n) for n in SWAP_GROUPS[rng.integers(len(SWAP_GROUPS))]]
+        mirror = [int(flip[j]) for j in group]
+        out[run, group + mirror] = out[run, mirror + group]
+    for run in _runs(rng, num_frames, config.occlusion_rate, config.occlusion_frames):
+        group = [COCO.index(n) for n in OCCLUSION_GROUPS[rng.integers(len(OCCLUSION_GROUPS))]]
+        if rng.random() < 0.5:
+            group = [int(flip[j]) for j in group]
+        if rng.random() < config.occlusion_collapse:
+            frames = np.arange(num_frames)[run]
+            # Ramp in and out over a few frames: the detector slides onto the visible limb rather than jumping.
+            ramp = np.minimum(1.0, np.minimum(frames - frames[0] + 1, frames[-1] - frames + 1) / 3.0)[:, None, None]
+            mirror = [int(flip[j]) for j in group]
+            out[run, group] = out[run, group] * (1 - ramp) + out[run, mirror] * ramp
+        else:
+            valid[run, group] = False
+
+
 def corrupt_keypoints(keypoints: np.ndarray, rng: np.random.Generator,
                       config: DetectorNoiseConfig = DetectorNoiseConfig()) -> np.ndarray:
     """Clean COCO-17 tracks (T, 17, 2) in pixels -> detector-like tracks (T, 17, 2) in pixels."""
@@ -81,22 +129,18 @@ def corrupt_keypoints(keypoints: np.ndarray, rng: np.random.Generator,
         raise ValueError(f"expected COCO-17 keypoint tracks of shape (T, 17, 2), got {kp.shape}")
     num_frames = kp.shape[0]
     size = person_size(kp)[:, None, None]  # (T, 1, 1)
-    sigma = rng.uniform(*config.level) * np.asarray(COCO_SIGMAS)[None, :, None] * size / np.sqrt(2)
-    white = rng.standard_normal(kp.shape) * np.sqrt(1 - config.drift_share)
-    drift = _smooth_noise(rng, kp.shape, config.drift_frames) * np.sqrt(config.drift_share)
-    out = kp + sigma * (white + drift)
+    spread = config.joint_spread
+    bias = _joint_scales(rng, config.bias, spread) * rng.standard_normal((1, *kp.shape[1:]))
+    drift = _joint_scales(rng, config.drift, spread) * keyframe_noise(rng, kp.shape, rng.uniform(*config.drift_frames))
+    jitter = _joint_scales(rng, config.jitter, spread) * rng.standard_normal(kp.shape)
+    out = kp + (bias + drift + jitter) * size / np.sqrt(2)
 
     outliers = rng.random(kp.shape[:2]) < rng.uniform(*config.outlier_rate)
     out[outliers] += rng.normal(0, config.outlier_size, (outliers.sum(), 2)) * np.broadcast_to(
         size[..., 0], kp.shape[:2])[outliers][:, None]
 
-    flip = COCO.flip_permutation
-    for run in _runs(rng, num_frames, config.swap_rate, config.swap_frames):
-        group = [COCO.index(n) for n in SWAP_GROUPS[rng.integers(len(SWAP_GROUPS))]]
-        mirror = [int(flip[j]) for j in group]
-        out[run, group + mirror] = out[run, mirror + group]
-
     valid = np.ones(kp.shape[:2], bool)
+    _swap_and_hide(out, valid, rng, config)
     for k in range(kp.shape[1]):
         for run in _runs(rng, num_frames, config.dropout_rate, config.dropout_frames):
             valid[run, k] = False
