@@ -442,8 +442,9 @@ def test_playing_advances_video_and_3d_in_step_and_pausing_keeps_them_together(o
         if state["playing"] and state["shownVideoFrame"] is not None:
             assert state["shownVideoFrame"] == state["frame"]  # the 3D follows the presented video frame
     viewer.page.click("#play")  # pause mid-clip: both stay on the frame the video stopped on
-    viewer.page.wait_for_function("!window.viewerState.playing && document.getElementById('video').paused")
-    viewer.page.wait_for_timeout(200)
+    viewer.page.wait_for_function("!window.viewerState.playing && document.getElementById('video').paused && "
+                                  "!document.getElementById('video').seeking && "
+                                  "window.viewerState.shownVideoFrame === window.viewerState.frame")
     state = viewer.state()
     assert 0 < state["frame"] < CLIP_FRAMES - 1, seen
     assert state["shownVideoFrame"] == state["frame"] == math.floor(state["videoTime"] * FPS + 1e-3)
@@ -453,6 +454,19 @@ def test_playing_advances_video_and_3d_in_step_and_pausing_keeps_them_together(o
     state = viewer.state()
     seen.append(state["frame"])
     assert seen == sorted(seen) and state["frame"] == CLIP_FRAMES - 1, seen
+    assert viewer.errors == []
+
+
+def test_playback_stops_at_the_end_of_the_processed_part_of_a_longer_clip(open_viewer):
+    viewer = open_viewer("part.html", **example_arrays(frames=10), frame_offset=5)  # as --start 5 --end 15
+    viewer.wait_video_ready()
+    viewer.page.wait_for_function("window.viewerState.shownVideoFrame === 5")  # opens on the first processed frame
+    viewer.page.click("#play")
+    viewer.page.wait_for_function("!window.viewerState.playing", timeout=10000)
+    # The video may run a few frames on before it pauses; it is brought back to the last processed frame.
+    viewer.page.wait_for_function("document.getElementById('video').paused && !document.getElementById('video').seeking"
+                                  " && window.viewerState.shownVideoFrame === 14")
+    assert viewer.state()["frame"] == 9
     assert viewer.errors == []
 
 

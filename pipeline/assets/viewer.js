@@ -408,9 +408,12 @@
     if (video.duration && seconds >= video.duration - 1e-6) seconds = video.duration - 0.5 / DATA.fps;
     const row = rowAt(seconds);
     state.shownVideoFrame = row + DATA.frameOffset;
-    if (row >= T && state.playing) pause();  // the video goes on past the processed part (--end)
-    const shown = Math.max(0, Math.min(T - 1, row));
-    if (shown !== state.frame) showFrame(shown);
+    if (row < 0 || row >= T) {  // the clip goes on beyond the processed part (--start, --end): stop at its edge
+      if (state.playing) pause();
+      seek(row < 0 ? 0 : T - 1);
+      return;
+    }
+    if (row !== state.frame) showFrame(row);
   }
 
   // Without a playable video (missing file, codec) a clock plays the poses alone.
@@ -451,9 +454,16 @@
   }
   video.addEventListener("seeked", () => { if (!state.playing) onVideoTime(video.currentTime); });
   video.addEventListener("ended", pause);
-  video.addEventListener("pause", () => {  // paused by us or by the browser: the 3D shows the frame it stopped on
+  video.addEventListener("pause", () => {  // paused by us or by the browser: both stay on the frame it stopped on
     if (state.playing && !clock) pause();
-    onVideoTime(video.currentTime);
+    if (video.seeking || state.videoError) return;  // a step or the slider already chose the frame
+    // A playing video can show a frame slightly ahead of its clock: seek to the middle of the frame at the clock
+    // so that the picture, the time and the 3D agree.
+    let seconds = video.currentTime;
+    if (video.duration && seconds >= video.duration - 1e-6) seconds = video.duration - 0.5 / DATA.fps;
+    const row = Math.max(0, Math.min(T - 1, rowAt(seconds)));
+    showFrame(row);
+    video.currentTime = (row + DATA.frameOffset + 0.5) / DATA.fps;
   });
   video.addEventListener("loadedmetadata", () => { layout(); seek(state.frame); });
   function showVideoError() {
