@@ -131,6 +131,9 @@ def test_an_exception_midway_leaves_the_destination_untouched(tmp_path, interrup
         with VideoWriter(path, SIZE, 30, frame_count=20) as writer:
             for i in range(8):
                 writer.write(pattern(i))
+            deadline = time.monotonic() + 30  # frames reach ffmpeg through a queue: wait for its partial file
+            while not writer.temp_path.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert writer.temp_path.exists()
             raise interrupt("stopped")
     assert path.read_bytes() == b"previous result"
@@ -195,6 +198,9 @@ def test_ctrl_c_leaves_no_file(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "writing"
+    deadline = time.monotonic() + 30  # frames reach ffmpeg through a queue: wait for its partial file
+    while leftovers(tmp_path) != [".out.partial.mp4"] and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert leftovers(tmp_path) == [".out.partial.mp4"]
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)

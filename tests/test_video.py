@@ -215,3 +215,41 @@ def test_parse_headers_of_other_ffmpeg_versions():
     tag_only = tag_only.replace("rotate          : 90", "rotate          : 180")
     assert parse_ffmpeg_header(tag_only, Path("x.mov")).rotation == 180
     assert parse_ffmpeg_header(tag_only, Path("x.mov")).width == 1920
+
+
+def test_prefetched_frames_are_the_same_frames_and_errors_reach_the_consumer(clips):
+    from pipeline.media.decode import prefetched
+
+    direct = list(iter_frames(clips["base"]))
+    ahead = list(prefetched(iter_frames(clips["base"]), depth=2))
+    assert len(ahead) == len(direct) == 12
+    for a, b in zip(ahead, direct, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    def broken():
+        yield direct[0]
+        raise VideoError("damaged at frame 1")
+
+    got = []
+    with pytest.raises(VideoError, match="damaged at frame 1"):
+        for frame in prefetched(broken()):
+            got.append(frame)
+    assert len(got) == 1
+
+
+def test_stopping_a_prefetched_read_early_ends_its_ffmpeg(clips, monkeypatch):
+    from pipeline.media.decode import prefetched
+
+    started = []
+
+    class RecordingPopen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if "rawvideo" in self.args:
+                started.append(self)
+
+    monkeypatch.setattr("pipeline.media.decode.subprocess.Popen", RecordingPopen)
+    frames = prefetched(iter_frames(clips["base"]), depth=1)
+    next(frames)
+    frames.close()
+    assert len(started) == 1 and started[0].returncode is not None

@@ -10,8 +10,10 @@ exactly once (`-fps_mode passthrough`: no duplicated or dropped frames for varia
 from __future__ import annotations
 
 import logging
+import queue
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +74,54 @@ def iter_frames(path: str | Path, start: int = 0, end: int | None = None,
     if messages.strip():
         logger.warning("%s: ffmpeg reported decoding errors after %d frames: %s", info.path.name, count,
                        last_error_line(messages))
+
+
+_DONE = object()
+
+
+def prefetched(frames: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarray]:
+    """The same frames, read up to `depth` ahead in a background thread, so that reading the pipe and copying the
+    bytes (a few ms per full-HD frame) overlap with the consumer's work (detection, drawing) instead of adding to it.
+
+    Memory stays bounded (`depth` frames in flight). An error while decoding is raised in the consumer at the frame
+    where it happened; when the consumer stops early (break, an exception, Ctrl-C) the reader thread stops and the
+    source generator is closed, which ends its ffmpeg process.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for frame in frames:
+                if not put(frame):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(exc)
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=read, name="frame-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()

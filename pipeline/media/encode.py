@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 # Audio codecs that go into an mp4 unchanged and play in browsers; anything else is re-encoded to AAC.
 MP4_AUDIO_CODECS = ("aac", "mp3")
+QUEUE_FRAMES = 4  # converted frames waiting for the pipe (a 2000x720 frame is 2.2 MB in yuv420p)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class VideoWriter:
         self.temp_path = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
         self._process: subprocess.Popen | None = None
         self._stderr = None
+        # A pump thread feeds ffmpeg, so that converting and drawing the next frame overlap with piping this one
+        # (the pipe blocks while ffmpeg encodes); at most QUEUE_FRAMES frames wait, so memory stays bounded.
+        self._queue: queue.Queue | None = None
+        self._pump: threading.Thread | None = None
+        self._pipe_error: BaseException | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -109,6 +117,24 @@ class VideoWriter:
         # file; ffmpeg must not finalise a half video on its own.
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                          stderr=self._stderr, start_new_session=True)
+        self._pipe_error = None
+        self._queue = queue.Queue(maxsize=QUEUE_FRAMES)
+        self._pump = threading.Thread(target=self._feed_ffmpeg, name="encoder-pipe", daemon=True)
+        self._pump.start()
+
+    def _feed_ffmpeg(self) -> None:
+        """The pump thread: write queued frames into ffmpeg's stdin until the end marker (None)."""
+        process, slots = self._process, self._queue
+        while True:
+            data = slots.get()
+            if data is None:
+                return
+            if self._pipe_error is not None:
+                continue  # drain what the writer still queues; the error is raised on its side
+            try:
+                process.stdin.write(data)
+            except (BrokenPipeError, ValueError, OSError) as exc:
+                self._pipe_error = exc
 
     def write(self, frame_bgr: np.ndarray) -> None:
         if self._process is None:
@@ -118,13 +144,21 @@ class VideoWriter:
                              f"got shape {frame_bgr.shape} {frame_bgr.dtype}")
         if self.frame_count is not None and self.frames_written >= self.frame_count:
             raise ValueError(f"more frames written than the {self.frame_count} announced")
+        self._raise_if_ffmpeg_stopped()
         yuv = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2YUV_I420)  # BT.601, limited range: (h * 3 / 2, w) planes
-        try:
-            self._process.stdin.write(yuv.data)
-        except (BrokenPipeError, ValueError):
-            self._process.wait()
-            raise RuntimeError(f"ffmpeg stopped while encoding {self.path.name}: {self._ffmpeg_message()}") from None
+        self._queue.put(yuv.data)
         self.frames_written += 1
+
+    def _raise_if_ffmpeg_stopped(self) -> None:
+        if self._pipe_error is not None:
+            self._process.wait()
+            raise RuntimeError(f"ffmpeg stopped while encoding {self.path.name}: {self._ffmpeg_message()}")
+
+    def _stop_pump(self) -> None:
+        if self._pump is not None:
+            self._queue.put(None)
+            self._pump.join()
+            self._pump = None
 
     def close(self) -> None:
         """Finish the file, check it and move it into place; on any problem nothing is left behind."""
@@ -136,6 +170,8 @@ class VideoWriter:
                                    f"{self.frame_count} expected: the output was not kept")
             if self.frames_written == 0:
                 raise RuntimeError(f"no frame written to {self.path.name}: the output was not kept")
+            self._stop_pump()
+            self._raise_if_ffmpeg_stopped()
             try:
                 self._process.stdin.close()
             except BrokenPipeError:
@@ -158,7 +194,10 @@ class VideoWriter:
         """Kill ffmpeg and delete the temporary file; the destination is left as it was."""
         if self._process is not None:
             if self._process.poll() is None:
-                self._process.kill()
+                self._process.kill()  # a pump blocked on the pipe then fails at once
+            if self._pump is not None:
+                self._pipe_error = self._pipe_error or BrokenPipeError("aborted")
+                self._stop_pump()
             try:
                 self._process.stdin.close()
             except (BrokenPipeError, OSError):
