@@ -1,7 +1,9 @@
-"""Command line of the real-footage validation: `python -m pipeline.evaluation multiview ...`.
+"""Command line of the real-footage validation: `python -m pipeline.evaluation {multiview,gap} ...`.
 
     python -m pipeline.evaluation multiview --recording ../shared/data/multiview/pose2sim_multi \\
         --checkpoint weights/poseformerv2_mocap_27_3_3.safetensors [--checkpoint other.bin ...] [--json scores.json]
+    python -m pipeline.evaluation gap --recording ../shared/data/multiview/pose2sim_multi \\
+        --checkpoint weights/poseformerv2_mocap_27_3_3.safetensors --mocap-clips 40
 
 The 2D stage of every view is cached (~/.cache/poseformerv2-demo/multiview/, keyed by the video's bytes and the 2D
 settings), so scoring another checkpoint on the same recording takes seconds. Bad input (a missing folder, no
@@ -22,10 +24,30 @@ from pipeline.evaluation.multiview import (
     default_cache_dir,
     evaluate_recording,
     find_recording,
+    reconstruct,
 )
 from pipeline.pose2d import Pose2DConfig
 
 log = logging.getLogger(__name__)
+
+
+def _recording_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recording", required=True, type=Path,
+                   help="folder with one video per camera, named after the camera (cam01.mp4 ...)")
+    p.add_argument("--calibration", type=Path,
+                   help="Qualisys .qca.txt or pose2sim Calib.toml (default: the one calibration file in the folder)")
+    p.add_argument("--json", type=Path, help="write every number shown (and more) to this JSON file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (detector and lifter)")
+    p.add_argument("--detector", help="Ultralytics pose model (default: the bundled yolo11n-pose)")
+    p.add_argument("--imgsz", help="detector input size in pixels (640, 1280) or auto (default: the 2D stage's)")
+    p.add_argument("--min-views", type=int, default=3,
+                   help="people seen by fewer views are left out (default 3, capped at the number of views)")
+    p.add_argument("--smooth-hz", type=float,
+                   help="denoise the triangulated reference along time with this cutoff (e.g. 6); default: raw")
+    p.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="where the 2D stage is cached")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the 2D cache")
+    p.add_argument("--quiet", action="store_true", help="only the tables")
+    p.add_argument("--debug", action="store_true", help="full traceback on errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,24 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Triangulate the people of a calibrated multi-camera recording from the 2D "
                                    "keypoints of every view, lift every view with each checkpoint, and print "
                                    "per-view and overall scores against the triangulation.")
-    m.add_argument("--recording", required=True, type=Path,
-                   help="folder with one video per camera, named after the camera (cam01.mp4 ...)")
-    m.add_argument("--calibration", type=Path,
-                   help="Qualisys .qca.txt or pose2sim Calib.toml (default: the one calibration file in the folder)")
+    _recording_arguments(m)
     m.add_argument("--checkpoint", required=True, action="append", type=Path,
                    help="lifter checkpoint; repeat to compare several")
-    m.add_argument("--json", type=Path, help="write every score (per sequence, view, person, overall) here")
-    m.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (detector and lifter)")
-    m.add_argument("--detector", help="Ultralytics pose model (default: the bundled yolo11n-pose)")
-    m.add_argument("--imgsz", help="detector input size in pixels (640, 1280) or auto (default: the 2D stage's)")
-    m.add_argument("--min-views", type=int, default=3,
-                   help="people seen by fewer views are not scored (default 3, capped at the number of views)")
-    m.add_argument("--smooth-hz", type=float,
-                   help="denoise the triangulated reference along time with this cutoff (e.g. 6); default: raw")
-    m.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="where the 2D stage is cached")
-    m.add_argument("--no-cache", action="store_true", help="neither read nor write the 2D cache")
-    m.add_argument("--quiet", action="store_true", help="only the tables")
-    m.add_argument("--debug", action="store_true", help="full traceback on errors")
+    g = sub.add_parser("gap", help="how the detector's COCO keypoints differ from the triangulation and from the "
+                                   "joints lifters are trained on (docs/real_footage_gap.md)")
+    _recording_arguments(g)
+    g.add_argument("--checkpoint", action="append", type=Path, default=[],
+                   help="also report the body proportions of this lifter's output; repeatable")
+    g.add_argument("--mocap-clips", type=int, default=0,
+                   help="also report the proportions of N Bandai mocap clips (needs python -m pipeline.mocap unpack)")
     return parser
 
 
@@ -107,24 +121,78 @@ def _imgsz(text: str) -> int | str:
     return int(text)
 
 
-def run_multiview(args: argparse.Namespace) -> int:
-    for checkpoint in args.checkpoint:
-        if not checkpoint.is_file():
-            raise ValueError(f"checkpoint not found: {checkpoint}")
-    config = MultiviewConfig(
+def _config(args: argparse.Namespace) -> MultiviewConfig:
+    return MultiviewConfig(
         pose2d=Pose2DConfig(detector=args.detector, device=args.device, all_people=True,
                             **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
         min_person_views=args.min_views, smoothing_hz=args.smooth_hz,
         cache_dir=None if args.no_cache else args.cache_dir)
+
+
+def _check_checkpoints(paths: list[Path]) -> None:
+    for checkpoint in paths:
+        if not checkpoint.is_file():
+            raise ValueError(f"checkpoint not found: {checkpoint}")
+
+
+def _write_json(path: Path | None, data: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    tmp.replace(path)
+    log.info("written to %s", path)
+
+
+def residual_table(residuals: dict) -> str:
+    bins = list(next(iter(residuals.values()))["by_speed"])
+    head = (f"{'joint':<15}{'n':>5}{'out %':>7}{'up %':>7}{'median %':>10}{'p90 %':>7}{'>5% share':>10}"
+            f"{'acf 1':>7}{'acf 5':>7}{'acf 15':>7}" + "".join(f"{'med @' + b + ' m/s':>16}" for b in bins))
+    rows = [head]
+    for joint, r in residuals.items():
+        acf = [_num(r["acf"][lag], 2) for lag in (1, 5, 15)]
+        speed = "".join(f"{_num(r['by_speed'][b]['median'] * 100, 2) + ' (' + str(r['by_speed'][b]['n']) + ')':>16}"
+                        for b in bins)
+        rows.append(f"{joint:<15}{r['n']:>5}{r['bias_out'] * 100:>7.2f}{r['bias_up'] * 100:>7.2f}"
+                    f"{r['median'] * 100:>10.2f}{r['p90'] * 100:>7.2f}{r['outliers'] * 100:>10.1f}"
+                    f"{acf[0]:>7}{acf[1]:>7}{acf[2]:>7}{speed}")
+    return "\n".join(rows)
+
+
+def format_gap(report: dict) -> str:
+    statures = ", ".join(f"{s:.2f}" for s in report["stature_m"])
+    parts = [f"detector keypoint minus the projection of the triangulated point, in % of stature (estimated "
+             f"statures: {statures} m); out = away from the body's midline, up = along the trunk",
+             residual_table(report["residuals"]), "", "body proportions (medians over frames)"]
+    keys = list(next(iter(report["proportions"].values())))
+    width = max(len(name) for name in report["proportions"]) + 2
+    parts.append(f"{'':<{width}}" + "".join(f"{k:>26}" for k in keys))
+    for name, values in report["proportions"].items():
+        parts.append(f"{name:<{width}}" + "".join(f"{values[k]:>26.3f}" for k in keys))
+    return "\n".join(parts)
+
+
+def run_multiview(args: argparse.Namespace) -> int:
+    _check_checkpoints(args.checkpoint)
     recording = find_recording(args.recording, args.calibration)
-    report = evaluate_recording(recording, args.checkpoint, config, device=args.device)
+    report = evaluate_recording(recording, args.checkpoint, _config(args), device=args.device)
     print(format_report(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(report.to_dict(), indent=1, default=float))
-        tmp.replace(args.json)
-        log.info("scores written to %s", args.json)
+    _write_json(args.json, report.to_dict())
+    return 0
+
+
+def run_gap(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.gap import gap_report
+    from pipeline.lifting import load_lifter
+
+    _check_checkpoints(args.checkpoint)
+    recording = find_recording(args.recording, args.calibration)
+    views, people = reconstruct(recording, _config(args))
+    lifters = {str(c): load_lifter(c, device=args.device) for c in args.checkpoint}
+    report = gap_report(recording.cameras, views, people, lifters, mocap_clips=args.mocap_clips)
+    print(format_gap(report))
+    _write_json(args.json, report)
     return 0
 
 
@@ -133,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("ultralytics").setLevel(logging.WARNING)
     try:
-        return run_multiview(args)
+        return run_multiview(args) if args.command == "multiview" else run_gap(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

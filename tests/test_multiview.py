@@ -1,0 +1,401 @@
+"""Real-footage validation: calibration files, triangulation, association across views, scores, and the command on
+the calibrated 4-camera recording in ../shared (skipped when absent)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.evaluation import multiview
+from pipeline.evaluation.calibration import (
+    CameraCalibration,
+    load_calibration,
+    look_at_camera,
+    read_qualisys,
+    write_calib_toml,
+)
+from pipeline.evaluation.cli import main
+from pipeline.evaluation.multiview import MultiviewConfig, ViewTracks, associate, find_recording
+from pipeline.evaluation.scores import (
+    LIMB_JOINTS,
+    acceleration,
+    aligned_joint_errors,
+    bone_length_cv,
+    limb_length_ratios,
+)
+from pipeline.evaluation.triangulation import TriangulationConfig, smooth_points, triangulate
+from pipeline.skeleton import COCO, H36M, coco_to_h36m
+
+RECORDING = "data/multiview/pose2sim_multi"
+SHIPPED_LIFTER = "weights/poseformerv2_mocap_27_3_3.safetensors"
+DISTORTION = np.array([-0.25, 0.1, 0.002, -0.001, 0.01])
+
+
+def ring_of_cameras(n: int = 4, radius: float = 3.0, distortion: np.ndarray = DISTORTION) -> list[CameraCalibration]:
+    """Portrait cameras on a circle around the origin, 1.8 m high, looking at a point 1 m up."""
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False) + 0.3
+    return [look_at_camera(f"cam{i + 1:02d}", np.array([radius * np.cos(a), radius * np.sin(a), 1.8]),
+                           np.array([0.0, 0.0, 1.0]), 1500.0, (1088, 1920), dist=distortion)
+            for i, a in enumerate(angles)]
+
+
+def body_points(rng: np.random.Generator, frames: int, centre=(0.0, 0.0)) -> np.ndarray:
+    """(frames, 17, 3) points spread like a standing person (0-1.8 m up), moving a little."""
+    base = np.column_stack([rng.uniform(-0.3, 0.3, 17), rng.uniform(-0.2, 0.2, 17), rng.uniform(0.05, 1.75, 17)])
+    drift = np.cumsum(rng.normal(0, 0.01, (frames, 1, 3)), axis=0)
+    return base[None] + drift + np.array([centre[0], centre[1], 0.0])
+
+
+def test_triangulation_recovers_points_seen_through_distorted_cameras_within_a_millimetre():
+    rng = np.random.default_rng(0)
+    cameras = ring_of_cameras()
+    points = body_points(rng, 30)
+    keypoints = np.stack([cam.project(points) for cam in cameras])
+    assert np.abs(keypoints[..., 1] - 960).max() > 250  # far enough from the centre for the distortion to matter
+    scores = rng.uniform(0.4, 1.0, keypoints.shape[:-1])
+    result = triangulate(cameras, keypoints, scores)
+    assert result.points.shape == points.shape
+    assert np.abs(result.points - points).max() < 1e-3
+    assert result.used.all() and result.mean_reprojection_px() < 1e-3
+    # The lens distortion moves the keypoints by pixels, so the undistortion is really exercised.
+    flat = [CameraCalibration(c.name, c.image_size, c.K, np.zeros(5), c.R, c.t) for c in cameras]
+    assert np.abs(np.stack([c.project(points) for c in flat]) - keypoints).max() > 5.0
+
+
+def test_a_view_that_disagrees_is_dropped_and_the_point_recovered():
+    rng = np.random.default_rng(1)
+    cameras = ring_of_cameras()
+    points = body_points(rng, 5)
+    keypoints = np.stack([cam.project(points) for cam in cameras])
+    keypoints[2, :, 4] += [60.0, -45.0]  # one view is 75 px off for one joint (a swapped or occluded joint)
+    result = triangulate(cameras, keypoints, np.ones(keypoints.shape[:-1]),
+                         TriangulationConfig(max_reprojection_px=10.0))
+    assert not result.used[2, :, 4].any() and result.used[[0, 1, 3], :, 4].all()
+    assert np.abs(result.points - points).max() < 1e-3
+    assert np.allclose(result.reprojection_px[2, :, 4], 75.0, atol=1.0)  # the dropped view's error is still reported
+    kept = triangulate(cameras, keypoints, np.ones(keypoints.shape[:-1]), TriangulationConfig(max_reprojection_px=1e4))
+    assert np.abs(kept.points[:, 4] - points[:, 4]).max() > 0.005  # without rejection the point is pulled away
+
+
+def test_a_point_needs_two_confident_views():
+    rng = np.random.default_rng(2)
+    cameras = ring_of_cameras(3)
+    points = body_points(rng, 2)
+    keypoints = np.stack([cam.project(points) for cam in cameras])
+    scores = np.ones(keypoints.shape[:-1])
+    scores[1:, 0, 3] = 0.1  # below min_score in two of three views
+    keypoints[2, 1, 5] = np.nan  # missing in one view: two remain
+    result = triangulate(cameras, keypoints, scores)
+    assert np.isnan(result.points[0, 3]).all() and not result.used[:, 0, 3].any()
+    assert np.abs(result.points[1, 5] - points[1, 5]).max() < 1e-3 and result.num_views[1, 5] == 2
+
+
+def test_calib_toml_round_trip_gives_back_every_camera(tmp_path):
+    cameras = ring_of_cameras(3)
+    path = write_calib_toml(tmp_path / "Calib.toml", cameras)
+    text = path.read_text()
+    assert "[cam01]" in text and "rotation = [" in text and "fisheye = false" in text and "[metadata]" in text
+    back = load_calibration(path)
+    assert [c.name for c in back] == [c.name for c in cameras]
+    points = body_points(np.random.default_rng(3), 4)
+    for a, b in zip(cameras, back, strict=True):
+        assert b.image_size == a.image_size and not b.fisheye
+        assert np.allclose(a.K, b.K, atol=1e-12) and np.allclose(a.dist, b.dist, atol=1e-15)
+        assert np.allclose(a.R, b.R, atol=1e-12) and np.allclose(a.t, b.t, atol=1e-12)
+        assert np.abs(a.project(points) - b.project(points)).max() < 1e-8
+
+
+def _qualisys_text(cameras: list[CameraCalibration]) -> str:
+    """A .qca.txt as pose2sim's calib_toml_to_qca writes it: camera position in mm, the rotation taking world axes to
+    Qualisys camera axes (y up, z backwards), intrinsics and distortion in 1/64 pixel."""
+    items = []
+    for cam in cameras:
+        rows = (np.diag([1.0, -1.0, -1.0]) @ cam.R).tolist()
+        pos = (cam.center * 1000).tolist()
+        k, d = (cam.K * 64).tolist(), (cam.dist * 64).tolist()
+        w, h = cam.image_size
+        rot = " ".join(f'r{i + 1}{j + 1}="{rows[i][j]!r}"' for i in range(3) for j in range(3))
+        items.append(
+            f'<camera active="1" serial="{cam.name}" viewrotation="0">'
+            f'<fov_video left="0" top="0" right="{w - 1}" bottom="{h - 1}"/>'
+            f'<transform x="{pos[0]!r}" y="{pos[1]!r}" z="{pos[2]!r}" {rot}/>'
+            f'<intrinsic focalLengthU="{k[0][0]!r}" focalLengthV="{k[1][1]!r}" centerPointU="{k[0][2]!r}" '
+            f'centerPointV="{k[1][2]!r}" radialDistortion1="{d[0]!r}" radialDistortion2="{d[1]!r}" '
+            f'radialDistortion3="{d[4]!r}" tangentalDistortion1="{d[2]!r}" tangentalDistortion2="{d[3]!r}"/>'
+            "</camera>")
+    return f"<calibration><cameras>{''.join(items)}</cameras></calibration>"
+
+
+def test_qualisys_file_is_read_in_opencv_conventions(tmp_path):
+    cameras = ring_of_cameras(2)
+    path = tmp_path / "Calib.qca.txt"
+    path.write_text(_qualisys_text(cameras))
+    back = read_qualisys(path)
+    points = body_points(np.random.default_rng(4), 3)
+    for a, b in zip(cameras, back, strict=True):
+        assert b.name == a.name and b.image_size == (1088, 1920)
+        assert np.abs(a.project(points) - b.project(points)).max() < 1e-6
+    path.write_text("<calibration><cameras/></calibration>")
+    with pytest.raises(ValueError, match="no active <camera>"):
+        read_qualisys(path)
+
+
+def test_the_recording_calibration_reads_as_four_portrait_cameras_looking_at_the_room_centre(shared_dir):
+    cameras = load_calibration(shared_dir / RECORDING / "Calib.qca.txt")
+    assert [c.name for c in cameras] == ["cam01", "cam02", "cam03", "cam04"]
+    for cam in cameras:
+        assert cam.image_size == (1088, 1920)
+        assert 1600 < cam.K[0, 0] < 1750 and abs(cam.K[0, 2] - 544) < 40 and abs(cam.K[1, 2] - 960) < 40
+        assert 2.0 < np.linalg.norm(cam.center[:2]) < 4.5 and 1.6 < cam.center[2] < 2.2  # metres, z up
+        # The room's centre, 1 m up, is in front of every camera and inside its picture.
+        x, y = cam.project(np.array([0.0, 0.0, 1.0]))
+        assert cam.to_camera(np.array([0.0, 0.0, 1.0]))[2] > 0 and 0 < x < 1088 and 0 < y < 1920
+
+
+def _synthetic_views(cameras, people_points, rng, bystander_view: int) -> list[ViewTracks]:
+    """Each person's COCO points projected into every view, in a shuffled track order per view, plus a bystander that
+    only view `bystander_view` sees."""
+    views = []
+    for v, cam in enumerate(cameras):
+        tracks = [cam.project(p) + rng.normal(0, 1.0, p.shape[:-1] + (2,)) for p in people_points]
+        if v == bystander_view:
+            tracks.append(cam.project(body_points(rng, len(people_points[0]), centre=(2.0, 2.0))))
+        order = rng.permutation(len(tracks))
+        coco = np.stack([tracks[i] for i in order]).astype(np.float32)
+        scores = np.full(coco.shape[:-1], 0.9, np.float32)
+        h36m, h36m_scores = coco_to_h36m(coco, scores)
+        views.append(ViewTracks(name=cam.name, image_size=cam.image_size, fps=30.0, track_ids=order + 1,
+                                keypoints_coco=coco, scores_coco=scores, keypoints=h36m, scores=h36m_scores,
+                                valid=np.ones(coco.shape[:2], bool)))
+    return views
+
+
+def test_association_groups_each_person_across_views_and_drops_a_bystander_seen_once():
+    rng = np.random.default_rng(5)
+    cameras = ring_of_cameras(4)
+    people = [body_points(rng, 20, centre=(-0.6, 0.2)), body_points(rng, 20, centre=(0.7, -0.3))]
+    views = _synthetic_views(cameras, people, rng, bystander_view=1)
+    groups = associate(cameras, views, MultiviewConfig(cache_dir=None))
+    assert len(groups) == 2 and all(len(g) == 4 for g in groups)
+    found = sorted(sorted({int(views[v].track_ids[row]) - 1 for v, row in g.items()}) for g in groups)
+    # Track ids were the people's indices + 1 before shuffling: each group holds one person in every view.
+    assert found == [[0], [1]]
+    person = multiview.triangulate_person(cameras, views, groups[0])
+    truth = people[int(views[0].track_ids[groups[0][0]]) - 1]
+    assert np.abs(person.coco.points - truth).max() < 0.01  # 1 px of noise: within a centimetre
+
+
+def h36m_pose(forearm_left: float = 0.25, forearm_right: float = 0.25) -> np.ndarray:
+    """A T-pose-like Human3.6M-17 skeleton (metres) with chosen forearm lengths."""
+    p = np.zeros((17, 3))
+    h = H36M.index
+    p[h("right_hip")], p[h("left_hip")] = [-0.13, 0, 0], [0.13, 0, 0]
+    p[h("right_knee")], p[h("left_knee")] = [-0.13, 0.45, 0], [0.13, 0.45, 0]
+    p[h("right_ankle")], p[h("left_ankle")] = [-0.13, 0.9, 0], [0.13, 0.9, 0]
+    p[h("spine")], p[h("thorax")], p[h("neck_nose")], p[h("head")] = [0, -0.23, 0], [0, -0.48, 0], [0, -0.58, 0.05], \
+        [0, -0.68, 0]
+    p[h("left_shoulder")], p[h("right_shoulder")] = [0.17, -0.48, 0], [-0.17, -0.48, 0]
+    p[h("left_elbow")], p[h("right_elbow")] = [0.45, -0.48, 0], [-0.45, -0.48, 0]
+    p[h("left_wrist")], p[h("right_wrist")] = [0.45 + forearm_left, -0.48, 0], [-0.45 - forearm_right, -0.48, 0]
+    return p
+
+
+def test_scores_ignore_scale_and_rotation_but_see_a_bent_limb():
+    target = np.repeat(h36m_pose()[None], 6, axis=0)
+    angle = 0.7
+    rotation = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    predicted = 1.3 * target @ rotation.T + 0.2
+    assert aligned_joint_errors(predicted, target).max() < 1e-9
+    bent = target.copy()
+    bent[:, H36M.index("left_wrist")] += [0.0, 0.2, 0.0]
+    errors = aligned_joint_errors(bent, target)
+    assert errors[:, list(LIMB_JOINTS)].mean() > errors.mean() > 0.005
+
+
+def test_bone_length_variation_and_left_right_ratio_measure_what_they_say():
+    rng = np.random.default_rng(6)
+    pose = h36m_pose(forearm_left=0.30, forearm_right=0.20)
+    rotations = [np.linalg.qr(rng.normal(size=(3, 3)))[0] for _ in range(10)]
+    rigid = np.stack([pose @ r.T for r in rotations])
+    assert bone_length_cv(rigid) < 1e-9  # a rigid skeleton turning around keeps its bones
+    ratios = limb_length_ratios(rigid)
+    assert ratios["forearm"] == pytest.approx(1.5) and ratios["upper_arm"] == pytest.approx(1.0)
+    stretched = rigid.copy()
+    stretched[::2] *= 1.2
+    assert bone_length_cv(stretched) == pytest.approx(0.1 / 1.1, rel=1e-6)  # lengths L and 1.2 L: std/mean
+
+
+def test_acceleration_is_exact_for_uniform_acceleration_and_skips_gaps():
+    t = np.arange(10) / 50.0
+    poses = np.zeros((10, 17, 3))
+    poses[:, :, 1] = 0.5 * 3.0 * t[:, None] ** 2  # 3 m/s^2 along y
+    accel = acceleration(poses, 50.0)
+    assert accel.shape == (8, 17) and np.allclose(accel, 3.0)
+    frames = np.array([0, 1, 2, 3, 4, 10, 11, 12, 13, 14])
+    assert acceleration(poses, 50.0, frames).shape == (6, 17)  # no second difference across the jump
+
+
+def test_smoothing_keeps_steady_motion_removes_a_one_frame_spike_and_keeps_gaps():
+    t = np.arange(60) / 60.0
+    points = np.zeros((60, 1, 3))
+    points[:, 0, 0] = t  # 1 m/s
+    spiky = points.copy()
+    spiky[30, 0, 0] += 0.2
+    spiky[45] = np.nan
+    smooth = smooth_points(spiky, 60.0, 6.0)
+    error = np.abs(smooth - points)[:, 0, 0]
+    assert error[np.r_[5:26, 36:40, 51:55]].max() < 1e-3  # steady motion away from the spike and the gap is kept
+    assert error[26:36].max() < 0.02  # the 20 cm spike shrinks below one frame's motion (17 mm)
+    assert np.isnan(smooth[45]).all() and np.isfinite(smooth[44]).all()
+
+
+def test_find_recording_matches_videos_to_cameras_by_name(tmp_path):
+    write_calib_toml(tmp_path / "Calib.toml", ring_of_cameras(3))
+    for name in ("cam02.mp4", "take1_cam01.mp4", "cam03.mov", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    recording = find_recording(tmp_path)
+    assert recording.names == ["cam01", "cam02", "cam03"]
+    assert [v.name for v in recording.videos] == ["take1_cam01.mp4", "cam02.mp4", "cam03.mov"]
+    (tmp_path / "Calib.toml").rename(tmp_path / "cameras.txt")
+    with pytest.raises(ValueError, match="no calibration file"):
+        find_recording(tmp_path)
+
+
+def test_command_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    code = main(["multiview", "--recording", str(tmp_path / "missing"), "--checkpoint", SHIPPED_LIFTER, "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "recording folder not found" in err
+    code = main(["multiview", "--recording", str(tmp_path), "--checkpoint", str(tmp_path / "no.bin"), "--quiet"])
+    assert code == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The real recording (../shared/data/multiview/pose2sim_multi): the 2D stage runs once per session into a temporary
+# cache (about 2-3 minutes on 2 CPU cores), every test below reuses it.
+
+
+@pytest.fixture(scope="module")
+def real(shared_dir, tmp_path_factory):
+    directory = shared_dir / RECORDING
+    if not (directory / "Calib.qca.txt").is_file():
+        pytest.skip(f"{directory} is absent")
+    config = MultiviewConfig(cache_dir=tmp_path_factory.mktemp("multiview-cache"))
+    recording = find_recording(directory)
+    views, people = multiview.reconstruct(recording, config)
+    return {"recording": recording, "config": config, "views": views, "people": people}
+
+
+@pytest.mark.slow
+def test_real_recording_both_people_are_triangulated_from_all_four_views(real):
+    views, people = real["views"], real["people"]
+    assert [v.num_frames for v in views] == [100] * 4 and all(v.fps == 60.0 for v in views)
+    # Two people dance on the treadmill; a bystander at the back is seen by two views only and is left out.
+    assert len(people) == 2 and all(sorted(p.tracks) == [0, 1, 2, 3] for p in people)
+    for person in people:
+        assert person.complete.sum() >= 70
+        errors = person.coco.reprojection_px[person.coco.used]
+        # The calibration reprojects the triangulated people onto the detector's keypoints within a few pixels
+        # (measured: medians 5.2 and 7.0 px, means 5.9 and 8.9 px, on people 800-1000 px tall).
+        assert np.median(errors) < 8.0 and errors.mean() < 10.0
+        assert person.coco.num_views[person.complete].mean() >= 2.0
+        heights = np.ptp(person.coco.points[..., 2], axis=1)
+        assert 1.1 < np.nanmedian(heights) < 1.9  # eyes-to-ankles of an adult, in metres: the units are right
+
+
+@pytest.mark.slow
+def test_real_recording_second_run_reads_the_2d_stage_from_the_cache(real, monkeypatch):
+    def no_detector(*args, **kwargs):
+        raise AssertionError("the 2D stage ran again instead of reading the cache")
+
+    monkeypatch.setattr(multiview, "Pose2DEstimator", no_detector)
+    again = multiview.detect_views(real["recording"], real["config"])
+    for a, b in zip(real["views"], again, strict=True):
+        assert a.name == b.name and np.array_equal(a.keypoints_coco, b.keypoints_coco)
+        assert np.array_equal(a.valid, b.valid) and np.array_equal(a.keypoints, b.keypoints)
+
+
+@pytest.mark.slow
+def test_real_recording_scores_of_the_shipped_lifter_are_finite_and_plausible(real, one_torch_thread):
+    from pipeline.lifting import load_lifter
+
+    scores = multiview.evaluate_lifter(load_lifter(SHIPPED_LIFTER), real["recording"], real["views"], real["people"])
+    overall = scores["overall"]
+    assert overall["frames"] == sum(p.complete.sum() for p in real["people"]) * 4 == \
+        sum(s["frames"] for s in scores["views"].values())
+    # The baseline cannot be trivially zero: the people move their limbs by decimetres.
+    assert 0.05 < overall["constant_p_mpjpe_limbs"] < 0.25 and 0.03 < overall["constant_p_mpjpe"] < 0.2
+    for s in [*scores["views"].values(), overall]:
+        assert 0.03 < s["p_mpjpe_limbs"] < 0.3 and 0.02 < s["p_mpjpe"] < 0.25 and s["mpjpe"] > s["p_mpjpe"]
+        assert 0.0 < s["bone_cv"] < 0.5 and 1.0 <= s["lr_ratio"] < 3.0 and 0.5 < s["jitter"] < 200.0
+        assert len(s["per_joint_p_mpjpe"]) == 17 and np.isfinite(s["per_joint_p_mpjpe"]).all()
+    assert overall["lr_ratio"] == max(s["lr_ratio"] for s in scores["views"].values())
+
+
+@pytest.mark.slow
+def test_real_recording_command_prints_per_view_tables_and_writes_json(real, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    code = main(["multiview", "--recording", str(real["recording"].directory), "--checkpoint", SHIPPED_LIFTER,
+                 "--cache-dir", str(real["config"].cache_dir), "--json", str(out), "--device", "cpu", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    for name in ("cam01", "cam02", "cam03", "cam04", "overall", "P-MPJPE limbs", "reproj COCO px"):
+        assert name in printed
+    data = json.loads(out.read_text())
+    lifter = data["lifters"][SHIPPED_LIFTER]
+    assert sorted(lifter["views"]) == ["cam01", "cam02", "cam03", "cam04"] and len(data["reference"]) == 2
+    assert np.isfinite(lifter["overall"]["p_mpjpe_limbs"])
+
+
+
+def coco_body(centre=(0.0, 0.0), stature: float = 1.75) -> np.ndarray:
+    """COCO-17 points (metres, z up) of a person standing at `centre`, facing +y, arms hanging."""
+    h = stature / 1.75
+    points = {"nose": (0, 0.1, 1.62), "left_eye": (0.03, 0.08, 1.66), "right_eye": (-0.03, 0.08, 1.66),
+              "left_ear": (0.07, 0.0, 1.64), "right_ear": (-0.07, 0.0, 1.64),
+              "left_shoulder": (0.19, 0, 1.44), "right_shoulder": (-0.19, 0, 1.44),
+              "left_elbow": (0.22, 0, 1.14), "right_elbow": (-0.22, 0, 1.14),
+              "left_wrist": (0.24, 0.05, 0.88), "right_wrist": (-0.24, 0.05, 0.88),
+              "left_hip": (0.14, 0, 0.94), "right_hip": (-0.14, 0, 0.94), "left_knee": (0.12, 0.02, 0.51),
+              "right_knee": (-0.12, 0.02, 0.51), "left_ankle": (0.11, 0, 0.08), "right_ankle": (-0.11, 0, 0.08)}
+    return np.array([points[name] for name in COCO.joints]) * h + np.array([centre[0], centre[1], 0.0])
+
+
+def test_residual_statistics_find_an_offset_put_into_one_view_and_the_proportions_of_a_known_body():
+    from pipeline.evaluation import gap
+
+    rng = np.random.default_rng(7)
+    cameras = ring_of_cameras(4)
+    body = coco_body() + np.cumsum(rng.normal(0, 0.002, (40, 1, 3)), axis=0)
+    views = _synthetic_views(cameras, [body], rng, bystander_view=-1)
+    # View 0 puts the left hip 5 % of stature further out in the picture, towards the person's left.
+    cam, view, hip = cameras[0], views[0], COCO.index("left_hip")
+    _, left = gap.body_axes_2d(cam.project(body))
+    depth = cam.to_camera(body[:, hip])[:, 2]
+    view.keypoints_coco[0, :, hip] += (left * (0.05 * 1.75 * cam.K[0, 0] / depth)[:, None]).astype(np.float32)
+    person = multiview.triangulate_person(cameras, views, {v: 0 for v in range(4)})
+    assert gap.stature(person.coco.points) == pytest.approx(1.75, rel=0.03)
+    rows = gap.view_residuals(cam, view, 0, person, gap.GapConfig())
+    height_px = rows["px_per_m"] * 1.75
+    # About 44 px: the view is rejected for that joint, so its whole offset shows as an outward bias.
+    assert not person.coco.used[0, :, hip].any()
+    assert np.median(rows["out"][:, hip] / height_px) == pytest.approx(0.05, abs=0.003)
+    assert abs(np.median(rows["up"][:, COCO.index("left_hip")] / height_px)) < 0.005
+    stats = gap.residual_statistics(cameras, views, [person])
+    assert stats["left_hip"]["n"] == 160  # 4 views x 40 frames
+    assert stats["left_hip"]["p90"] > 0.04 and stats["right_hip"]["p90"] < 0.01  # a quarter of them are 5 % off
+    proportions = gap.proportions_coco(body)
+    assert proportions["hip_width/thigh"] == pytest.approx(0.28 / np.hypot(0.02, 0.43) * 1.0, rel=0.02)
+    assert proportions["hip_width/shoulder_width"] == pytest.approx(0.28 / 0.38, rel=1e-6)
+
+
+def test_autocorrelation_tells_white_noise_from_slow_drift():
+    from pipeline.evaluation.gap import autocorrelation
+
+    rng = np.random.default_rng(8)
+    usable = np.ones(2000, bool)
+    white = rng.normal(size=(2000, 2))
+    drift = np.cumsum(rng.normal(size=(2000, 2)), axis=0)
+    assert abs(autocorrelation(white, usable, 1)) < 0.1 and autocorrelation(drift, usable, 5) > 0.8
+    usable[::2] = False  # no two usable frames one apart
+    assert np.isnan(autocorrelation(white, usable, 1))
