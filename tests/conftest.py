@@ -29,6 +29,31 @@ def shared_dir() -> Path:
     return SHARED_DIR
 
 
+@pytest.fixture(scope="session")
+def cmu_clip(shared_dir, tmp_path_factory):
+    """Factory: a CMU subject 02 trial ("02_01" a walk, "02_04" jumps) as Human3.6M-17 world joints in metres, z up,
+    30 frames/s; skips when the shared CMU archive is absent."""
+    import tarfile
+
+    import numpy as np
+
+    archive = shared_dir / "data" / "mocap" / "cmu_mocap_subset.tar.xz"
+    if not archive.is_file():
+        pytest.skip(f"CMU mocap archive missing: {archive}")
+    from pipeline.mocap.dataset import load_amc_clip
+
+    def load(trial: str) -> np.ndarray:
+        folder = tmp_path_factory.mktemp("cmu")
+        with tarfile.open(archive) as tar:
+            members = [tar.getmember(f"./cmu_asfamc/02/{name}") for name in ("02.asf", f"{trial}.amc")]
+            tar.extractall(folder, members=members, filter="data")
+        clip = load_amc_clip(folder / "cmu_asfamc/02/02.asf", folder / f"cmu_asfamc/02/{trial}.amc")
+        y_up = clip.h36m_world[::4]  # 120 -> 30 frames/s
+        return np.stack([y_up[..., 0], -y_up[..., 2], y_up[..., 1]], axis=-1)
+
+    return load
+
+
 def _read_manifest(path: Path) -> list[tuple[int, str, tuple[int, ...], str]]:
     rows = []
     for line in path.read_text().splitlines():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tarfile
 
 import numpy as np
 import pytest
@@ -61,20 +60,9 @@ def tumbling_clip(frames: int = 120) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def cmu_jump(shared_dir, tmp_path_factory) -> np.ndarray:
+def cmu_jump(cmu_clip) -> np.ndarray:
     """CMU subject 02, trial 04 (jumps) as Human3.6M-17 world joints, z up, 30 frames/s."""
-    archive = shared_dir / "data" / "mocap" / "cmu_mocap_subset.tar.xz"
-    if not archive.is_file():
-        pytest.skip(f"CMU mocap archive missing: {archive}")
-    from pipeline.mocap.dataset import load_amc_clip
-
-    folder = tmp_path_factory.mktemp("cmu")
-    with tarfile.open(archive) as tar:
-        members = [tar.getmember(f"./cmu_asfamc/02/{name}") for name in ("02.asf", "02_04.amc")]
-        tar.extractall(folder, members=members, filter="data")
-    clip = load_amc_clip(folder / "cmu_asfamc/02/02.asf", folder / "cmu_asfamc/02/02_04.amc")
-    y_up = clip.h36m_world[::4]  # 120 -> 30 frames/s
-    return np.stack([y_up[..., 0], -y_up[..., 2], y_up[..., 1]], axis=-1)
+    return cmu_clip("02_04")
 
 
 def from_file_axes(points_cm: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ taken out."""
 from __future__ import annotations
 
 import math
-import tarfile
 
 import numpy as np
 import pytest
@@ -143,20 +142,9 @@ def test_a_filmed_synthetic_walk_is_recovered_within_a_few_percent_after_one_sca
 
 
 @pytest.fixture(scope="module")
-def cmu_walk(shared_dir, tmp_path_factory) -> np.ndarray:
+def cmu_walk(cmu_clip) -> np.ndarray:
     """CMU subject 02, trial 01 (a walk) as Human3.6M-17 world joints, z up, 30 frames/s."""
-    archive = shared_dir / "data" / "mocap" / "cmu_mocap_subset.tar.xz"
-    if not archive.is_file():
-        pytest.skip(f"CMU mocap archive missing: {archive}")
-    from pipeline.mocap.dataset import load_amc_clip
-
-    folder = tmp_path_factory.mktemp("cmu")
-    with tarfile.open(archive) as tar:
-        members = [tar.getmember(f"./cmu_asfamc/02/{name}") for name in ("02.asf", "02_01.amc")]
-        tar.extractall(folder, members=members, filter="data")
-    clip = load_amc_clip(folder / "cmu_asfamc/02/02.asf", folder / "cmu_asfamc/02/02_01.amc")
-    y_up = clip.h36m_world[::4]  # 120 -> 30 frames/s
-    return np.stack([y_up[..., 0], -y_up[..., 2], y_up[..., 1]], axis=-1)
+    return cmu_clip("02_01")
 
 
 def test_a_filmed_real_mocap_walk_is_recovered_within_a_few_percent_after_one_scale(cmu_walk):

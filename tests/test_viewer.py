@@ -205,10 +205,8 @@ def clip_folder(shared_dir, browser, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clip_frames(clip_folder) -> np.ndarray:
     """The test clip decoded by the pipeline's own decoder: (30, H, W, 3) uint8 RGB, the reference for pixels."""
-    try:
-        from pipeline.media.decode import iter_frames
-    except ImportError:
-        from pipeline.video import iter_frames
+    from pipeline.media.decode import iter_frames
+
     (clip,) = clip_folder.glob("clip.*")
     frames = np.stack([f[..., ::-1] for f in iter_frames(clip)])  # BGR -> RGB
     assert len(frames) == CLIP_FRAMES
@@ -254,6 +252,16 @@ class ViewerPage:
         self.page.wait_for_function(
             f"!document.getElementById('video').seeking && window.viewerState.shownVideoFrame === {frame}"
             f" && window.viewerState.frame === {frame}", timeout=10000)
+
+    def drag_3d(self) -> tuple[float, float]:
+        """Drag across the 3D view as a user orbiting it does; returns where the drag started."""
+        box = self.page.locator("#canvas3d").bounding_box()
+        x, y = box["x"] + box["width"] / 4, box["y"] + box["height"] / 2
+        self.page.mouse.move(x, y)
+        self.page.mouse.down()
+        self.page.mouse.move(x + 160, y + 40, steps=8)
+        self.page.mouse.up()
+        return x, y
 
     def close(self) -> None:
         self.context.close()
@@ -321,12 +329,7 @@ def test_3d_view_draws_both_sides_and_dragging_orbits_it_and_reset_brings_it_bac
     assert len(np.unique(before.reshape(-1, 3), axis=0)) > 50  # not a blank canvas
     start = viewer.state()["camera"]
 
-    box = viewer.page.locator("#canvas3d").bounding_box()
-    x, y = box["x"] + box["width"] / 4, box["y"] + box["height"] / 2
-    viewer.page.mouse.move(x, y)
-    viewer.page.mouse.down()
-    viewer.page.mouse.move(x + 160, y + 40, steps=8)
-    viewer.page.mouse.up()
+    x, y = viewer.drag_3d()
     turned = viewer.screenshot("#canvas3d", Path("/tmp/viewer_3d_turned.png"))
     assert np.abs(turned.astype(int) - before).max(axis=-1).astype(bool).mean() > 0.02
     assert not np.allclose(viewer.state()["camera"], start, atol=1e-3)
@@ -510,3 +513,27 @@ def test_a_missing_clip_is_reported_and_the_poses_still_play(open_viewer):
     viewer.page.wait_for_function("window.viewerState.frame >= 5", timeout=5000)
     assert all("no_such_clip.mp4" in e or "ERR_FILE_NOT_FOUND" in e for e in viewer.errors), viewer.errors
     assert math.isfinite(viewer.state()["pose3d"][0][0][0][0])
+
+
+def test_the_demo_writes_a_viewer_page_that_opens_offline_and_orbits(browser, clip_folder, tmp_path, capsys):
+    """The runner's own page for a real clip (the shipped lifter, its trajectory): it opens from disk with no request
+    leaving the machine and no script error, draws the skeleton, and a drag on the 3D view changes the drawing."""
+    from pipeline.cli import main
+
+    (clip,) = clip_folder.glob("clip.*")
+    assert main(["--video", str(clip), "--out", str(tmp_path / "out"), "--quiet", "--no-render", "--no-bvh"]) == 0
+    page = tmp_path / "out" / clip.stem / f"{clip.stem}_viewer.html"
+    viewer = ViewerPage(browser, page)
+    try:
+        viewer.wait_video_ready()
+        assert not [u for u in viewer.requests if not u.startswith(("file://", "data:", "blob:"))], viewer.requests
+        state = viewer.state()
+        assert state["frames"] == CLIP_FRAMES and state["webglError"] is None and state["renders3d"] > 0
+        before = viewer.screenshot("#canvas3d")
+        assert color_pixels(before, COLORS["left"]) > 50 and color_pixels(before, COLORS["right"]) > 50
+        viewer.drag_3d()
+        after = viewer.screenshot("#canvas3d")
+        assert np.abs(after.astype(int) - before).max(axis=-1).astype(bool).mean() > 0.02
+        assert viewer.errors == []
+    finally:
+        viewer.close()
