@@ -399,3 +399,20 @@ def test_autocorrelation_tells_white_noise_from_slow_drift():
     assert abs(autocorrelation(white, usable, 1)) < 0.1 and autocorrelation(drift, usable, 5) > 0.8
     usable[::2] = False  # no two usable frames one apart
     assert np.isnan(autocorrelation(white, usable, 1))
+
+
+@pytest.mark.slow
+def test_real_recording_detector_residuals_are_unbiased_against_their_own_triangulation(real):
+    from pipeline.evaluation import gap
+
+    report = gap.gap_report(real["recording"].cameras, real["views"], real["people"])
+    assert all(1.2 < s < 2.0 for s in report["stature_m"])
+    for joint, r in report["residuals"].items():
+        assert r["n"] >= 200, joint
+        assert abs(r["bias_out"]) < 0.01 and abs(r["bias_up"]) < 0.01  # the reference is made of these points
+        assert 0.002 < r["median"] < 0.05 and r["p90"] > r["median"]
+    # Every view sees the others' triangulation within tens of pixels (the calibration is a few degrees off).
+    assert sorted(report["leave_one_view_out"]) == ["cam01", "cam02", "cam03", "cam04"]
+    assert all(10 < r["median_px"] < 120 for r in report["leave_one_view_out"].values())
+    people = [v for k, v in report["proportions"].items() if k.startswith("person")]
+    assert len(people) == 2 and all(0.08 < p["hip_width/stature"] < 0.25 for p in people)

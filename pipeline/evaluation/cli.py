@@ -164,12 +164,17 @@ def format_gap(report: dict) -> str:
     statures = ", ".join(f"{s:.2f}" for s in report["stature_m"])
     parts = [f"detector keypoint minus the projection of the triangulated point, in % of stature (estimated "
              f"statures: {statures} m); out = away from the body's midline, up = along the trunk",
-             residual_table(report["residuals"]), "", "body proportions (medians over frames)"]
+             residual_table(report["residuals"]), "",
+             "each view's keypoints against the points triangulated from the other views (px): calibration consistency",
+             f"{'view':<8}{'n':>6}{'median':>9}{'median dx':>11}{'median dy':>11}"]
+    for name, r in report["leave_one_view_out"].items():
+        parts.append(f"{name:<8}{r['n']:>6}{r['median_px']:>9.1f}{r['median_dx_px']:>11.1f}{r['median_dy_px']:>11.1f}")
+    parts += ["", "body proportions (medians over frames)"]
     keys = list(next(iter(report["proportions"].values())))
     width = max(len(name) for name in report["proportions"]) + 2
-    parts.append(f"{'':<{width}}" + "".join(f"{k:>26}" for k in keys))
+    parts.append(f"{'':<{width}}" + "".join(f"{k:>{len(k) + 2}}" for k in keys))
     for name, values in report["proportions"].items():
-        parts.append(f"{name:<{width}}" + "".join(f"{values[k]:>26.3f}" for k in keys))
+        parts.append(f"{name:<{width}}" + "".join(f"{values[k]:>{len(k) + 2}.3f}" for k in keys))
     return "\n".join(parts)
 
 

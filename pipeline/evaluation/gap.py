@@ -135,9 +135,41 @@ def residual_statistics(cameras: list[CameraCalibration], views: list[ViewTracks
     return {name: _joint_statistics(rows, heights, j) for j, name in enumerate(COCO.joints)}
 
 
+def leave_one_view_out(cameras: list[CameraCalibration], views: list[ViewTracks], people: list[TriangulatedPerson],
+                       config: GapConfig | None = None) -> dict[str, dict[str, float]]:
+    """Per view, how far its confident COCO keypoints lie from the points triangulated from the other views alone
+    (pixels): the calibration's consistency as this view sees it. With a good calibration this is close to the
+    detector's own noise; a view whose pose or intrinsics are off shows a large median and a systematic offset."""
+    from pipeline.evaluation.triangulation import triangulate
+
+    config = config or GapConfig()
+    out = {}
+    for v, view in enumerate(views):
+        errors, offsets = [], []
+        for person in people:
+            if v not in person.tracks or len(person.tracks) < 3:
+                continue
+            others = [u for u in person.tracks if u != v]
+            keypoints = np.stack([views[u].keypoints_coco[person.tracks[u]] for u in others])
+            scores = np.stack([views[u].scores_coco[person.tracks[u]] * views[u].valid[person.tracks[u]][:, None]
+                               for u in others])
+            points = triangulate([cameras[u] for u in others], keypoints, scores).points
+            row = person.tracks[v]
+            residual = view.keypoints_coco[row] - cameras[v].project(points)
+            ok = view.valid[row][:, None] & (view.scores_coco[row] >= config.min_score) & np.isfinite(residual).all(-1)
+            errors.append(np.linalg.norm(residual[ok], axis=-1))
+            offsets.append(residual[ok])
+        if errors:
+            e, o = np.concatenate(errors), np.concatenate(offsets)
+            out[view.name] = {"n": int(len(e)), "median_px": float(np.median(e)),
+                              "median_dx_px": float(np.median(o[:, 0])), "median_dy_px": float(np.median(o[:, 1]))}
+    return out
+
+
 def proportions_coco(points: np.ndarray) -> dict[str, float]:
-    """Scale-free proportions of COCO-17 points (T, 17, 3), medians over frames: hip width / thigh, shoulder width /
-    upper arm, thigh / shin, hip width / shoulder width."""
+    """Scale-free proportions of COCO-17 points (T, 17, 3), medians over frames: hip and shoulder width / stature
+    (estimated per frame from the ankle-shoulder chain, see `stature`), hip width / thigh, shoulder width / upper
+    arm, thigh / shin, hip width / shoulder width."""
     def length(a: str, b: str) -> np.ndarray:
         return np.linalg.norm(points[:, _c(a)] - points[:, _c(b)], axis=-1)
 
@@ -146,7 +178,10 @@ def proportions_coco(points: np.ndarray) -> dict[str, float]:
 
     hip, shoulder = length("left_hip", "right_hip"), length("left_shoulder", "right_shoulder")
     thigh, shin, upper_arm = sides("hip", "knee"), sides("knee", "ankle"), sides("shoulder", "elbow")
-    return {"hip_width/thigh": float(np.nanmedian(hip / thigh)),
+    body = (sides("ankle", "knee") + thigh + sides("hip", "shoulder")) / CHAIN_TO_STATURE
+    return {"hip_width/stature": float(np.nanmedian(hip / body)),
+            "shoulder_width/stature": float(np.nanmedian(shoulder / body)),
+            "hip_width/thigh": float(np.nanmedian(hip / thigh)),
             "shoulder_width/upper_arm": float(np.nanmedian(shoulder / upper_arm)),
             "thigh/shin": float(np.nanmedian(thigh / shin)),
             "hip_width/shoulder_width": float(np.nanmedian(hip / shoulder))}
@@ -201,10 +236,10 @@ def gap_report(cameras: list[CameraCalibration], views: list[ViewTracks], people
     proportions = {}
     for i, person in enumerate(people):
         proportions[f"person {i}: triangulated COCO"] = proportions_coco(person.coco.points)
-        proportions[f"person {i}: triangulated H36M remap"] = proportions_h36m(person.h36m.points)
     for name, lifter in (lifters or {}).items():
         proportions[f"lifter {name}"] = lifter_proportions(lifter, views, people)
     if mocap_clips > 0:
         proportions.update(mocap_proportions(mocap_clips))
     return {"stature_m": [stature(p.coco.points) for p in people],
-            "residuals": residual_statistics(cameras, views, people), "proportions": proportions}
+            "residuals": residual_statistics(cameras, views, people),
+            "leave_one_view_out": leave_one_view_out(cameras, views, people), "proportions": proportions}
