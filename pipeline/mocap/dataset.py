@@ -234,7 +234,7 @@ def render_clips(clips: list[MocapClip], config: RenderConfig, cameras: int) -> 
 
 def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> str:
     """A short hash of everything that determines a rendered set (bump `version` when the code's output changes)."""
-    payload = {"kind": kind, "version": 4, "config": dataclasses.asdict(config),
+    payload = {"kind": kind, "version": 5, "config": dataclasses.asdict(config),
                "proportions": {"+".join(k): v for k, v in BANDAI_PROPORTIONS.items()}, **(extra or {})}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

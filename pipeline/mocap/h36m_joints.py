@@ -82,8 +82,13 @@ class BodyModel:
     from the top of the neck; hip offsets are fractions/metres along the pelvis' left-right axis and the body's up."""
 
     h36m_hip_half_width: float = 0.125  # H36M hip joints sit ~25 cm apart (its mean skeleton)
-    coco_hip_half_width: float = 0.14  # detectors put COCO hips at the outer hip contour: wider ...
-    coco_hip_drop: float = 0.03  # ... and a little lower than hip joint centres
+    # Where yolo11n-pose puts COCO points on real people (docs/real_footage_gap.md, triangulated from 4 views): hips
+    # about as wide as H36M's hip joints (0.50-0.62 of the thigh; H36M 0.60), i.e. wider than the mocap rig's hip
+    # joint centres but not 0.28 m apart as assumed before; shoulders about 15 % wider than the shoulder joints
+    # (0.198 of stature vs 0.172 for our H36M targets).
+    coco_hip_half_width: float = 0.115
+    coco_hip_drop: float = 0.03  # a little lower than hip joint centres (not measurable on real footage here)
+    coco_shoulder_out: float = 0.025  # COCO shoulders on the outside of the shoulder, per side
     spine_fraction: float = 0.48  # H36M spine: pelvis-spine 23 cm, spine-thorax 25 cm
     head_points: dict[str, tuple[float, float, float]] = field(default_factory=lambda: {
         "neck_nose": (0.03, 0.05, 0.0),  # H36M "neck/nose": ~11 cm above the thorax, in front of the neck
@@ -165,9 +170,11 @@ def map_skeleton(positions: np.ndarray, rotations: np.ndarray, names: tuple[str,
     c = COCO.index
     for name in ("nose", "left_eye", "right_eye", "left_ear", "right_ear"):
         coco[:, c(name)] = head_point(name)
-    for name in ("left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    for name in ("left_elbow", "right_elbow", "left_wrist", "right_wrist",
                  "left_knee", "right_knee", "left_ankle", "right_ankle"):
         coco[:, c(name)] = p(name)
+    coco[:, c("left_shoulder")] = p("left_shoulder") + body.coco_shoulder_out * left
+    coco[:, c("right_shoulder")] = p("right_shoulder") - body.coco_shoulder_out * left
     coco[:, c("left_hip")] = pelvis + body.coco_hip_half_width * hip_axis - body.coco_hip_drop * up
     coco[:, c("right_hip")] = pelvis - body.coco_hip_half_width * hip_axis - body.coco_hip_drop * up
     return h36m, coco
