@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--out", type=Path, default=PROJECT_ROOT / "outputs",
                     help="output root; each clip writes into OUT/<clip name>/")
     io.add_argument("--force", action="store_true", help="redo clips whose outputs are already complete")
+    io.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="process the clips in parallel on Ray, one worker per core (pip install -e .[ray]): no "
+                    "ADDRESS starts Ray on this machine; 'auto', HOST:PORT or ray://HOST:PORT joins a cluster whose "
+                    "nodes all see the clips and --out at the same paths. Writes OUT/batch.json")
     io.add_argument("--no-render", action="store_true", help="stop after writing keypoints.npz (no video)")
     io.add_argument("--start", default=None,
                     help="first frame to process: a frame index (120) or a time in seconds (4.5s)")
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         clips = resolve_clips(args.video, sample=args.sample)
-        return process_clips(clips, config, describe_error=error_message)
+        return process_clips(clips, config, describe_error=error_message, ray_address=args.ray)
     except KeyboardInterrupt:
         print("interrupted: no partial output was kept", file=sys.stderr)
         return 130

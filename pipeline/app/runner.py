@@ -89,10 +89,15 @@ class Lifted:
 
 
 def process_clips(clips: list[Path], config: RunConfig,
-                  describe_error: Callable[[BaseException], str] | None = None) -> int:
+                  describe_error: Callable[[BaseException], str] | None = None, ray_address: str | None = None) -> int:
     """Process every clip; with several clips, one clip's failure is reported (as `describe_error` words it) and the
-    others still run."""
+    others still run. With `ray_address` ("local", "auto", "HOST:PORT") they run on a Ray pool instead
+    (`pipeline.app.distributed`)."""
     describe_error = describe_error or one_line
+    if ray_address is not None:
+        from pipeline.app.distributed import RayConfig, process_clips_on_ray
+
+        return process_clips_on_ray(clips, config, RayConfig(address=ray_address), describe_error)
     models = load_models(config.lifting, config.pose2d)
     if len(clips) == 1:
         print(process_clip(clips[0], config, models), flush=True)
@@ -107,8 +112,9 @@ def process_clips(clips: list[Path], config: RunConfig,
     return 1 if failures else 0
 
 
-def process_clip(clip: Path, config: RunConfig, models: Models) -> str:
-    """Run every stage for one clip and write its outputs; returns the one-line summary."""
+def process_clip(clip: Path, config: RunConfig, models: Models, ray_worker: dict | None = None) -> str:
+    """Run every stage for one clip and write its outputs; returns the one-line summary. `ray_worker`: where Ray ran
+    it (pipeline.app.distributed), recorded in run.json."""
     t_start = time.perf_counter()
     job = plan_clip(clip, config, models)
     if not config.force and job.out.complete(job.fingerprint):
@@ -120,7 +126,7 @@ def process_clip(clip: Path, config: RunConfig, models: Models) -> str:
     if config.write_video:
         written.append(render_video(job, pose2d, lifted, models, config, timer))
     total = time.perf_counter() - t_start
-    write_run_record(job, config, models, pose2d, lifted, timer, written, total)
+    write_run_record(job, config, models, pose2d, lifted, timer, written, total, ray_worker)
     return clip_summary(job, pose2d, timer, total, lifted.disagreement_mm)
 
 
@@ -234,7 +240,7 @@ def placed_worlds(pose2d: Pose2DOutput, world: np.ndarray) -> np.ndarray:
 
 
 def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Pose2DOutput, lifted: Lifted,
-                     timer: StageTimer, written: list[str], total: float) -> None:
+                     timer: StageTimer, written: list[str], total: float, ray_worker: dict | None = None) -> None:
     """run.json: settings, models, tracks, timings and versions; written last, it marks the outputs complete."""
     width, height = pose2d.image_size
     info = job.info
@@ -251,6 +257,7 @@ def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Po
         "tracks": pose2d.tracks,
         "checkpoint_disagreement_mm": lifted.disagreement_mm,
         "timings": {**timer.stages, "total_seconds": round(total, 3)},
+        **({"ray": ray_worker} if ray_worker else {}),  # node, hostname, worker_pid, address
         "versions": package_versions(),
     })
 
