@@ -33,8 +33,8 @@ def _numpy_pickle_allowlist() -> list:
         from numpy._core import multiarray
     except ImportError:  # numpy 1.x
         from numpy.core import multiarray
-    from numpy.random import _pickle as random_pickle
     from numpy.random import MT19937, RandomState
+    from numpy.random import _pickle as random_pickle
 
     return [
         (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),  # numpy 1.x name

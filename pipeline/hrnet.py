@@ -52,7 +52,8 @@ class HRNetConfig:
     def __post_init__(self) -> None:
         h, w = self.input_size
         if h % 32 or w % 32:
-            raise ValueError(f"HRNet input size must be multiples of 32 (4 halvings after a stride-4 stem), got {h}x{w}")
+            raise ValueError(f"HRNet input size must be multiples of 32 (4 halvings after a stride-4 stem), "
+                             f"got {h}x{w}")
         if self.final_conv_kernel not in (1, 3):
             raise ValueError(f"final_conv_kernel must be 1 or 3, got {self.final_conv_kernel}")
 
@@ -184,11 +185,11 @@ class HRModule(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        xs = [branch(x) for branch, x in zip(self.branches, xs)]
+        xs = [branch(x) for branch, x in zip(self.branches, xs, strict=True)]
         outputs = []
         for paths in self.fuse_layers:
             y = paths[0](xs[0])
-            for path, x in zip(paths[1:], xs[1:]):
+            for path, x in zip(paths[1:], xs[1:], strict=True):
                 y = y + path(x)
             outputs.append(self.relu(y))
         return outputs

@@ -75,7 +75,7 @@ class PoseFormerV2Config:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "PoseFormerV2Config":
+    def from_dict(cls, values: dict) -> PoseFormerV2Config:
         known = {f.name: f.type for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:

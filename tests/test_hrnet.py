@@ -1,4 +1,5 @@
-"""HRNet network and loader: conformance with the shared reference fixture, W32 by analogy, mmpose layouts, bad files."""
+"""HRNet network and loader: conformance with the shared reference fixture, W32 by analogy, mmpose layouts,
+bad files."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fixture_weights(rows) -> dict[str, torch.Tensor]:
-    """The fixture README's rule: N = default_rng(index).standard_normal(shape) in float64, per-init formula, cast last."""
+    """The fixture README's rule: N = default_rng(index).standard_normal(shape) in float64, per-init formula, cast
+    last."""
     state = {}
     for index, key, shape, init in rows:
         if init == "zero":
@@ -64,7 +66,10 @@ def _tiny_state(width: int = 4) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     for key, value in state.items():
         if value.is_floating_point():
-            value.copy_(torch.rand_like(value) * 0.5 + 0.5 if key.endswith("running_var") else torch.randn_like(value) * 0.1)
+            if key.endswith("running_var"):
+                value.copy_(torch.rand_like(value) * 0.5 + 0.5)
+            else:
+                value.copy_(torch.randn_like(value) * 0.1)
     return {k: v.clone() for k, v in state.items()}
 
 

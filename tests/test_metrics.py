@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from pipeline.training.metrics import (
-    mpjpe, mpjpe_torch, mpjve, n_mpjpe, p_mpjpe, procrustes_align, sequence_error_sums,
+    mpjpe,
+    mpjpe_torch,
+    mpjve,
+    n_mpjpe,
+    p_mpjpe,
+    procrustes_align,
+    sequence_error_sums,
 )
 
 

@@ -67,7 +67,8 @@ def test_dct_is_unnormalised_dct2_with_exact_inverse():
     t = torch.arange(7, dtype=torch.float64)
     expected = torch.stack([2 * (x * torch.cos(np.pi * k * (2 * t + 1) / 14)).sum() for k in range(7)])
     torch.testing.assert_close(dct_matrix(7, torch.float64) @ x, expected)
-    torch.testing.assert_close(idct_matrix(7, torch.float64) @ dct_matrix(7, torch.float64), torch.eye(7, dtype=torch.float64))
+    identity = idct_matrix(7, torch.float64) @ dct_matrix(7, torch.float64)
+    torch.testing.assert_close(identity, torch.eye(7, dtype=torch.float64))
 
 
 def test_layer_norm_eps_follow_the_reference():

@@ -43,7 +43,8 @@ def test_remap_keeps_leading_axes_and_maps_scores():
     assert out.shape == (1, 2, 17, 2) and out_scores.shape == (1, 2, 17)
     np.testing.assert_allclose(out[0, 1] - out[0, 0], 5, atol=1e-4)
     s = scores[0, 0]
-    assert out_scores[0, 0, H36M.index("pelvis")] == pytest.approx((s[COCO.index("left_hip")] + s[COCO.index("right_hip")]) / 2)
+    hips = (s[COCO.index("left_hip")] + s[COCO.index("right_hip")]) / 2
+    assert out_scores[0, 0, H36M.index("pelvis")] == pytest.approx(hips)
     assert out_scores[0, 0, H36M.index("left_knee")] == pytest.approx(s[COCO.index("left_knee")])
 
 
@@ -57,5 +58,5 @@ def test_h36m_skeleton_is_consistent():
     assert len(H36M.bones) == 16
     perm = H36M.flip_permutation
     assert sorted(perm) == list(range(17)) and (perm[perm] == np.arange(17)).all()
-    for left, right in zip(H36M.left, H36M.right):
+    for left, right in zip(H36M.left, H36M.right, strict=True):
         assert H36M.joints[left].replace("left", "right") == H36M.joints[right]

@@ -1,4 +1,5 @@
-"""Top-down preprocessing, flip test and heatmap decoding, checked with synthetic images, heatmaps and stand-in models."""
+"""Top-down preprocessing, flip test and heatmap decoding, checked with synthetic images, heatmaps and stand-in
+models."""
 from __future__ import annotations
 
 import numpy as np
