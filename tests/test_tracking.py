@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 
 from pipeline.detection import FrameDetections
-from pipeline.tracking import (NoPersonError, PersonTracker, TrackerConfig, TrackSequence, box_iou, link_tracks,
-                               select_tracks, track_detections)
+from pipeline.tracking import (
+    NoPersonError,
+    PersonTracker,
+    TrackerConfig,
+    TrackSequence,
+    box_iou,
+    link_tracks,
+    presence_span,
+    select_tracks,
+    track_detections,
+)
 
 
 def person_box(cx: float, cy: float, h: float) -> np.ndarray:
@@ -30,7 +39,7 @@ def frame_of(boxes: list[np.ndarray], confs: list[float], poses: list[str] | Non
     c = np.asarray(confs, np.float32)
     if poses is None:
         return FrameDetections(b, c)
-    kp = np.stack([pose_in(box, kind) for box, kind in zip(boxes, poses)])
+    kp = np.stack([pose_in(box, kind) for box, kind in zip(boxes, poses, strict=True)])
     return FrameDetections(b, c, kp, np.full(kp.shape[:2], 0.9, np.float32))
 
 
@@ -156,5 +165,97 @@ def test_main_subject_is_present_longest_and_largest():
 
 def test_summary_is_json_ready():
     s = seq(5, 3, 12, 200).summary()
-    assert s == {"track_id": 5, "first_frame": 3, "last_frame": 12, "detected_frames": 10,
+    assert s == {"track_id": 5, "first_frame": 3, "last_frame": 12, "detected_frames": 10, "seen_frames": 10,
                  "median_box_height": 200.0, "score": 2000.0}
+
+
+def crossing(frames: int = 120, hidden: tuple[int, int] | None = (52, 68), speed: float = 4.0,
+             heights: tuple[float, float] = (120, 120)) -> list[FrameDetections]:
+    """Two people walking towards each other along the same line and crossing at frame 60: A (arms up) from the
+    left, B (arms down) from the right. While B is behind A (frames `hidden`) the detector sees only A."""
+    out = []
+    for f in range(frames):
+        a = person_box(100 + speed * f, 300, heights[0])
+        b = person_box(100 + speed * 120 - speed * f, 300 + (heights[0] - heights[1]) / 2, heights[1])
+        people = [(a, "arms_up")]
+        if hidden is None or not hidden[0] <= f < hidden[1]:
+            people.append((b, "arms_down"))
+        out.append(frame_of([p[0] for p in people], [0.9] * len(people), [p[1] for p in people]))
+    return out
+
+
+def arms_up(track: TrackSequence) -> np.ndarray:
+    """Per detection: are the arm joints in the top quarter of the box (the 'arms_up' pose of pose_in)?"""
+    top, height = track.boxes[:, 1], track.boxes[:, 3] - track.boxes[:, 1]
+    return track.keypoints[:, 5:11, 1].mean(axis=1) < top + 0.25 * height
+
+
+def moving_right(track: TrackSequence) -> bool:
+    centres = (track.boxes[:, 0] + track.boxes[:, 2]) / 2
+    return bool(np.all(np.diff(centres) > 0))
+
+
+@pytest.mark.parametrize("hidden", [None, (52, 68), (40, 80)])
+def test_two_people_crossing_keep_their_ids(hidden):
+    """Through the crossing, with the one behind unseen for 0, 16 or 40 frames (longer than max_missed: the
+    fragments are joined where B's motion leads), each person keeps one id and every box is theirs."""
+    tracks = track_detections(crossing(hidden=hidden), TrackerConfig(max_missed=30))
+    assert len(tracks) == 2
+    a, b = sorted(tracks, key=lambda t: t.boxes[0, 0])
+    assert moving_right(a) and a.num_detections == 120 and arms_up(a).all()
+    assert not moving_right(b) and not arms_up(b).any()
+    assert b.num_detections == 120 - (0 if hidden is None else hidden[1] - hidden[0])
+
+
+def test_crossing_people_of_different_sizes_keep_their_ids():
+    """A near person (150 px) passes in front of a far one (100 px), both seen throughout."""
+    tracks = track_detections(crossing(hidden=None, heights=(150, 100)))
+    assert len(tracks) == 2 and sorted(t.num_detections for t in tracks) == [120, 120]
+    assert {moving_right(t) for t in tracks} == {True, False}
+    assert {float(np.ptp(t.boxes[:, 3] - t.boxes[:, 1])) for t in tracks} == {0.0}  # no box of the other size
+
+
+def test_fragments_are_joined_where_the_motion_leads_not_where_the_person_was():
+    """A walker (3 px/frame, 100 px tall) lost for 45 frames reappears 135 px further on (1.35 heights: too far
+    for a link by position alone); meanwhile somebody else starts where the walker was lost."""
+    frames = []
+    for f in range(100):
+        boxes = []
+        if not 40 <= f < 85:
+            boxes.append(person_box(100 + 3 * f, 300, 100))
+        if f >= 60:
+            boxes.append(person_box(100 + 3 * 39 + 5, 300, 100))  # a standing person where the walker vanished
+        frames.append(frame_of(boxes, [0.9] * len(boxes)))
+    tracks = track_detections(frames, TrackerConfig(max_missed=30))
+    walker = next(t for t in tracks if t.track_id == 1)
+    assert list(walker.frames) == [f for f in range(100) if not 40 <= f < 85]
+    assert moving_right(walker) and len(tracks) == 2
+    # Without the motion the walker is joined to the person standing where he vanished.
+    static = track_detections(frames, TrackerConfig(max_missed=30, link_max_speed=0.0))
+    assert 60 in next(t for t in static if t.track_id == 1).frames
+
+
+def test_fragments_of_very_different_size_are_not_joined():
+    near = seq(1, 0, 29, 200, cx=100)
+    far = seq(2, 40, 69, 100, cx=120)
+    assert len(link_tracks([near, far], max_gap=60, max_distance=1.0)) == 2
+    assert len(link_tracks([near, seq(3, 40, 69, 180, cx=120)], max_gap=60, max_distance=1.0)) == 1
+
+
+def test_main_subject_in_a_crowd_is_the_one_seen_longest_not_glimpsed_over_the_whole_clip():
+    """Someone detected every 20th frame over 600 frames (fragments linked) against someone seen throughout 300
+    frames at the same size: the second is followed. Gaps up to max_gap count as seen."""
+    glimpsed = TrackSequence(1, np.arange(0, 600, 20), np.stack([person_box(100, 300, 100)] * 30),
+                             np.ones(30, np.float32), None, None)
+    steady = seq(2, 100, 399, 100)
+    assert glimpsed.seen_frames(max_gap=15) == 30 and glimpsed.seen_frames(max_gap=19) == 581
+    assert [t.track_id for t in select_tracks([glimpsed, steady], 600)] == [2]
+    assert [t.track_id for t in select_tracks([glimpsed, steady], 600, max_gap=19)] == [1]
+
+
+def test_presence_span_covers_detections_and_short_gaps_only():
+    span = presence_span(np.array([2, 3, 6, 20, 21]), num_frames=25, max_gap=3)
+    expected = np.zeros(25, bool)
+    expected[[2, 3, 4, 5, 6, 20, 21]] = True  # 4-5: a 2-frame gap; 7-19 is too long; nothing before 2 or after 21
+    np.testing.assert_array_equal(span, expected)
+    np.testing.assert_array_equal(presence_span(np.array([0]), 3, 5), [True, False, False])
