@@ -22,7 +22,7 @@ from pipeline.render import RenderConfig
 FLAG_OF_SETTING = {
     "detector": "--detector", "keypoint_backend": "--keypoints", "hrnet_weights": "--hrnet-weights",
     "person": "--person", "all_people": "--all-people", "start": "--start", "end": "--end",
-    "checkpoints": "--checkpoint", "frames": "--frames", "device": "--device",
+    "checkpoints": "--checkpoint", "frames": "--frames", "device": "--device", "imgsz": "--imgsz",
 }
 
 
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--detector", default=None,
                    help="Ultralytics model for person detection: a name (yolo11x-pose.pt, yolo11m.pt; downloaded by "
                    "Ultralytics when online) or a local path. Default: the bundled, sha256-checked yolo11n-pose.pt")
+    m.add_argument("--imgsz", default="auto",
+                   help="detector input size in pixels (a multiple of 32: 640, 960, 1280), or auto: chosen per clip "
+                   "from the people's size in a few probe frames, 640 for large people, up to 1280 for small ones")
     m.add_argument("--keypoints", choices=("auto", "yolo", "hrnet"), default="auto",
                    help="2D keypoint backend; auto = HRNet when --hrnet-weights or weights/pose_hrnet_*.pth exist, "
                    "else the YOLO-pose keypoints")
@@ -121,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         out_root=args.out.expanduser().resolve(),
         pose2d=Pose2DConfig(detector=args.detector, keypoint_backend=args.keypoints, hrnet_weights=args.hrnet_weights,
-                            device=args.device, person=args.person, all_people=args.all_people),
+                            device=args.device, person=args.person, all_people=args.all_people, imgsz=args.imgsz),
         lifting=LiftingConfig(checkpoints=list(args.checkpoint or []), frames=args.frames, device=args.device),
         render=RenderConfig(elev=args.elev, azim=args.azim),
         clip_range=ClipRange(start=parse_frame_or_time(args.start, "start"), end=parse_frame_or_time(args.end, "end")),

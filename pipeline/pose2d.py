@@ -2,6 +2,9 @@
 
     frames -> PersonDetector (batches) -> PersonTracker -> select_tracks -> keypoints -> gap filling -> H36M remap
 
+Detector input size: `imgsz="auto"` (the default) chooses it once per clip from the people's size in a few probe
+frames (`pipeline.imgsz`): 640 for large people, up to 1280 for a crowd of small ones.
+
 Keypoint backends:
 - "yolo": the pose detector's own COCO-17 keypoints, linked by the tracker. One pass over the video.
 - "hrnet": a top-down HRNet on the followed person's detector boxes. Whom to follow is known only once the whole
@@ -13,11 +16,18 @@ Only small per-frame arrays are kept; frames are dropped as soon as their batch 
 Frames where the person is not detected are never dropped: their keypoints are filled (linear interpolation across
 gaps of up to `max_gap` frames; across longer gaps each frame takes the nearest detected frame, so no motion is
 invented over seconds; before the first and after the last detection the edge values), their scores are 0 and
-`valid` is False.
+`valid` is False. Detections weaker than the tracker's `new_track_conf` (0.5) extend a track and fill their frame
+with their keypoints and box, but count as not detected (scores 0, `valid` False): `valid` means detected as
+confidently as a person who may start a track (on a crowd of small people, counting the weak ones too took the
+share of reported boxes that a 1280 px reference run confirms from 0.99 down to 0.84; benchmarks/bench_crowd.py).
+`span` marks the frames on which the person is there: detected (weakly or not), or inside a gap short enough to
+interpolate; before their first and after their last detection, and across long gaps, they are not (renderers leave
+them out there).
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +37,9 @@ import numpy as np
 
 from pipeline.detection import DetectorConfig, PersonDetector
 from pipeline.errors import SettingError
+from pipeline.imgsz import AUTO, AutoImgszConfig, choose_imgsz, parse_imgsz, spread_sample
 from pipeline.skeleton import COCO, coco_to_h36m
-from pipeline.tracking import PersonTracker, TrackerConfig, TrackSequence, select_tracks
+from pipeline.tracking import PersonTracker, TrackerConfig, TrackSequence, presence_span, select_tracks
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +56,9 @@ class Pose2DConfig:
     keypoint_backend: str = "yolo"
     hrnet_weights: Path | None = None  # needed for "hrnet" unless a TopDownEstimator is passed in
     device: str = "cpu"  # "auto", "cpu", "cuda", "mps"
-    imgsz: int = 640  # detector inference size
+    # Detector input size: "auto" (chosen per clip from the people's size, pipeline.imgsz) or pixels (640, 1280).
+    imgsz: int | str = AUTO
+    auto_imgsz: AutoImgszConfig = field(default_factory=AutoImgszConfig)
     detector_conf: float = 0.1  # raw detections kept for the tracker (it starts tracks only at new_track_conf)
     batch_size: int = 8  # frames per detector call (and boxes per HRNet call)
     person: int | None = None  # follow this track id instead of the main subject
@@ -60,6 +73,10 @@ class Pose2DConfig:
             raise SettingError("keypoint_backend", f"must be 'auto', 'yolo' or 'hrnet', not {self.keypoint_backend!r}")
         if self.batch_size < 1 or self.max_gap < 0 or self.min_track_frames < 1:
             raise ValueError("batch_size and min_track_frames must be >= 1 and max_gap >= 0")
+        try:
+            self.imgsz = parse_imgsz(self.imgsz)
+        except ValueError as exc:
+            raise SettingError("imgsz", str(exc)) from None
 
     @property
     def backend(self) -> str:
@@ -92,6 +109,7 @@ class Pose2DResult:
     scores: np.ndarray  # (T, 17)
     valid: np.ndarray  # (T,) bool: the person was detected in this frame
     boxes: np.ndarray  # (T, 4) float32 xyxy pixels, filled like the keypoints
+    span: np.ndarray  # (T,) bool: the person is there: detected, or inside a gap of at most max_gap frames
 
     @property
     def num_frames(self) -> int:
@@ -104,6 +122,7 @@ class Pose2DOutput:
     tracks: list[dict]  # a summary of every track found (id, first/last frame, detected frames, size, score)
     num_frames: int
     image_size: tuple[int, int]  # (width, height) of the frames
+    detection: dict = field(default_factory=dict)  # the detector input size used and how it was chosen (run.json)
 
 
 def fill_gaps(frames: np.ndarray, values: np.ndarray, num_frames: int, max_gap: int) -> np.ndarray:
@@ -169,8 +188,9 @@ class Pose2DEstimator:
                  topdown: Callable[[Sequence[np.ndarray], np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None):
         self.config = config or Pose2DConfig()
         c = self.config
+        fixed = c.imgsz if c.imgsz != AUTO else c.auto_imgsz.min_imgsz
         self.detector = detector or PersonDetector(DetectorConfig(weights=c.detector, device=c.device,
-                                                                  imgsz=c.imgsz, conf=c.detector_conf))
+                                                                  imgsz=fixed, conf=c.detector_conf))
         if c.backend == "yolo" and not self.detector.has_keypoints:
             raise SettingError("detector", "a detection-only model gives no keypoints: use a -pose model "
                                "(e.g. yolo11x-pose.pt) or the hrnet keypoint backend")
@@ -178,9 +198,32 @@ class Pose2DEstimator:
         if c.backend == "hrnet" and self.topdown is None:
             self.topdown = build_topdown(c)
 
+    def input_size(self, frames: FrameSource) -> tuple[int, dict, FrameSource]:
+        """The detector input size for this clip, what run.json records about it, and the frame source to use next.
+
+        A fixed `imgsz` is used as it is. "auto" probes a sample of the clip (`pipeline.imgsz`): frames spread over
+        the whole clip when `frames` is a function that opens a fresh iterator (one extra decoding pass), else the
+        first `probe_frames` frames of the iterator, which are then chained back in front of the rest."""
+        c = self.config
+        if c.imgsz != AUTO:
+            return int(c.imgsz), {"imgsz": int(c.imgsz), "chosen": "setting"}, frames
+        count = c.auto_imgsz.probe_frames
+        if callable(frames):
+            sample = spread_sample(frames(), count)
+        else:
+            iterator = iter(frames)
+            sample = list(itertools.islice(iterator, count))
+            frames = itertools.chain(sample, iterator)
+        if not sample:
+            raise ValueError("the video gave no frames")
+        size, record = choose_imgsz(lambda batch, imgsz: self.detector(batch, imgsz=imgsz), sample, c.auto_imgsz)
+        return size, record, frames
+
     def track(self, frames: Iterable[np.ndarray], progress: Progress | None = None,
-              tracker_config: TrackerConfig | None = None) -> tuple[list[TrackSequence], int, tuple[int, int]]:
-        """Detect and track every person: (tracks, number of frames, (width, height))."""
+              tracker_config: TrackerConfig | None = None,
+              imgsz: int | None = None) -> tuple[list[TrackSequence], int, tuple[int, int]]:
+        """Detect (at `imgsz`, None: the detector's own setting) and track every person: (tracks, number of frames,
+        (width, height))."""
         tracker = PersonTracker(tracker_config or self.config.tracker)
         size: tuple[int, int] | None = None
         for batch in batched(frames, self.config.batch_size):
@@ -191,7 +234,7 @@ class Pose2DEstimator:
                 elif shape != size:
                     raise ValueError(f"frame {tracker.num_frames} is {shape[0]}x{shape[1]}, "
                                      f"the first frame was {size[0]}x{size[1]}")
-            for detections in self.detector(batch):
+            for detections in self.detector(batch, imgsz=imgsz):
                 tracker.update(detections)
             if progress is not None:
                 progress("detect", tracker.num_frames)
@@ -207,19 +250,20 @@ class Pose2DEstimator:
         if c.backend == "hrnet" and not callable(frames):
             raise TypeError("the hrnet backend reads the frames twice: pass a function that returns a new frame "
                             "iterator (e.g. lambda: iter_frames(path)), not an iterator")
-        tracks, num_frames, size = self.track(frames() if callable(frames) else frames, progress, c.tracker)
+        imgsz, detection, frames = self.input_size(frames)
+        tracks, num_frames, size = self.track(frames() if callable(frames) else frames, progress, c.tracker, imgsz)
         chosen = select_tracks(tracks, num_frames, person=c.person, all_people=c.all_people,
-                               min_track_frames=c.min_track_frames)
+                               min_track_frames=c.min_track_frames, max_gap=c.max_gap)
         logger.info("%d frames, %d track(s); following %s", num_frames, len(tracks),
                     ", ".join(f"track {t.track_id} ({t.num_detections} frames)" for t in chosen))
         if c.backend == "hrnet":
             keypoints = self._hrnet_keypoints(frames(), chosen, num_frames, progress)
         else:
             keypoints = [(t.keypoints, t.keypoint_scores) for t in chosen]
-        people = [self._assemble(t, kp, sc, num_frames, c.max_gap)
+        people = [assemble_person(t, kp, sc, num_frames, c.max_gap, c.tracker.new_track_conf)
                   for t, (kp, sc) in zip(chosen, keypoints, strict=True)]
-        return Pose2DOutput(people=people, tracks=[t.summary() for t in tracks], num_frames=num_frames,
-                            image_size=size)
+        return Pose2DOutput(people=people, tracks=[t.summary(c.max_gap) for t in tracks], num_frames=num_frames,
+                            image_size=size, detection=detection)
 
     def _hrnet_keypoints(self, frames: Iterable[np.ndarray], chosen: list[TrackSequence], num_frames: int,
                          progress: Progress | None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -263,20 +307,25 @@ class Pose2DEstimator:
                              "the frame source must give the same frames each time")
         return results
 
-    def _assemble(self, track: TrackSequence, kp: np.ndarray | None, sc: np.ndarray | None,
-                  num_frames: int, gap: int) -> Pose2DResult:
-        if kp is None or sc is None:
-            raise ValueError(f"track {track.track_id} has no keypoints")
-        keypoints_coco = fill_gaps(track.frames, kp, num_frames, gap)
-        boxes = fill_gaps(track.frames, track.boxes, num_frames, gap)
-        valid = np.zeros(num_frames, bool)
-        valid[track.frames] = True
-        scores_coco = np.zeros((num_frames, COCO.num_joints), np.float32)
-        scores_coco[track.frames] = sc
-        keypoints, scores = coco_to_h36m(keypoints_coco, scores_coco)
-        return Pose2DResult(track_id=track.track_id, keypoints_coco=keypoints_coco, scores_coco=scores_coco,
-                            keypoints=keypoints.astype(np.float32), scores=scores.astype(np.float32), valid=valid,
-                            boxes=boxes)
+
+def assemble_person(track: TrackSequence, kp: np.ndarray | None, sc: np.ndarray | None,
+                    num_frames: int, gap: int, detected_conf: float) -> Pose2DResult:
+    """One person's per-frame arrays. Every linked detection gives its keypoints and box; only those at least
+    `detected_conf` confident count as the person being detected (`valid`, keypoint scores): weaker ones (the
+    tracker lets them extend a track, never start one) fill their frame instead of an interpolation."""
+    if kp is None or sc is None:
+        raise ValueError(f"track {track.track_id} has no keypoints")
+    keypoints_coco = fill_gaps(track.frames, kp, num_frames, gap)
+    boxes = fill_gaps(track.frames, track.boxes, num_frames, gap)
+    confident = track.confidences >= detected_conf
+    valid = np.zeros(num_frames, bool)
+    valid[track.frames[confident]] = True
+    scores_coco = np.zeros((num_frames, COCO.num_joints), np.float32)
+    scores_coco[track.frames[confident]] = sc[confident]
+    keypoints, scores = coco_to_h36m(keypoints_coco, scores_coco)
+    return Pose2DResult(track_id=track.track_id, keypoints_coco=keypoints_coco, scores_coco=scores_coco,
+                        keypoints=keypoints.astype(np.float32), scores=scores.astype(np.float32), valid=valid,
+                        boxes=boxes, span=presence_span(track.frames, num_frames, gap))
 
 
 def estimate_2d(frames: FrameSource, config: Pose2DConfig | None = None, progress: Progress | None = None,

@@ -16,8 +16,9 @@ import numpy as np
 from pipeline.app.outputs import save_npz
 
 # Bump when the 2D stage's output changes meaning, so that old caches are not reused.
-POSE2D_CACHE_VERSION = 1
-_PERSON_ARRAYS = ("keypoints_coco", "scores_coco", "keypoints", "scores", "valid", "boxes")
+# 2: every person's `span`, the detector input size (`detection`), tracks linked by predicted motion.
+POSE2D_CACHE_VERSION = 2
+_PERSON_ARRAYS = ("keypoints_coco", "scores_coco", "keypoints", "scores", "valid", "boxes", "span")
 
 
 def file_fingerprint(path: Path) -> str:
@@ -35,6 +36,7 @@ def save_pose2d_cache(path: Path, output) -> None:
     """Write a `pipeline.pose2d.Pose2DOutput` (every followed person's arrays, the track summaries) atomically."""
     arrays = {"num_frames": np.int64(output.num_frames), "image_size": np.array(output.image_size, np.int64),
               "tracks_json": np.array(json.dumps(output.tracks)),
+              "detection_json": np.array(json.dumps(output.detection)),
               "track_ids": np.array([p.track_id for p in output.people], np.int64)}
     for name in _PERSON_ARRAYS:
         arrays[name] = np.stack([getattr(p, name) for p in output.people])
@@ -49,4 +51,5 @@ def load_pose2d_cache(path: Path):
         people = [Pose2DResult(track_id=int(tid), **{name: data[name][i] for name in _PERSON_ARRAYS})
                   for i, tid in enumerate(data["track_ids"])]
         return Pose2DOutput(people=people, tracks=json.loads(str(data["tracks_json"])),
-                            num_frames=int(data["num_frames"]), image_size=tuple(int(v) for v in data["image_size"]))
+                            num_frames=int(data["num_frames"]), image_size=tuple(int(v) for v in data["image_size"]),
+                            detection=json.loads(str(data["detection_json"])))

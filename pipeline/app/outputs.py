@@ -84,7 +84,7 @@ def keypoints_arrays(person, camera: np.ndarray, world: np.ndarray, *, checkpoin
     return {
         "keypoints_2d": person.keypoints, "scores_2d": person.scores,
         "keypoints_2d_coco": person.keypoints_coco, "scores_2d_coco": person.scores_coco,
-        "valid": person.valid, "boxes": person.boxes, "track_id": np.int64(person.track_id),
+        "valid": person.valid, "span": person.span, "boxes": person.boxes, "track_id": np.int64(person.track_id),
         "frame_index": np.arange(first_frame, first_frame + len(person.valid), dtype=np.int64),
         "pose3d_camera": camera, "pose3d_world": world,
         "checkpoints": np.array(checkpoint_names),
