@@ -11,6 +11,12 @@ renderer does not need to know which: the 3D limits hold every pose of the clip 
 each frame's pelvis path so far (`trails`), drawn as a fading trail with its shadow on the ground. The view follows
 Matplotlib's meaning: `elev` is the angle of the eye above the ground plane, `azim` the rotation of the eye about the
 vertical z axis (defaults: the released demo's 15/70).
+
+Several people: only those `shown` on a frame are drawn (the caller passes who is there: detected, or inside a short
+interpolated gap), so nobody's held pose stands where nobody is. With `labels`, each person gets a colour of their own
+(`PERSON_BGR`, by position in the list, so the same in every frame and both panels) for an outline around their
+skeleton (on detected frames) and a small label (their track id) in both panels; the limbs keep the left/right
+colours.
 """
 from __future__ import annotations
 
@@ -42,6 +48,10 @@ TEXT_BGR = (235, 235, 235)
 # The pelvis trail: yellow, a colour no skeleton part uses; its ground shadow in a darker shade of it.
 TRAIL_BGR = (60, 215, 245)
 TRAIL_SHADOW_BGR = (40, 110, 125)
+# One colour per person (outline and label) when several are drawn: none of them is a limb, trail or grey colour.
+PERSON_BGR = ((245, 245, 245), (200, 60, 230), (230, 220, 60), (255, 110, 150), (200, 150, 255), (100, 150, 200),
+              (140, 160, 0), (160, 90, 255))
+LABEL_SHADOW_BGR = (20, 20, 20)
 
 _SUBPIXEL_BITS = 4  # cv2 drawing `shift`: coordinates in 1/16 pixel, so slow motion does not jump pixel by pixel
 _SUBPIXEL = 1 << _SUBPIXEL_BITS
@@ -250,6 +260,29 @@ def _draw_banner(canvas: np.ndarray, text: str) -> None:
                 thickness, cv2.LINE_AA)
 
 
+def _draw_outline(canvas: np.ndarray, points: np.ndarray, finite: np.ndarray, bones, color, thickness: int) -> None:
+    """A person's colour around their skeleton: every bone drawn wider in `color`, under the limb colours."""
+    for p, c in bones:
+        if finite[p] and finite[c]:
+            cv2.line(canvas, *_fixed_points(points[[p, c]]), color, thickness + 4, cv2.LINE_AA, _SUBPIXEL_BITS)
+
+
+def _draw_label(canvas: np.ndarray, points: np.ndarray, label: tuple[str, tuple[int, int, int]],
+                height: int) -> None:
+    """`label` = (text, colour) centred above the highest of `points` (pixels), on a dark shadow so it reads on any
+    background."""
+    if len(points) == 0:
+        return
+    text, color = label
+    font_scale = max(0.4, height / 1100)  # 0.65 at 720 output rows
+    thickness = max(1, round(height / 400))
+    (text_w, text_h), _ = cv2.getTextSize(text, _FONT, font_scale, thickness)
+    x = int(np.clip(points[:, 0].mean() - text_w / 2, 2, canvas.shape[1] - text_w - 2))
+    y = int(np.clip(points[:, 1].min() - text_h, text_h + 2, canvas.shape[0] - 2))
+    cv2.putText(canvas, text, (x, y), _FONT, font_scale, LABEL_SHADOW_BGR, thickness + 2, cv2.LINE_AA)
+    cv2.putText(canvas, text, (x, y), _FONT, font_scale, color, thickness, cv2.LINE_AA)
+
+
 NO_DETECTION_TEXT = "no detection: pose interpolated"
 
 
@@ -308,6 +341,8 @@ class SideBySideRenderer:
         valid: bool | np.ndarray,
         worlds: Sequence[np.ndarray],
         trails: Sequence[np.ndarray] | None = None,
+        shown: np.ndarray | None = None,
+        labels: Sequence[str] | None = None,
     ) -> np.ndarray:
         """frame (H, W, 3) uint8 BGR of the input size, keypoints (J, 2) input pixels, scores (J,) or None,
         valid = the target was detected in this frame, worlds = one (J, 3) pose per panel -> (h, w, 3) uint8 BGR.
@@ -317,7 +352,11 @@ class SideBySideRenderer:
 
         trails (moving view only): one array (or None) per panel of pelvis positions up to this frame, oldest first,
         (N, 3) or (P, N, 3) for several people, e.g. `root[: t + 1]`; the last `config.trail_frames` are drawn,
-        fading out towards the oldest, under the skeletons."""
+        fading out towards the oldest, under the skeletons.
+
+        shown (P,) bool: the people drawn on this frame (None: everyone); the others, their trails included, are
+        left out. labels: one short text per person (e.g. the track id): each person is outlined in the 2D panel
+        and labelled in both panels in their own colour, PERSON_BGR[p]."""
         in_w, in_h = self.input_size
         if frame_bgr.shape != (in_h, in_w, 3) or frame_bgr.dtype != np.uint8:
             raise ValueError(f"expected a {in_w}x{in_h} BGR uint8 frame, got shape {frame_bgr.shape} {frame_bgr.dtype}")
@@ -329,6 +368,10 @@ class SideBySideRenderer:
         people_2d = np.asarray(keypoints_2d, dtype=np.float64).reshape(-1, joints, 2)
         people_scores = [None] * len(people_2d) if scores is None else np.asarray(scores).reshape(-1, joints)
         people_valid = np.atleast_1d(np.asarray(valid, dtype=bool))
+        people_shown = np.ones(len(people_2d), bool) if shown is None else np.atleast_1d(np.asarray(shown, bool))
+        if len(people_shown) != len(people_2d) or (labels is not None and len(labels) != len(people_2d)):
+            raise ValueError(f"got shown/labels for {len(people_shown)}/{len(labels or [])} people, "
+                             f"keypoints for {len(people_2d)}")
         out = np.empty((self.height, self.output_size[0], 3), dtype=np.uint8)
         left = out[:, : self.left_width]
         if (in_w, in_h) == (self.left_width, self.height):
@@ -337,8 +380,11 @@ class SideBySideRenderer:
             # INTER_LINEAR: 2 ms for 1768x994 -> 1280x720 where INTER_AREA takes 13 ms (benchmarks/bench_render.py);
             # at these downscale factors (< 2x) the difference in sharpness is hard to see.
             left[:] = cv2.resize(frame_bgr, (self.left_width, self.height), interpolation=cv2.INTER_LINEAR)
-        for person, person_scores, person_valid in zip(people_2d, people_scores, people_valid, strict=False):
-            self._draw_2d(left, person * self._keypoint_scale, person_scores, bool(person_valid))
+        for p, (person, person_scores, person_valid) in enumerate(zip(people_2d, people_scores, people_valid,
+                                                                      strict=False)):
+            if people_shown[p]:
+                self._draw_2d(left, person * self._keypoint_scale, person_scores, bool(person_valid),
+                              None if labels is None else (labels[p], PERSON_BGR[p % len(PERSON_BGR)]))
         if not people_valid[0]:
             _draw_banner(left, NO_DETECTION_TEXT)
         for k, (panel, world) in enumerate(zip(self.panels, worlds, strict=True)):
@@ -346,19 +392,28 @@ class SideBySideRenderer:
             target = out[:, x0 : x0 + self.panel_width]
             target[:] = panel.background
             if trails is not None and trails[k] is not None:
-                for path in _paths(trails[k]):
-                    self._draw_trail(target, panel, path[-self.config.trail_frames:])
+                for p, path in enumerate(_paths(trails[k])):
+                    if p >= len(people_shown) or people_shown[p]:
+                        self._draw_trail(target, panel, path[-self.config.trail_frames:])
             people_3d = np.asarray(world, dtype=np.float64).reshape(-1, joints, 3)
-            for person, person_valid in zip(people_3d, people_valid, strict=False):
-                self._draw_3d(target, panel, person, bool(person_valid))
+            for p, (person, person_valid) in enumerate(zip(people_3d, people_valid, strict=False)):
+                if people_shown[p]:
+                    self._draw_3d(target, panel, person, bool(person_valid),
+                                  None if labels is None else (labels[p], PERSON_BGR[p % len(PERSON_BGR)]))
             if not people_valid[0]:
                 _draw_banner(target, "no detection")
         return out
 
-    def _draw_2d(self, canvas: np.ndarray, points: np.ndarray, scores: np.ndarray | None, valid: bool) -> None:
+    def _draw_2d(self, canvas: np.ndarray, points: np.ndarray, scores: np.ndarray | None, valid: bool,
+                 label: tuple[str, tuple[int, int, int]] | None = None) -> None:
+        """One 2D skeleton; with a label (text, colour): an outline of that colour under the bones, the text above."""
         thickness = self._line_2d
         confident = np.ones(len(points), bool) if scores is None else np.asarray(scores) >= self.config.min_score
         finite = np.isfinite(points).all(axis=1)
+        if label is not None:
+            if valid:  # an interpolated (grey, dashed) pose keeps only its label
+                _draw_outline(canvas, points, finite, self._bones, label[1], thickness)
+            _draw_label(canvas, points[finite], label, self.height)
         for (p, c), color in zip(self._bones, self._bone_colors, strict=True):
             if not (finite[p] and finite[c]):
                 continue
@@ -372,7 +427,8 @@ class SideBySideRenderer:
             centre = tuple(int(v) for v in np.round(points[j] * _SUBPIXEL))
             cv2.circle(canvas, centre, (thickness + 1) * _SUBPIXEL, color, -1, cv2.LINE_AA, _SUBPIXEL_BITS)
 
-    def _draw_3d(self, canvas: np.ndarray, panel: _Panel3D, world: np.ndarray, valid: bool) -> None:
+    def _draw_3d(self, canvas: np.ndarray, panel: _Panel3D, world: np.ndarray, valid: bool,
+                 label: tuple[str, tuple[int, int, int]] | None = None) -> None:
         finite = np.isfinite(world).all(axis=1)
         safe = np.where(finite[:, None], world, 0.0)
         pixels, depth = panel.project(safe)
@@ -384,6 +440,8 @@ class SideBySideRenderer:
                  if finite[p] and finite[c]]
         for p, c, _ in bones:  # the pose's shadow on the ground helps reading depth and height
             cv2.line(canvas, *_fixed_points(shadow_px[[p, c]]), SHADOW_BGR, thickness, cv2.LINE_AA, _SUBPIXEL_BITS)
+        if label is not None and valid:
+            _draw_outline(canvas, pixels, finite, self._bones, label[1], thickness)
         # Far bones first, so that nearer limbs are drawn over them.
         bones.sort(key=lambda bone: depth[bone[0]] + depth[bone[1]])
         for p, c, color in bones:
@@ -392,6 +450,8 @@ class SideBySideRenderer:
             color = self._joint_colors[j] if valid else INVALID_BGR
             centre = tuple(int(v) for v in np.round(pixels[j] * _SUBPIXEL))
             cv2.circle(canvas, centre, thickness * _SUBPIXEL, color, -1, cv2.LINE_AA, _SUBPIXEL_BITS)
+        if label is not None:
+            _draw_label(canvas, pixels[finite], label, canvas.shape[0])
 
     def _draw_trail(self, canvas: np.ndarray, panel: _Panel3D, path: np.ndarray) -> None:
         """Pelvis positions (N, 3), oldest first: a line whose colour fades from the background (oldest) to

@@ -59,9 +59,11 @@ class ScriptedDetector:
     def __init__(self, script: dict[int, list[int]]):
         self.script = script  # frame index -> people (0, 1, ...) visible in it
         self.batches: list[int] = []
+        self.sizes: list[int | None] = []  # the input size of each call
 
-    def __call__(self, frames):
+    def __call__(self, frames, imgsz=None):
         self.batches.append(len(frames))
+        self.sizes.append(imgsz)
         out = []
         for frame in frames:
             i = int(frame[0, 0, 0])
@@ -86,7 +88,11 @@ def test_stage_on_scripted_detections():
     config = Pose2DConfig(batch_size=16, max_gap=5)
     out = estimate_2d(coded_frames(40), config, progress=lambda name, n: progress.append((name, n)),
                       detector=detector)
-    assert detector.batches == [16, 16, 8]
+    # imgsz "auto": the first 6 frames are probed at 1280 (40 px people in a 64 px frame are large), then all 40
+    # frames are detected at 640, the probe frames included.
+    assert detector.batches == [6, 16, 16, 8] and detector.sizes == [1280, 640, 640, 640]
+    assert out.detection == {"imgsz": 640, "chosen": "auto", "probe_frames": 6, "probe_imgsz": 1280,
+                             "people_seen": 3, "small_height_px": 40.0}
     assert progress == [("detect", 16), ("detect", 32), ("detect", 40)]
     assert out.num_frames == 40 and out.image_size == (64, 48)
     assert [t["track_id"] for t in out.tracks] == [1, 2]
@@ -151,7 +157,7 @@ class RecordingTopDown:
 def test_hrnet_backend_runs_on_the_chosen_boxes_in_a_second_pass():
     topdown = RecordingTopDown()
     progress = []
-    config = Pose2DConfig(keypoint_backend="hrnet", batch_size=8)
+    config = Pose2DConfig(keypoint_backend="hrnet", batch_size=8, imgsz=640)  # no probe: two passes exactly
     out = estimate_2d(lambda: coded_frames(40), config, progress=lambda name, n: progress.append((name, n)),
                       detector=ScriptedDetector(SCRIPT), topdown=topdown)
     seen_frames = [i for frames, _ in topdown.calls for i in frames]
@@ -188,7 +194,7 @@ def test_random_yolo_model_end_to_end():
     detector = PersonDetector(DetectorConfig(conf=0.0, imgsz=160), model=load_yolo("yolo11n-pose.yaml"))
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (90, 160, 3), dtype=np.uint8) for _ in range(5)]
-    config = Pose2DConfig(batch_size=2, tracker=TrackerConfig(new_track_conf=0.0, min_conf=0.0))
+    config = Pose2DConfig(batch_size=2, imgsz=160, tracker=TrackerConfig(new_track_conf=0.0, min_conf=0.0))
     out = estimate_2d(iter(frames), config, detector=detector)
     person = out.people[0]
     assert out.num_frames == 5 and person.keypoints.shape == (5, 17, 2) and person.valid.shape == (5,)
@@ -289,3 +295,33 @@ def test_frame_counts_follow_the_frame_rate():
     w = (15 - 9) / 21
     np.testing.assert_allclose(at_60.keypoints_coco[15], (1 - w) * pose_for(9, 0) + w * pose_for(30, 0), rtol=1e-5)
     assert not at_60.valid[10:30].any() and at_60.track_id == at_30.track_id == 1
+
+
+@pytest.mark.slow
+def test_sample_clip_walker_is_drawn_only_while_there(sample_result):
+    """The second person walks in at about 1.3 s and out before the end: their `span` is the stretch from their first
+    to their last detection, and the renderer draws them only there (not as a held pose before and after)."""
+    from pipeline.render import PERSON_BGR, SideBySideRenderer, WorldLimits
+
+    out, _ = sample_result
+    jumper, walker = out.people[0], max(out.people[1:], key=lambda p: p.valid.sum())
+    track = next(t for t in out.tracks if t["track_id"] == walker.track_id)
+    first, last = track["first_frame"], track["last_frame"]  # the first and last detection, weak ones included
+    assert 20 < first < 60 and 180 < last < 229  # measured: 38 and 211
+    assert not walker.span[:first].any() and not walker.span[last + 1:].any() and walker.span[first:last + 1].all()
+    assert jumper.span.all() or jumper.span.mean() > 0.9
+    worlds = np.zeros((2, 17, 3))
+    worlds[:, :, 2] = np.linspace(0, 1.7, 17)
+    worlds[1, :, 0] = 1.0
+    renderer = SideBySideRenderer(out.image_size, ["lifter"], WorldLimits.from_worlds([worlds]))
+    people = [jumper, walker]
+    frames = dict(enumerate(iter_frames(SAMPLE, end=last + 10)))
+
+    def walker_pixels(t: int) -> int:
+        image = renderer.render(frames[t], np.stack([p.keypoints[t] for p in people]),
+                                np.stack([p.scores[t] for p in people]), [p.valid[t] for p in people], [worlds],
+                                shown=np.array([p.span[t] for p in people]), labels=["1", "2"])
+        return int(np.all(image == np.array(PERSON_BGR[1], np.uint8), axis=-1).sum())
+
+    assert walker_pixels(first - 10) == 0 and walker_pixels(last + 5) == 0  # not there yet / gone: not drawn
+    assert walker_pixels(first + 30) > 100  # walking through: outlined in their colour

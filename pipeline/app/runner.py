@@ -207,6 +207,8 @@ def render_video(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, models: Mod
     keypoints_2d = np.stack([p.keypoints for p in people])  # (P, T, 17, 2), the followed person first
     scores_2d = np.stack([p.scores for p in people])
     valid = np.stack([p.valid for p in people])
+    present = np.stack([p.span for p in people])  # (P, T): each person is drawn only while there
+    labels = [str(p.track_id) for p in people] if len(people) > 1 else None  # ids in both panels, own colours
     shown = placed_worlds(pose2d, lifted.world)  # (P, K, T, 17, 3)
     renderer = SideBySideRenderer.for_clip(pose2d.image_size, [lifter.name for lifter in models.lifters],
                                            [shown[:, k] for k in range(shown.shape[1])], config.render)
@@ -219,7 +221,7 @@ def render_video(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, models: Mod
             if t >= num_frames:
                 raise RuntimeError(f"{job.clip.name} gave more frames on the second read than on the first")
             writer.write(renderer.render(frame, keypoints_2d[:, t], scores_2d[:, t], valid[:, t],
-                                         list(shown[:, :, t].swapaxes(0, 1))))
+                                         list(shown[:, :, t].swapaxes(0, 1)), shown=present[:, t], labels=labels))
             bar.update(1)
         entry["frames"] = writer.frames_written
     return job.out.video.name
