@@ -6,6 +6,10 @@ Ultralytics model works too: a local path, or a known name (`yolo11x-pose.pt`, `
 downloads itself when online. Ultralytics `.pt` files are whole pickled models; every one is first unpickled with
 `torch.load(weights_only=True)` against Ultralytics' allow-list of its own model classes, so a file that would run
 other code on loading is refused before Ultralytics' regular loader touches it.
+
+The network runs in PyTorch or, with `runtime` "onnx" / "openvino" (or "auto" on an x86 CPU), as an export of the
+same .pt made once by Ultralytics' exporter and cached by the file's hash (`pipeline.runtimes`); the .pt passes the
+same safe-loading check before it is exported.
 """
 from __future__ import annotations
 
@@ -20,6 +24,13 @@ import numpy as np
 
 from pipeline.devices import resolve_device, ultralytics_device
 from pipeline.errors import SettingError
+from pipeline.runtimes import (
+    RuntimeUnavailable,
+    check_runtime,
+    exported_model,
+    inference_precision,
+    resolve_runtime,
+)
 from pipeline.skeleton import COCO
 
 logger = logging.getLogger(__name__)
@@ -98,6 +109,15 @@ def _check_safe_to_unpickle(path: Path) -> None:
                             f"pickled code ({reason})") from exc
 
 
+def detector_weights_file(weights: str | Path | None) -> Path | None:
+    """The .pt file behind a detector setting (the bundled default for None), or None when it is not a .pt."""
+    if weights is None:
+        return default_detector_weights()
+    if not str(weights).endswith(".pt"):
+        return None
+    return _locate_weights(weights)
+
+
 def load_yolo(weights: str | Path | None = None):
     """An ultralytics.YOLO model: the bundled default when weights is None, else a path, name or model .yaml."""
     from ultralytics import YOLO
@@ -142,6 +162,12 @@ class DetectorConfig:
     imgsz: int = 640  # inference size of the longer side; frames are letterboxed, boxes come back in frame pixels
     conf: float = 0.1  # low on purpose: the tracker decides what is a person (low-confidence boxes only extend tracks)
     iou: float = 0.6  # non-maximum suppression overlap
+    # Where the network runs: "torch", "onnx", "openvino" (an export of the .pt, cached), or "auto": the fastest
+    # runtime installed for the device (pipeline.runtimes.resolve_runtime), falling back to torch with a logged reason.
+    runtime: str = "torch"
+
+    def __post_init__(self) -> None:
+        check_runtime(self.runtime)
 
 
 class PersonDetector:
@@ -152,10 +178,51 @@ class PersonDetector:
     to frame pixels).
     """
 
-    def __init__(self, config: DetectorConfig | None = None, model=None):
+    def __init__(self, config: DetectorConfig | None = None, model=None, export_root: Path | None = None):
+        """`model`: an already loaded ultralytics.YOLO (runs in PyTorch); else config.weights is loaded.
+        `export_root`: where exports are cached (default ~/.cache/poseformerv2-demo/exports)."""
         self.config = config or DetectorConfig()
         self.model = model if model is not None else load_yolo(self.config.weights)
-        self.device = ultralytics_device(resolve_device(self.config.device))
+        self._check_model()
+        device = resolve_device(self.config.device)
+        exportable = model is None and str(self.config.weights or ".pt").endswith(".pt")
+        choice = resolve_runtime(self.config.runtime, device, exportable=exportable)
+        self.runtime = "torch"  # the runtime actually used
+        if choice.runtime != "torch":
+            self._use_export(choice.runtime, export_root)
+        elif self.config.runtime == "auto":
+            logger.info("detector runs in PyTorch: %s", choice.reason)
+        if self.runtime != "torch" and device.type != "cpu":
+            logger.info("the %s detector runs on the CPU, not %s", self.runtime, device)
+        self.device = ultralytics_device(device) if self.runtime == "torch" else "cpu"
+        self.precision = inference_precision(self.runtime)  # "f32", or "bf16" for OpenVINO on bfloat16 CPUs
+
+    def _use_export(self, runtime: str, export_root: Path | None) -> None:
+        """Swap the PyTorch model for its export (made now if not cached); "auto" falls back to PyTorch on failure."""
+        from ultralytics import YOLO
+
+        weights = detector_weights_file(self.config.weights)
+        try:
+            path = exported_model(weights, sha256_of(weights), runtime, self.config.imgsz, load=load_yolo,
+                                  cache_root=export_root)
+            exported = YOLO(str(path), task=self.model.task)
+            try:  # loads and compiles it now, so that a broken export shows here rather than mid-clip
+                exported.predict([np.zeros((32, 32, 3), np.uint8)], imgsz=self.config.imgsz, device="cpu",
+                                 verbose=False)
+            except Exception as exc:
+                raise RuntimeUnavailable(f"the {runtime} export {path} does not run ({type(exc).__name__}: "
+                                         f"{str(exc).strip()[:200]}); delete {path.parent} to export it again, or "
+                                         "use the torch runtime") from exc
+        except RuntimeUnavailable as exc:
+            if self.config.runtime != "auto":
+                raise
+            logger.warning("the detector runs in PyTorch instead of %s: %s", runtime, exc.message)
+            return
+        logger.info("detector runs in %s (%s)", runtime, path.parent.name)
+        self.model, self.runtime = exported, runtime
+
+    def _check_model(self) -> None:
+        """A detection, segmentation or pose model whose class 0 is a person; pose models with COCO-17 keypoints."""
         task = getattr(self.model, "task", None)
         if task not in ("pose", "detect", "segment"):  # segmentation models give boxes too (masks are ignored)
             raise DetectorError(f"the detector must be an Ultralytics detection, segmentation or pose model, "
