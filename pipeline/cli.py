@@ -23,6 +23,7 @@ FLAG_OF_SETTING = {
     "detector": "--detector", "keypoint_backend": "--keypoints", "hrnet_weights": "--hrnet-weights",
     "person": "--person", "all_people": "--all-people", "start": "--start", "end": "--end",
     "checkpoints": "--checkpoint", "frames": "--frames", "device": "--device", "imgsz": "--imgsz",
+    "runtime": "--detector-runtime",
 }
 
 
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HRNet checkpoint (official pose_hrnet_w48_384x288.pth / pose_hrnet_w32_256x192.pth or mmpose)")
     m.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="where the networks run; auto = CUDA, then MPS, then CPU")
+    m.add_argument("--detector-runtime", choices=("auto", "torch", "onnx", "openvino"), default="auto",
+                   help="what runs the detector and HRNet: PyTorch, or an OpenVINO / ONNX Runtime export (made "
+                   "once, cached in ~/.cache/poseformerv2-demo/exports); auto = OpenVINO on an x86 CPU when "
+                   "installed, else PyTorch")
 
     t = p.add_argument_group("who to follow")
     t.add_argument("--person", type=int, default=None,
@@ -124,7 +129,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         out_root=args.out.expanduser().resolve(),
         pose2d=Pose2DConfig(detector=args.detector, keypoint_backend=args.keypoints, hrnet_weights=args.hrnet_weights,
-                            device=args.device, person=args.person, all_people=args.all_people, imgsz=args.imgsz),
+                            device=args.device, person=args.person, all_people=args.all_people, imgsz=args.imgsz,
+                            runtime=args.detector_runtime),
         lifting=LiftingConfig(checkpoints=list(args.checkpoint or []), frames=args.frames, device=args.device),
         render=RenderConfig(elev=args.elev, azim=args.azim),
         clip_range=ClipRange(start=parse_frame_or_time(args.start, "start"), end=parse_frame_or_time(args.end, "end")),

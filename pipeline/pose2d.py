@@ -38,6 +38,7 @@ import numpy as np
 from pipeline.detection import DetectorConfig, PersonDetector
 from pipeline.errors import SettingError
 from pipeline.imgsz import AUTO, AutoImgszConfig, choose_imgsz, parse_imgsz, spread_sample
+from pipeline.runtimes import check_runtime
 from pipeline.skeleton import COCO, coco_to_h36m
 from pipeline.tracking import PersonTracker, TrackerConfig, TrackSequence, presence_span, select_tracks
 
@@ -56,6 +57,7 @@ class Pose2DConfig:
     keypoint_backend: str = "yolo"
     hrnet_weights: Path | None = None  # needed for "hrnet" unless a TopDownEstimator is passed in
     device: str = "cpu"  # "auto", "cpu", "cuda", "mps"
+    runtime: str = "torch"  # what runs the detector and HRNet: "torch", "onnx", "openvino", "auto" (pipeline.runtimes)
     # Detector input size: "auto" (chosen per clip from the people's size, pipeline.imgsz) or pixels (640, 1280).
     imgsz: int | str = AUTO
     auto_imgsz: AutoImgszConfig = field(default_factory=AutoImgszConfig)
@@ -73,6 +75,7 @@ class Pose2DConfig:
             raise SettingError("keypoint_backend", f"must be 'auto', 'yolo' or 'hrnet', not {self.keypoint_backend!r}")
         if self.batch_size < 1 or self.max_gap < 0 or self.min_track_frames < 1:
             raise ValueError("batch_size and min_track_frames must be >= 1 and max_gap >= 0")
+        check_runtime(self.runtime)
         try:
             self.imgsz = parse_imgsz(self.imgsz)
         except ValueError as exc:
@@ -175,10 +178,13 @@ def build_topdown(config: Pose2DConfig):
                            "pose_hrnet_w48_384x288.pth (github.com/leoxiaobin/deep-high-resolution-net.pytorch)")
     from pipeline.devices import resolve_device
     from pipeline.hrnet import load_hrnet
+    from pipeline.runtimes import heatmap_network
     from pipeline.topdown import TopDownEstimator
 
     device = resolve_device(config.device)
-    return TopDownEstimator(load_hrnet(config.hrnet_weights, device=device), device=device)
+    model = load_hrnet(config.hrnet_weights, device=device)
+    model, device = heatmap_network(model, config.hrnet_weights, config.runtime, device)  # PyTorch or an export
+    return TopDownEstimator(model, device=device)
 
 
 class Pose2DEstimator:
@@ -190,7 +196,8 @@ class Pose2DEstimator:
         c = self.config
         fixed = c.imgsz if c.imgsz != AUTO else c.auto_imgsz.min_imgsz
         self.detector = detector or PersonDetector(DetectorConfig(weights=c.detector, device=c.device,
-                                                                  imgsz=fixed, conf=c.detector_conf))
+                                                                  imgsz=fixed, conf=c.detector_conf,
+                                                                  runtime=c.runtime))
         if c.backend == "yolo" and not self.detector.has_keypoints:
             raise SettingError("detector", "a detection-only model gives no keypoints: use a -pose model "
                                "(e.g. yolo11x-pose.pt) or the hrnet keypoint backend")

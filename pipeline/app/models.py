@@ -45,6 +45,9 @@ class Models:
             from pipeline.pose2d import Pose2DEstimator
 
             self._pose2d = Pose2DEstimator(self.pose2d_config)
+            # What runs: "auto" falls back to PyTorch when an export fails; provenance records the runtime used.
+            detector = self._pose2d.detector
+            self.pose2d_identity.update(detector_runtime=detector.runtime, detector_precision=detector.precision)
         return self._pose2d
 
     def provenance(self) -> dict:
@@ -93,14 +96,21 @@ def resolve_pose2d_config(config: Pose2DConfig) -> Pose2DConfig:
 
 
 def pose2d_identity(config: Pose2DConfig) -> dict:
-    """What decides the 2D result of a resolved config (the clip aside)."""
+    """What decides the 2D result of a resolved config (the clip aside). The detector's runtime is the one "auto"
+    resolves to here (pipeline.runtimes), and its compute precision (OpenVINO's bfloat16 moves keypoints slightly)."""
     from pipeline.detection import default_detector_weights
+    from pipeline.devices import resolve_device
+    from pipeline.runtimes import inference_precision, resolve_runtime
 
     detector_file = Path(config.detector) if config.detector and Path(config.detector).is_file() else None
+    exportable = str(config.detector or ".pt").endswith(".pt")
+    runtime = resolve_runtime(config.runtime, resolve_device(config.device), exportable=exportable).runtime
     return {
         "version": POSE2D_CACHE_VERSION,
         "detector": config.detector or default_detector_weights().name,
         "detector_file": file_fingerprint(detector_file) if detector_file else None,
+        "detector_runtime": runtime,
+        "detector_precision": inference_precision(runtime),
         "keypoints": config.keypoint_backend,  # the keypoint backend; the key name is kept for existing outputs
         "hrnet_weights": file_fingerprint(config.hrnet_weights) if config.hrnet_weights else None,
         "person": config.person,
