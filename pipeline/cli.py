@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import sys
 from pathlib import Path
 
 from pipeline.app.inputs import PROJECT_ROOT, ClipRange, UserError, resolve_clips
 from pipeline.app.models import LiftingConfig
-from pipeline.app.runner import RunConfig, process_clips
+from pipeline.app.process import configure_process
+from pipeline.app.runner import MotionConfig, RunConfig, process_clips
 from pipeline.errors import SettingError
 from pipeline.pose2d import Pose2DConfig
 from pipeline.render import RenderConfig
@@ -22,8 +21,8 @@ from pipeline.render import RenderConfig
 FLAG_OF_SETTING = {
     "detector": "--detector", "keypoint_backend": "--keypoints", "hrnet_weights": "--hrnet-weights",
     "person": "--person", "all_people": "--all-people", "start": "--start", "end": "--end",
-    "checkpoints": "--checkpoint", "frames": "--frames", "device": "--device", "imgsz": "--imgsz",
-    "runtime": "--detector-runtime",
+    "checkpoints": "--checkpoint", "frames": "--frames", "device": "--device", "runtime": "--detector-runtime",
+    "fov_deg": "--fov", "focal_px": "--focal", "imgsz": "--imgsz",
 }
 
 
@@ -57,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="process the clips in parallel on Ray, one worker per core (pip install -e .[ray]): no "
                     "ADDRESS starts Ray on this machine; 'auto', HOST:PORT or ray://HOST:PORT joins a cluster whose "
                     "nodes all see the clips and --out at the same paths. Writes OUT/batch.json")
-    io.add_argument("--no-render", action="store_true", help="stop after writing keypoints.npz (no video)")
+    io.add_argument("--no-render", action="store_true",
+                    help="write no mp4 (keypoints.npz, the BVH and the viewer page are still written)")
     io.add_argument("--start", default=None,
                     help="first frame to process: a frame index (120) or a time in seconds (4.5s)")
     io.add_argument("--end", default=None,
@@ -94,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "largest")
     t.add_argument("--all-people", action="store_true",
                    help="lift every person tracked for long enough, not only the main subject")
+
+    mo = p.add_argument_group("motion")
+    mo.add_argument("--no-trajectory", action="store_true",
+                    help="keep every pelvis at the origin (the released demo's view) instead of estimating where the "
+                    "person moves")
+    mo.add_argument("--fov", type=float, default=None,
+                    help="the camera's diagonal field of view in degrees, when known (default: 53, the diagonal in "
+                    "pixels as focal length; or the video's metadata); the trajectory's depth scales with it")
+    mo.add_argument("--focal", type=float, default=None, help="the camera's focal length in pixels, when known")
+    mo.add_argument("--no-bvh", action="store_true", help="do not write the .bvh files")
+    io.add_argument("--no-viewer", action="store_true", help="do not write the interactive <clip>_viewer.html")
+    io.add_argument("--rerun", action="store_true",
+                    help="also write a Rerun recording <clip>.rrd (needs pip install -e .[rerun])")
 
     v = p.add_argument_group("rendering")
     v.add_argument("--elev", type=float, default=15.0, help="3D view elevation in degrees")
@@ -134,7 +147,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         lifting=LiftingConfig(checkpoints=list(args.checkpoint or []), frames=args.frames, device=args.device),
         render=RenderConfig(elev=args.elev, azim=args.azim),
         clip_range=ClipRange(start=parse_frame_or_time(args.start, "start"), end=parse_frame_or_time(args.end, "end")),
+        motion=MotionConfig(trajectory=not args.no_trajectory, fov_deg=args.fov, focal_px=args.focal,
+                            bvh=not args.no_bvh),
         write_video=not args.no_render,
+        viewer=not args.no_viewer,
+        rerun=args.rerun,
         force=args.force,
         show_progress=not args.quiet,
     )
@@ -152,35 +169,10 @@ def error_message(exc: BaseException) -> str:
     return message
 
 
-def return_large_buffers_to_the_system() -> None:
-    """Serve every allocation of 1 MB or more (decoded frames, detector inputs) with its own mmap.
-
-    glibc otherwise raises its mmap threshold after the first large free and then carves multi-megabyte frames out of
-    per-thread heaps, which fragment: the process grew by ~2 GB per 1000 frames of the sample clip. A fixed threshold
-    keeps memory flat in the length of the video. Other C libraries (macOS, musl) manage this themselves.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        libc = None
-    if libc is not None and hasattr(libc, "mallopt") and platform.libc_ver()[0] == "glibc":
-        M_MMAP_THRESHOLD = -3
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Ultralytics' own loader unpickles with weights_only=True and its allow-list only when this is set (read at its
-    # import); pipeline.detection refuses unsafe files before that, and this closes the second load too.
-    os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")
-    return_large_buffers_to_the_system()
+    configure_process()  # Ultralytics' safe loading, no auto-install, quiet; flat memory (pipeline.app.process)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    # Ultralytics logs every model call at INFO; its own messages are not what a user of this tool needs.
-    logging.getLogger("ultralytics").setLevel(logging.WARNING)
     try:
         config = config_from_args(args)
         clips = resolve_clips(args.video, sample=args.sample)

@@ -34,6 +34,7 @@ from pathlib import Path
 from pipeline.app.inputs import UserError
 from pipeline.app.models import Models, load_models
 from pipeline.app.outputs import save_json
+from pipeline.app.process import ultralytics_environment
 from pipeline.app.runner import RunConfig, one_line, plan_clip, process_clip
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,9 @@ class ClipWorker:
         import ray
         import ultralytics  # noqa: F401  (importing it sets its logger to INFO)
 
-        from pipeline.cli import return_large_buffers_to_the_system
+        from pipeline.app.process import configure_process
 
-        return_large_buffers_to_the_system()
-        logging.getLogger("ultralytics").setLevel(logging.WARNING)  # as the command line means to
+        configure_process()
         self.config = config
         self.describe_error = describe_error
         self.models = load_models(config.lifting, config.pose2d)
@@ -188,10 +188,8 @@ def with_absolute_paths(config: RunConfig, models: Models) -> RunConfig:
 
 def connect(ray, ray_config: RayConfig) -> None:
     """Start a local Ray instance or join the cluster at the address."""
-    # What pipeline.cli.main sets for Ultralytics (read at its import), for the workers too: its loader unpickles
-    # with weights_only=True, and it does not pip-install what it misses.
-    env = {"ULTRALYTICS_SAFE_LOAD": os.environ.get("ULTRALYTICS_SAFE_LOAD", "1"),
-           "YOLO_AUTOINSTALL": os.environ.get("YOLO_AUTOINSTALL", "false")}
+    # The Ultralytics settings of this process (read at its import), for the workers too (pipeline.app.process).
+    env = ultralytics_environment()
     options = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": {"env_vars": env}}
     if ray_config.address in (None, "local"):
         ray.init(address="local", include_dashboard=False, **options)

@@ -1,7 +1,7 @@
 """One run of the demo: the stages per clip, in the order the data flows, and their outputs.
 
-    process_clip: plan -> (skip when complete) -> 2D keypoints (cached) -> lifting -> keypoints.npz
-                  -> render + encode the mp4 -> run.json
+    process_clip: plan -> (skip when complete) -> 2D keypoints (cached) -> lifting -> trajectory and world view
+                  -> keypoints.npz -> BVH -> render + encode the mp4 -> run.json
 
 This module and `pipeline.cli` are the only ones that know about files and flags; every stage it calls takes arrays
 and returns arrays. Paths and atomic writes live in `pipeline.app.outputs`, the 2D cache in `pipeline.app.cache`, the
@@ -9,6 +9,9 @@ networks in `pipeline.app.models`.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +30,18 @@ from pipeline.pose2d import Pose2DConfig, Pose2DOutput
 from pipeline.render import RenderConfig
 from pipeline.skeleton import H36M
 
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MotionConfig:
+    """Where the person moves: the pelvis trajectory, the camera's focal length it rests on, and the BVH export."""
+
+    trajectory: bool = True  # False: every pelvis pinned at the origin, as the released demo draws it
+    fov_deg: float | None = None  # the camera's diagonal field of view, when known
+    focal_px: float | None = None  # the camera's focal length in pixels, when known (wins over fov_deg)
+    bvh: bool = True  # one .bvh per lifter checkpoint
+
 
 @dataclass
 class RunConfig:
@@ -37,7 +52,10 @@ class RunConfig:
     lifting: LiftingConfig = field(default_factory=LiftingConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     clip_range: ClipRange = field(default_factory=ClipRange)
-    write_video: bool = True  # False: stop after keypoints.npz
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    write_video: bool = True  # False: no mp4
+    viewer: bool = True  # the interactive <clip>_viewer.html
+    rerun: bool = False  # a Rerun recording <clip>.rrd (pip install -e .[rerun])
     force: bool = False  # redo clips whose outputs are complete
     show_progress: bool = True
 
@@ -50,7 +68,8 @@ class RunConfig:
             "hrnet_weights": p.hrnet_weights, "person": p.person, "all_people": p.all_people,
             "start": self.clip_range.start, "end": self.clip_range.end, "elev": self.render.elev,
             "azim": self.render.azim, "render": self.write_video, "force": self.force,
-            "show_progress": self.show_progress,
+            "show_progress": self.show_progress, "trajectory": self.motion.trajectory, "fov": self.motion.fov_deg,
+            "focal": self.motion.focal_px, "bvh": self.motion.bvh, "viewer": self.viewer, "rerun": self.rerun,
         }
 
 
@@ -67,10 +86,11 @@ class ClipJob:
     fingerprint: str  # of everything that decides the outputs: a complete run with the same one is skipped
 
     def frames(self) -> Iterator[np.ndarray]:
-        """A fresh iterator over the frames to process (the 2D stage may read them twice, rendering once more)."""
-        from pipeline.media.decode import iter_frames
+        """A fresh iterator over the frames to process (the 2D stage may read them twice, rendering once more),
+        decoded ahead in a background thread while the caller works on the previous ones."""
+        from pipeline.media.decode import iter_frames, prefetched
 
-        return iter_frames(self.clip, self.first, self.stop, self.info)
+        return prefetched(iter_frames(self.clip, self.first, self.stop, self.info))
 
     def expected_frames(self) -> int:
         """The frame count for the progress bars (packets: ~0.1 s, exact for undamaged files)."""
@@ -86,6 +106,18 @@ class Lifted:
     camera: np.ndarray  # (P, K, T, 17, 3) root-relative camera space, metres
     world: np.ndarray  # (P, K, T, 17, 3) the demo's world view
     disagreement_mm: dict[str, float]  # per checkpoint after the first: mean joint distance to the first's poses
+
+
+@dataclass
+class Scene:
+    """Where everyone is: the pelvis trajectories and the world poses the 3D panels draw (and the BVH holds)."""
+
+    trajectory_camera: np.ndarray | None  # (P, K, T, 3) pelvis in camera space, metres; None with --no-trajectory
+    trajectory_world: np.ndarray | None  # (P, K, T, 3) the same in the world view (z up, ground at z = 0)
+    poses: np.ndarray  # (P, K, T, 17, 3) world poses: moving along the trajectory, or pinned
+    focal_px: float | None  # the focal length the trajectory rests on
+    focal_source: str | None  # where it came from: "focal", "fov", "metadata" or "default"
+    problem: str | None = None  # why there is no trajectory although one was asked for
 
 
 def process_clips(clips: list[Path], config: RunConfig,
@@ -122,11 +154,18 @@ def process_clip(clip: Path, config: RunConfig, models: Models, ray_worker: dict
     timer = StageTimer()
     pose2d = estimate_2d(job, models, timer, config.show_progress)
     lifted = lift_people(job, pose2d, models.lifters, timer, config.show_progress)
-    written = write_keypoints(job, pose2d, lifted, models)
+    scene = place_in_world(job, pose2d, lifted, config.motion)
+    written = write_keypoints(job, pose2d, lifted, scene, models)
+    if config.motion.bvh:
+        written += write_bvh(job, pose2d, scene, models)
+    if config.viewer:
+        written.append(write_viewer_page(job, pose2d, scene, models))
+    if config.rerun:
+        written.append(write_rerun_recording(job, pose2d, scene, models))
     if config.write_video:
-        written.append(render_video(job, pose2d, lifted, models, config, timer))
+        written.append(render_video(job, pose2d, scene, models, config, timer))
     total = time.perf_counter() - t_start
-    write_run_record(job, config, models, pose2d, lifted, timer, written, total, ray_worker)
+    write_run_record(job, config, models, pose2d, lifted, scene, timer, written, total, ray_worker)
     return clip_summary(job, pose2d, timer, total, lifted.disagreement_mm)
 
 
@@ -142,7 +181,8 @@ def plan_clip(clip: Path, config: RunConfig, models: Models) -> ClipJob:
         **clip_identity, "pose2d": pose2d_key,
         "checkpoints": [file_fingerprint(lifter.checkpoint) for lifter in models.lifters],
         "frames": config.lifting.frames, "render": config.write_video,
-        "elev": config.render.elev, "azim": config.render.azim,
+        "elev": config.render.elev, "azim": config.render.azim, "motion": dataclasses.asdict(config.motion),
+        "viewer": config.viewer, "rerun": config.rerun,
     }
     return ClipJob(clip=clip, info=info, first=first, stop=stop, out=ClipOutputs.for_clip(config.out_root, clip),
                    pose2d_key=pose2d_key, fingerprint=short_hash(settings))
@@ -184,20 +224,130 @@ def mean_joint_distance_mm(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b, axis=-1).mean() * 1000)
 
 
-def write_keypoints(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, models: Models) -> list[str]:
+def place_in_world(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, config: MotionConfig) -> Scene:
+    """Every person's pelvis trajectory (`pipeline.motion.trajectory`) and the world poses to draw: moving along it
+    with one ground for the clip, or (trajectory off) pinned at the origin as the released demo draws them.
+
+    When a lifter's poses cannot be placed at all (no frame fits, e.g. a degenerate untrained checkpoint), the clip is
+    still processed, pinned: a warning says so, and run.json records why."""
+    if not config.trajectory:
+        return Scene(None, None, placed_worlds(pose2d, lifted.world), None, None)
+    try:
+        return moving_scene(job, pose2d, lifted, config)
+    except ValueError as exc:
+        problem = f"no trajectory, the skeleton stays pinned: {exc}"
+        logger.warning("%s: %s", job.clip.name, problem)
+        return Scene(None, None, placed_worlds(pose2d, lifted.world), None, None, problem=problem)
+
+
+def moving_scene(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, config: MotionConfig) -> Scene:
+    """The trajectories of every person and checkpoint, and everyone on the followed person's ground."""
+    from pipeline.motion.trajectory import estimate_trajectory
+    from pipeline.scene import world_scene
+
+    width, height = pose2d.image_size
+    focal, source = camera_focal(job.info, width, height, config)
+    people, lifters = lifted.camera.shape[:2]
+    camera_path = np.zeros((people, lifters, pose2d.num_frames, 3), np.float32)
+    for p, person in enumerate(pose2d.people):
+        for k in range(lifters):
+            try:
+                camera_path[p, k] = estimate_trajectory(person.keypoints, person.scores, lifted.camera[p, k],
+                                                        (width, height), job.info.fps, valid=person.valid,
+                                                        focal_px=focal).camera
+            except ValueError as exc:
+                raise ValueError(f"person {person.track_id}, checkpoint {k + 1}: {exc}") from exc
+    valid = np.stack([person.valid for person in pose2d.people])
+    poses, roots = zip(*(world_scene(lifted.camera[:, k], camera_path[:, k], valid) for k in range(lifters)),
+                       strict=True)
+    return Scene(camera_path, np.stack(roots, axis=1), np.stack(poses, axis=1), focal, source)
+
+
+def camera_focal(info: MediaInfo, width: int, height: int, config: MotionConfig) -> tuple[float, str]:
+    """The focal length in pixels and where it came from: the user's, the video's metadata, or the default."""
+    from pipeline.motion.trajectory import focal_length_px
+
+    if config.focal_px is not None:
+        return focal_length_px(width, height, focal_px=config.focal_px), "focal"
+    if config.fov_deg is not None:
+        return focal_length_px(width, height, fov_deg=config.fov_deg), "fov"
+    if info.focal_length_35mm is not None:  # the 35 mm frame's diagonal is 43.27 mm
+        diagonal_fov = np.degrees(2 * np.arctan(43.27 / 2 / info.focal_length_35mm))
+        return focal_length_px(width, height, fov_deg=float(diagonal_fov)), "metadata"
+    return focal_length_px(width, height), "default"
+
+
+def write_keypoints(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, scene: Scene, models: Models) -> list[str]:
     """keypoints.npz for the followed person, keypoints_person<ID>.npz for the others; returns the file names."""
     written = []
     for p, person in enumerate(pose2d.people):
         target = job.out.keypoints if p == 0 else job.out.person_keypoints(person.track_id)
-        save_npz(target, keypoints_arrays(person, lifted.camera[p], lifted.world[p],
-                                          checkpoint_names=[lifter.name for lifter in models.lifters],
-                                          models=models.provenance(), fps=job.info.fps, first_frame=job.first,
-                                          image_size=pose2d.image_size))
+        arrays = keypoints_arrays(person, lifted.camera[p], lifted.world[p],
+                                  checkpoint_names=[lifter.name for lifter in models.lifters],
+                                  models=models.provenance(), fps=job.info.fps, first_frame=job.first,
+                                  image_size=pose2d.image_size)
+        if scene.trajectory_camera is not None:
+            arrays["trajectory_camera"] = scene.trajectory_camera[p]
+            arrays["trajectory_world"] = scene.trajectory_world[p]
+            arrays["focal_px"] = np.float64(scene.focal_px)
+        save_npz(target, arrays)
         written.append(target.name)
     return written
 
 
-def render_video(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, models: Models, config: RunConfig,
+def write_bvh(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Models) -> list[str]:
+    """One BVH of the followed person per checkpoint: <clip>.bvh, then <clip>_<checkpoint>.bvh."""
+    from pipeline.app.outputs import atomic_output
+    from pipeline.motion.bvh import bvh_file_names, bvh_text
+
+    names = bvh_file_names(job.clip.stem, [lifter.name for lifter in models.lifters])
+    followed = pose2d.people[0]
+    for k, name in enumerate(names):
+        text = bvh_text(scene.poses[0, k], job.info.fps, valid=followed.valid)
+        with atomic_output(job.out.folder / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return names
+
+
+# Codecs that Chrome, Firefox and Safari all play in a <video> element (the viewer page plays the input clip).
+BROWSER_CODECS = ("h264", "vp8", "vp9", "av1")
+
+
+def write_viewer_page(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Models) -> str:
+    """<clip>_viewer.html: the input clip with its 2D skeletons beside an orbitable 3D view (`pipeline.viewer`).
+    The page refers to the clip by a relative path, so it stays small and must stay beside the clip's folder."""
+    from pipeline.viewer import write_viewer
+
+    if job.info.codec not in BROWSER_CODECS:
+        logger.warning("%s: browsers do not play %s video; the viewer page will show the poses without the clip",
+                       job.clip.name, job.info.codec)
+    people = pose2d.people
+    dest = job.out.folder / f"{job.clip.stem}_viewer.html"
+    write_viewer(dest, video_relpath=os.path.relpath(job.clip, job.out.folder), fps=job.info.fps,
+                 image_size=pose2d.image_size, keypoints_2d=np.stack([p.keypoints for p in people]),
+                 valid=np.stack([p.valid for p in people]), scores_2d=np.stack([p.scores for p in people]),
+                 poses_world=scene.poses.swapaxes(0, 1),
+                 trajectory_world=None if scene.trajectory_world is None else scene.trajectory_world.swapaxes(0, 1),
+                 checkpoint_names=[lifter.name for lifter in models.lifters], frame_offset=job.first,
+                 title=job.clip.name)
+    return dest.name
+
+
+def write_rerun_recording(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Models) -> str:
+    """<clip>.rrd: the clip, the 2D keypoints and every checkpoint's 3D on one timeline (`pipeline.rerun_export`)."""
+    from pipeline.rerun_export import write_rerun
+
+    people = pose2d.people
+    dest = job.out.folder / f"{job.clip.stem}.rrd"
+    write_rerun(dest, fps=job.info.fps, keypoints_2d=np.stack([p.keypoints for p in people]),
+                valid=np.stack([p.valid for p in people]), poses_world=scene.poses.swapaxes(0, 1),
+                checkpoint_names=[lifter.name for lifter in models.lifters], video_path=job.clip,
+                trajectory_world=None if scene.trajectory_world is None else scene.trajectory_world.swapaxes(0, 1),
+                frame_offset=job.first)
+    return dest.name
+
+
+def render_video(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Models, config: RunConfig,
                  timer: StageTimer) -> str:
     """The side-by-side mp4: the input with the 2D skeletons, one 3D panel per checkpoint, the input's audio."""
     from pipeline.media.encode import VideoWriter
@@ -209,7 +359,8 @@ def render_video(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, models: Mod
     valid = np.stack([p.valid for p in people])
     present = np.stack([p.span for p in people])  # (P, T): each person is drawn only while there
     labels = [str(p.track_id) for p in people] if len(people) > 1 else None  # ids in both panels, own colours
-    shown = placed_worlds(pose2d, lifted.world)  # (P, K, T, 17, 3)
+    shown = scene.poses  # (P, K, T, 17, 3)
+    roots = scene.trajectory_world  # (P, K, T, 3) or None: the pelvis trails
     renderer = SideBySideRenderer.for_clip(pose2d.image_size, [lifter.name for lifter in models.lifters],
                                            [shown[:, k] for k in range(shown.shape[1])], config.render)
     num_frames, info = pose2d.num_frames, job.info
@@ -220,8 +371,10 @@ def render_video(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, models: Mod
         for t, frame in enumerate(job.frames()):
             if t >= num_frames:
                 raise RuntimeError(f"{job.clip.name} gave more frames on the second read than on the first")
+            trails = None if roots is None else [roots[:, k, : t + 1] for k in range(roots.shape[1])]
             writer.write(renderer.render(frame, keypoints_2d[:, t], scores_2d[:, t], valid[:, t],
-                                         list(shown[:, :, t].swapaxes(0, 1)), shown=present[:, t], labels=labels))
+                                         list(shown[:, :, t].swapaxes(0, 1)), trails=trails, shown=present[:, t],
+                                         labels=labels))
             bar.update(1)
         entry["frames"] = writer.frames_written
     return job.out.video.name
@@ -242,7 +395,8 @@ def placed_worlds(pose2d: Pose2DOutput, world: np.ndarray) -> np.ndarray:
 
 
 def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Pose2DOutput, lifted: Lifted,
-                     timer: StageTimer, written: list[str], total: float, ray_worker: dict | None = None) -> None:
+                     scene: Scene, timer: StageTimer, written: list[str], total: float,
+                     ray_worker: dict | None = None) -> None:
     """run.json: settings, models, tracks, timings and versions; written last, it marks the outputs complete."""
     width, height = pose2d.image_size
     info = job.info
@@ -258,10 +412,20 @@ def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Po
         "people": [{"track_id": p.track_id, "detected_frames": int(p.valid.sum())} for p in pose2d.people],
         "tracks": pose2d.tracks,
         "checkpoint_disagreement_mm": lifted.disagreement_mm,
+        "trajectory": trajectory_record(scene),
         "timings": {**timer.stages, "total_seconds": round(total, 3)},
         **({"ray": ray_worker} if ray_worker else {}),  # node, hostname, worker_pid, address
         "versions": package_versions(),
     })
+
+
+def trajectory_record(scene: Scene) -> dict | None:
+    """What run.json says about the trajectory: its focal length and where that came from, or why there is none."""
+    if scene.problem is not None:
+        return {"error": scene.problem}
+    if scene.focal_px is None:
+        return None
+    return {"focal_px": round(scene.focal_px, 2), "focal_source": scene.focal_source}
 
 
 def clip_summary(job: ClipJob, pose2d: Pose2DOutput, timer: StageTimer, total: float,

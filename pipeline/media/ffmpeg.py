@@ -81,6 +81,7 @@ class MediaInfo:
     audio_codec: str | None  # of the first audio stream; None when there is none
     duration: float | None  # seconds, from the container header
     stream: int = 0  # which video stream is decoded (cover art, an "attached pic", is skipped)
+    focal_length_35mm: float | None = None  # the lens's 35 mm-equivalent focal length, where the file records it
 
     @property
     def has_audio(self) -> bool:
@@ -149,6 +150,17 @@ def _first_audio_codec(stream_lines: list[str]) -> str | None:
     return audio.group(1) if audio else None
 
 
+def _focal_length_35mm(text: str) -> float | None:
+    """A 35 mm-equivalent focal length from the metadata (phones write e.g.
+    `com.apple.quicktime.camera.focal_length.35mm_equivalent: 26`); None when absent or implausible."""
+    match = re.search(r"focal[_.\s]?length[_.\s]?(?:in[_.\s]?)?35mm(?:[_.\s]?(?:equivalent|film))?\s*:\s*([\d.]+)",
+                      text, flags=re.IGNORECASE)
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value if 5.0 <= value <= 2000.0 else None
+
+
 def parse_ffmpeg_header(text: str, path: Path) -> MediaInfo:
     """The decoded video stream's (and the first audio stream's) properties from `ffmpeg -i` stderr."""
     stream_lines = _stream_lines(text)
@@ -181,7 +193,8 @@ def parse_ffmpeg_header(text: str, path: Path) -> MediaInfo:
     return MediaInfo(path=path, width=width, height=height, fps=fps,
                      frame_count_header=int(round(duration * fps)) if duration is not None else None,
                      rotation=rotation, codec=codec, pix_fmt=pix_fmt.group(1) if pix_fmt else None,
-                     audio_codec=_first_audio_codec(stream_lines), duration=duration, stream=video_stream)
+                     audio_codec=_first_audio_codec(stream_lines), duration=duration, stream=video_stream,
+                     focal_length_35mm=_focal_length_35mm(text))
 
 
 def probe(path: str | Path) -> MediaInfo:
