@@ -39,10 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="demo.py",
         description="Turn a video of a person into a side-by-side 2D/3D pose video with PoseFormerV2. "
-        "Results go to outputs/<clip>/: <clip>_pose3d.mp4, keypoints.npz, run.json.",
+        "Results go to outputs/<clip>/: <clip>_pose3d.mp4, keypoints.npz, <clip>.bvh, <clip>_viewer.html, run.json.",
         formatter_class=_HelpFormatter,
     )
-    io = p.add_argument_group("input and output")
+    add_input_output_flags(p.add_argument_group("input and output"))
+    add_model_flags(p.add_argument_group("models"))
+    add_motion_and_view_flags(p)
+    o = p.add_argument_group("messages")
+    o.add_argument("--quiet", action="store_true", help="no progress bars, only errors and the summary line")
+    o.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return p
+
+
+def add_input_output_flags(io: argparse._ArgumentGroup) -> None:
     io.add_argument("--video", type=Path, default=None,
                     help="a video file; a bare file name is looked up in videos/; a folder processes every clip in it; "
                     "omitted: every clip in videos/")
@@ -62,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first frame to process: a frame index (120) or a time in seconds (4.5s)")
     io.add_argument("--end", default=None,
                     help="frame (exclusive) or time in seconds at which to stop; default: the end of the clip")
+    io.add_argument("--no-viewer", action="store_true", help="do not write the interactive <clip>_viewer.html")
+    io.add_argument("--rerun", action="store_true",
+                    help="also write a Rerun recording <clip>.rrd (needs pip install -e .[rerun])")
 
-    m = p.add_argument_group("models")
+
+def add_model_flags(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--checkpoint", type=Path, action="append", default=None,
                    help="PoseFormerV2 lifter: a released .bin (e.g. 27_243_45.2.bin), a state dict or a .safetensors "
                    "file; a bare name is looked up in weights/. Repeat to compare checkpoints side by side. "
@@ -88,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "once, cached in ~/.cache/poseformerv2-demo/exports); auto = OpenVINO on an x86 CPU when "
                    "installed, else PyTorch")
 
+
+def add_motion_and_view_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("who to follow")
     t.add_argument("--person", type=int, default=None,
                    help="track id to lift (ids are listed in run.json); default: the person present longest and "
@@ -104,18 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "pixels as focal length; or the video's metadata); the trajectory's depth scales with it")
     mo.add_argument("--focal", type=float, default=None, help="the camera's focal length in pixels, when known")
     mo.add_argument("--no-bvh", action="store_true", help="do not write the .bvh files")
-    io.add_argument("--no-viewer", action="store_true", help="do not write the interactive <clip>_viewer.html")
-    io.add_argument("--rerun", action="store_true",
-                    help="also write a Rerun recording <clip>.rrd (needs pip install -e .[rerun])")
-
     v = p.add_argument_group("rendering")
     v.add_argument("--elev", type=float, default=15.0, help="3D view elevation in degrees")
     v.add_argument("--azim", type=float, default=70.0, help="3D view azimuth in degrees")
-
-    o = p.add_argument_group("messages")
-    o.add_argument("--quiet", action="store_true", help="no progress bars, only errors and the summary line")
-    o.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    return p
 
 
 def parse_frame_or_time(value: str | None, name: str) -> int | float | None:
