@@ -188,6 +188,9 @@ def with_absolute_paths(config: RunConfig, models: Models) -> RunConfig:
 
 def connect(ray, ray_config: RayConfig) -> None:
     """Start a local Ray instance or join the cluster at the address."""
+    # Ray's progress-bar relay would otherwise replace builtins.print in this process for good (ray.experimental.
+    # tqdm_ray): a side effect on everything else the process runs.
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     # The Ultralytics settings of this process (read at its import), for the workers too (pipeline.app.process).
     env = ultralytics_environment()
     options = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": {"env_vars": env}}
