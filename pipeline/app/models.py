@@ -114,6 +114,8 @@ def pose2d_identity(config: Pose2DConfig) -> dict:
         "detector_precision": inference_precision(runtime),
         "keypoints": config.keypoint_backend,  # the keypoint backend; the key name is kept for existing outputs
         "hrnet_weights": file_fingerprint(config.hrnet_weights) if config.hrnet_weights else None,
+        "imgsz": config.imgsz,
+        "auto_imgsz": dataclasses.asdict(config.auto_imgsz) if config.imgsz == "auto" else None,
         "person": config.person,
         "all_people": config.all_people,
     }
