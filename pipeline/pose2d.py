@@ -127,6 +127,10 @@ class Pose2DOutput:
     image_size: tuple[int, int]  # (width, height) of the frames
     detection: dict = field(default_factory=dict)  # the detector input size used and how it was chosen (run.json)
 
+    def stacked(self, name: str) -> np.ndarray:
+        """One per-person array of every followed person, stacked: e.g. "keypoints" -> (P, T, 17, 2)."""
+        return np.stack([getattr(person, name) for person in self.people])
+
 
 def fill_gaps(frames: np.ndarray, values: np.ndarray, num_frames: int, max_gap: int) -> np.ndarray:
     """Values known at increasing `frames` (M, ...) -> (num_frames, ...) with every frame filled.

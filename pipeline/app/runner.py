@@ -257,7 +257,7 @@ def moving_scene(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, config: Mot
                                                         focal_px=focal).camera
             except ValueError as exc:
                 raise ValueError(f"person {person.track_id}, checkpoint {k + 1}: {exc}") from exc
-    valid = np.stack([person.valid for person in pose2d.people])
+    valid = pose2d.stacked("valid")
     poses, roots = zip(*(world_scene(lifted.camera[:, k], camera_path[:, k], valid) for k in range(lifters)),
                        strict=True)
     return Scene(camera_path, np.stack(roots, axis=1), np.stack(poses, axis=1), focal, source)
@@ -321,15 +321,9 @@ def write_viewer_page(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: 
     if job.info.codec not in BROWSER_CODECS:
         logger.warning("%s: browsers do not play %s video; the viewer page will show the poses without the clip",
                        job.clip.name, job.info.codec)
-    people = pose2d.people
     dest = job.out.folder / f"{job.clip.stem}_viewer.html"
-    write_viewer(dest, video_relpath=os.path.relpath(job.clip, job.out.folder), fps=job.info.fps,
-                 image_size=pose2d.image_size, keypoints_2d=np.stack([p.keypoints for p in people]),
-                 valid=np.stack([p.valid for p in people]), scores_2d=np.stack([p.scores for p in people]),
-                 poses_world=scene.poses.swapaxes(0, 1),
-                 trajectory_world=None if scene.trajectory_world is None else scene.trajectory_world.swapaxes(0, 1),
-                 checkpoint_names=[lifter.name for lifter in models.lifters], frame_offset=job.first,
-                 title=job.clip.name)
+    write_viewer(dest, video_relpath=os.path.relpath(job.clip, job.out.folder), image_size=pose2d.image_size,
+                 scores_2d=pose2d.stacked("scores"), title=job.clip.name, **exported_motion(job, pose2d, scene, models))
     return dest.name
 
 
@@ -337,14 +331,18 @@ def write_rerun_recording(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, mode
     """<clip>.rrd: the clip, the 2D keypoints and every checkpoint's 3D on one timeline (`pipeline.rerun_export`)."""
     from pipeline.rerun_export import write_rerun
 
-    people = pose2d.people
     dest = job.out.folder / f"{job.clip.stem}.rrd"
-    write_rerun(dest, fps=job.info.fps, keypoints_2d=np.stack([p.keypoints for p in people]),
-                valid=np.stack([p.valid for p in people]), poses_world=scene.poses.swapaxes(0, 1),
-                checkpoint_names=[lifter.name for lifter in models.lifters], video_path=job.clip,
-                trajectory_world=None if scene.trajectory_world is None else scene.trajectory_world.swapaxes(0, 1),
-                frame_offset=job.first)
+    write_rerun(dest, video_path=job.clip, **exported_motion(job, pose2d, scene, models))
     return dest.name
+
+
+def exported_motion(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Models) -> dict:
+    """What the viewer page and the Rerun recording both show, in their (checkpoint, person, ...) layout."""
+    trajectory = scene.trajectory_world
+    return {"fps": job.info.fps, "keypoints_2d": pose2d.stacked("keypoints"), "valid": pose2d.stacked("valid"),
+            "poses_world": scene.poses.swapaxes(0, 1),
+            "trajectory_world": None if trajectory is None else trajectory.swapaxes(0, 1),
+            "checkpoint_names": [lifter.name for lifter in models.lifters], "frame_offset": job.first}
 
 
 def render_video(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Models, config: RunConfig,
@@ -354,10 +352,10 @@ def render_video(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Model
     from pipeline.render import SideBySideRenderer
 
     people = pose2d.people
-    keypoints_2d = np.stack([p.keypoints for p in people])  # (P, T, 17, 2), the followed person first
-    scores_2d = np.stack([p.scores for p in people])
-    valid = np.stack([p.valid for p in people])
-    present = np.stack([p.span for p in people])  # (P, T): each person is drawn only while there
+    keypoints_2d = pose2d.stacked("keypoints")  # (P, T, 17, 2), the followed person first
+    scores_2d = pose2d.stacked("scores")
+    valid = pose2d.stacked("valid")
+    present = pose2d.stacked("span")  # (P, T): each person is drawn only while there
     labels = [str(p.track_id) for p in people] if len(people) > 1 else None  # ids in both panels, own colours
     shown = scene.poses  # (P, K, T, 17, 3)
     roots = scene.trajectory_world  # (P, K, T, 3) or None: the pelvis trails
@@ -388,7 +386,7 @@ def placed_worlds(pose2d: Pose2DOutput, world: np.ndarray) -> np.ndarray:
         return world
     from pipeline.scene import place_people
 
-    pelvis = np.stack([p.keypoints for p in people])[:, :, H36M.index("pelvis")]
+    pelvis = pose2d.stacked("keypoints")[:, :, H36M.index("pelvis")]
     box_heights = np.stack([p.boxes[:, 3] - p.boxes[:, 1] for p in people])
     return np.stack([place_people(world[:, k], pelvis, box_heights, pose2d.image_size)
                      for k in range(world.shape[1])], axis=1)
