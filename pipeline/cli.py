@@ -22,7 +22,7 @@ FLAG_OF_SETTING = {
     "detector": "--detector", "keypoint_backend": "--keypoints", "hrnet_weights": "--hrnet-weights",
     "person": "--person", "all_people": "--all-people", "start": "--start", "end": "--end",
     "checkpoints": "--checkpoint", "frames": "--frames", "device": "--device", "runtime": "--detector-runtime",
-    "fov_deg": "--fov", "focal_px": "--focal", "imgsz": "--imgsz",
+    "fov_deg": "--fov", "focal_px": "--focal", "imgsz": "--imgsz", "bones": "--bones",
 }
 
 
@@ -111,6 +111,9 @@ def add_motion_and_view_flags(p: argparse.ArgumentParser) -> None:
                    help="lift every person tracked for long enough, not only the main subject")
 
     mo = p.add_argument_group("motion")
+    mo.add_argument("--bones", choices=("rigid", "free"), default="rigid",
+                    help="rigid: one length per bone for the whole clip, the same left and right, each bone along "
+                    "the lifter's direction; free: the lifter's poses as they come, bone lengths changing per frame")
     mo.add_argument("--no-trajectory", action="store_true",
                     help="keep every pelvis at the origin (the released demo's view) instead of estimating where the "
                     "person moves")
@@ -153,7 +156,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         lifting=LiftingConfig(checkpoints=list(args.checkpoint or []), frames=args.frames, device=args.device),
         render=RenderConfig(elev=args.elev, azim=args.azim),
         clip_range=ClipRange(start=parse_frame_or_time(args.start, "start"), end=parse_frame_or_time(args.end, "end")),
-        motion=MotionConfig(trajectory=not args.no_trajectory, fov_deg=args.fov, focal_px=args.focal,
+        motion=MotionConfig(bones=args.bones, trajectory=not args.no_trajectory, fov_deg=args.fov, focal_px=args.focal,
                             bvh=not args.no_bvh),
         write_video=not args.no_render,
         viewer=not args.no_viewer,

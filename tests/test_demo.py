@@ -315,8 +315,9 @@ SHIPPED_LIFTER = REPO / "weights" / "poseformerv2_mocap_27_3_3.safetensors"
 
 def test_shipped_lifter_loads_offline_and_is_the_default(tmp_path, capsys, clip_with_audio):
     """The project's own weights ship in the repository, load through load_lifter, and are used without --checkpoint;
-    their 3D poses of a real person have plausible, left/right-symmetric bone lengths."""
+    their 3D poses of a real person have plausible bone lengths, constant and symmetric unless --bones free."""
     from pipeline.detection import sha256_of
+    from pipeline.evaluation.scores import bone_length_cv
     from pipeline.lifting import load_lifter
     from pipeline.skeleton import H36M
 
@@ -337,7 +338,20 @@ def test_shipped_lifter_loads_offline_and_is_the_default(tmp_path, capsys, clip_
     thigh_r, thigh_l = bones[("right_hip", "right_knee")], bones[("left_hip", "left_knee")]
     shin_r, shin_l = bones[("right_knee", "right_ankle")], bones[("left_knee", "left_ankle")]
     assert 0.25 < thigh_r < 0.6 and 0.25 < shin_r < 0.6  # metres: an adult's thigh and shin
-    assert abs(thigh_r - thigh_l) / thigh_r < 0.15 and abs(shin_r - shin_l) / shin_r < 0.15
+    assert abs(thigh_r - thigh_l) / thigh_r < 1e-5 and abs(shin_r - shin_l) / shin_r < 1e-5  # rigid bones (default)
+    assert bone_length_cv(pose) < 1e-5
+
+    # --bones free: the network's own poses (2D from the cache), bone lengths changing, the same bone directions.
+    code, out, err = _run(capsys, "--video", clip_with_audio, "--out", tmp_path, "--quiet", "--no-render",
+                          "--bones", "free")
+    assert code == 0, err
+    with np.load(tmp_path / "two people" / "keypoints.npz") as npz:
+        free = npz["pose3d_camera"][0][npz["valid"]]
+    assert bone_length_cv(free) > 0.01
+    parents, children = np.array(H36M.bones).T
+    a, b = pose[:, children] - pose[:, parents], free[:, children] - free[:, parents]
+    cosine = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cosine.min() > 1 - 1e-4
 
 
 def test_trajectory_and_bvh_outputs_and_the_switches_that_turn_them_off(tmp_path, capsys, clip_with_audio):

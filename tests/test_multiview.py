@@ -319,7 +319,8 @@ def test_real_recording_second_run_reads_the_2d_stage_from_the_cache(real, monke
 def test_real_recording_scores_of_the_shipped_lifter_are_finite_and_plausible(real, one_torch_thread):
     from pipeline.lifting import load_lifter
 
-    scores = multiview.evaluate_lifter(load_lifter(SHIPPED_LIFTER), real["recording"], real["views"], real["people"])
+    scores = multiview.evaluate_lifter(load_lifter(SHIPPED_LIFTER), real["recording"], real["views"], real["people"],
+                                       bones="free")
     overall = scores["overall"]
     assert overall["frames"] == sum(p.complete.sum() for p in real["people"]) * 4 == \
         sum(s["frames"] for s in scores["views"].values())
@@ -330,6 +331,20 @@ def test_real_recording_scores_of_the_shipped_lifter_are_finite_and_plausible(re
         assert 0.0 < s["bone_cv"] < 0.5 and 1.0 <= s["lr_ratio"] < 3.0 and 0.5 < s["jitter"] < 200.0
         assert len(s["per_joint_p_mpjpe"]) == 17 and np.isfinite(s["per_joint_p_mpjpe"]).all()
     assert overall["lr_ratio"] == max(s["lr_ratio"] for s in scores["views"].values())
+
+
+@pytest.mark.slow
+def test_real_recording_rigid_bones_are_constant_symmetric_and_no_less_accurate(real, one_torch_thread):
+    from pipeline.lifting import load_lifter
+
+    lifter = load_lifter(SHIPPED_LIFTER)
+    args = (real["recording"], real["views"], real["people"])
+    free = multiview.evaluate_lifter(lifter, *args, bones="free")["overall"]
+    rigid = multiview.evaluate_lifter(lifter, *args, bones="rigid")["overall"]
+    assert free["bone_cv"] > 0.03 and free["lr_ratio"] > 1.1  # what the network alone gives on this footage
+    assert rigid["bone_cv"] < 1e-5 and rigid["lr_ratio"] < 1 + 1e-5
+    # Measured: limbs 120.2 -> 119.8 mm, jitter 12.3 -> 11.9 m/s^2 (README): fixing lengths moves no joint much.
+    assert rigid["p_mpjpe_limbs"] < free["p_mpjpe_limbs"] + 0.002 and rigid["jitter"] < free["jitter"] * 1.1
 
 
 @pytest.mark.slow

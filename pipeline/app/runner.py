@@ -25,6 +25,8 @@ from pipeline.app.inputs import ClipRange
 from pipeline.app.models import LiftingConfig, Models, load_models
 from pipeline.app.outputs import ClipOutputs, keypoints_arrays, package_versions, save_json, save_npz
 from pipeline.app.progress import StageProgress, StageTimer, progress_bar
+from pipeline.errors import SettingError
+from pipeline.geometry import demo_world_view
 from pipeline.media.ffmpeg import MediaInfo
 from pipeline.pose2d import Pose2DConfig, Pose2DOutput
 from pipeline.render import RenderConfig
@@ -35,12 +37,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class MotionConfig:
-    """Where the person moves: the pelvis trajectory, the camera's focal length it rests on, and the BVH export."""
+    """How the person moves: rigid bones, the pelvis trajectory, the camera's focal length it rests on, and the BVH
+    export."""
 
+    bones: str = "rigid"  # rigid: constant, symmetric bone lengths (pipeline.motion.bones); free: the lifter's own
     trajectory: bool = True  # False: every pelvis pinned at the origin, as the released demo draws it
     fov_deg: float | None = None  # the camera's diagonal field of view, when known
     focal_px: float | None = None  # the camera's focal length in pixels, when known (wins over fov_deg)
     bvh: bool = True  # one .bvh per lifter checkpoint
+
+    def __post_init__(self) -> None:
+        from pipeline.motion.bones import BONE_MODES
+
+        if self.bones not in BONE_MODES:
+            raise SettingError("bones", f"must be one of {', '.join(BONE_MODES)}, not {self.bones!r}")
 
 
 @dataclass
@@ -68,7 +78,8 @@ class RunConfig:
             "hrnet_weights": p.hrnet_weights, "person": p.person, "all_people": p.all_people,
             "start": self.clip_range.start, "end": self.clip_range.end, "elev": self.render.elev,
             "azim": self.render.azim, "render": self.write_video, "force": self.force,
-            "show_progress": self.show_progress, "trajectory": self.motion.trajectory, "fov": self.motion.fov_deg,
+            "show_progress": self.show_progress, "bones": self.motion.bones, "trajectory": self.motion.trajectory,
+            "fov": self.motion.fov_deg,
             "focal": self.motion.focal_px, "bvh": self.motion.bvh, "viewer": self.viewer, "rerun": self.rerun,
         }
 
@@ -154,6 +165,8 @@ def process_clip(clip: Path, config: RunConfig, models: Models, ray_worker: dict
     timer = StageTimer()
     pose2d = estimate_2d(job, models, timer, config.show_progress)
     lifted = lift_people(job, pose2d, models.lifters, timer, config.show_progress)
+    if config.motion.bones == "rigid":
+        lifted = make_bones_rigid(pose2d, lifted, models.lifters)
     scene = place_in_world(job, pose2d, lifted, config.motion)
     written = write_keypoints(job, pose2d, lifted, scene, models)
     if config.motion.bvh:
@@ -214,9 +227,26 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
             for k, lifter in enumerate(lifters):
                 result = lifter.lift(person.keypoints, width, height, progress=bar.update)
                 camera[p, k], world[p, k] = result.camera, result.world
-    disagreement = {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)
-                    for k, lifter in enumerate(lifters[1:], start=1)}
-    return Lifted(camera=camera, world=world, disagreement_mm=disagreement)
+    return Lifted(camera=camera, world=world, disagreement_mm=disagreement_mm(camera, lifters))
+
+
+def disagreement_mm(camera: np.ndarray, lifters: list) -> dict[str, float]:
+    """Per checkpoint after the first: the mean joint distance of its poses of the followed person to the first's."""
+    return {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)
+            for k, lifter in enumerate(lifters[1:], start=1)}
+
+
+def make_bones_rigid(pose2d: Pose2DOutput, lifted: Lifted, lifters: list) -> Lifted:
+    """Every person's poses with one length per bone for the clip, measured on the frames they were detected in
+    (`pipeline.motion.bones`); the world view and the checkpoints' disagreement follow."""
+    from pipeline.motion.bones import rigid_bones
+
+    camera = np.empty_like(lifted.camera)
+    for p, person in enumerate(pose2d.people):
+        detected = np.flatnonzero(person.valid) if person.valid.any() else None
+        for k in range(camera.shape[1]):
+            camera[p, k] = rigid_bones(lifted.camera[p, k], frames=detected)
+    return Lifted(camera=camera, world=demo_world_view(camera), disagreement_mm=disagreement_mm(camera, lifters))
 
 
 def mean_joint_distance_mm(a: np.ndarray, b: np.ndarray) -> float:

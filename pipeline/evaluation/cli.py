@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     _recording_arguments(m)
     m.add_argument("--checkpoint", required=True, action="append", type=Path,
                    help="lifter checkpoint; repeat to compare several")
+    m.add_argument("--bones", choices=("rigid", "free"), default="rigid",
+                   help="score the lifter's poses as demo.py outputs them (rigid: one length per bone per sequence) "
+                   "or as the network gives them (free)")
     g = sub.add_parser("gap", help="how the detector's COCO keypoints differ from the triangulation and from the "
                                    "joints lifters are trained on (docs/real_footage_gap.md)")
     _recording_arguments(g)
@@ -108,8 +111,8 @@ def format_report(report: MultiviewReport) -> str:
     parts = [f"recording {report.recording}: views {' '.join(report.views)} at {report.fps:g} fps",
              "", "triangulated reference (root-relative; jitter = mean joint acceleration)", reference_table(report)]
     for checkpoint, scores in report.lifters.items():
-        parts += ["", f"lifter {checkpoint} (errors in mm; P-MPJPE after per-frame Procrustes; const = the "
-                      "reference's mean pose held still)", lifter_table(scores)]
+        parts += ["", f"lifter {checkpoint}, {report.bones} bones (errors in mm; P-MPJPE after per-frame Procrustes; "
+                      "const = the reference's mean pose held still)", lifter_table(scores)]
     return "\n".join(parts)
 
 
@@ -125,7 +128,7 @@ def _config(args: argparse.Namespace) -> MultiviewConfig:
     return MultiviewConfig(
         pose2d=Pose2DConfig(detector=args.detector, device=args.device, all_people=True,
                             **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
-        min_person_views=args.min_views, smoothing_hz=args.smooth_hz,
+        min_person_views=args.min_views, smoothing_hz=args.smooth_hz, bones=getattr(args, "bones", "rigid"),
         cache_dir=None if args.no_cache else args.cache_dir)
 
 

@@ -38,6 +38,7 @@ from pipeline.evaluation.scores import (
     root_relative,
 )
 from pipeline.evaluation.triangulation import Triangulation, TriangulationConfig, smooth_points, triangulate
+from pipeline.motion.bones import rigid_bones
 from pipeline.pose2d import Pose2DConfig, Pose2DEstimator
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class MultiviewConfig:
     min_match_points: int = 30  # (frame, joint) pairs two tracks must share to be compared
     min_person_views: int = 3  # people seen by fewer views are not triangulated (capped at the number of views)
     smoothing_hz: float | None = None  # denoise the reference along time (triangulation.smooth_points); None: raw
+    bones: str = "rigid"  # the lifter's poses made rigid as demo.py does (pipeline.motion.bones), or "free"
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
 
 
@@ -384,8 +386,10 @@ def reference_scores(person: TriangulatedPerson, views: list[ViewTracks], fps: f
     }
 
 
-def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], people: list[TriangulatedPerson]) -> dict:
-    """Lift every person in every view that sees them and score it: per view, per person and overall."""
+def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], people: list[TriangulatedPerson],
+                    bones: str = "rigid") -> dict:
+    """Lift every person in every view that sees them and score it: per view, per person and overall. bones="rigid"
+    fits one length per bone to each view's sequence, on the frames that view detected the person (as demo.py)."""
     fps = views[0].fps
     sequences = []
     for p, person in enumerate(people):
@@ -397,7 +401,10 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
                 continue
             cam = recording.cameras[v]
             width, height = views[v].image_size
-            predicted = lifter.lift(views[v].keypoints[row], width, height).camera[frames]
+            predicted = lifter.lift(views[v].keypoints[row], width, height).camera
+            if bones == "rigid":
+                predicted = rigid_bones(predicted, frames=np.flatnonzero(views[v].valid[row]))
+            predicted = predicted[frames]
             target = root_relative(cam.to_camera(person.reference[frames]))
             constant = mean_pose @ cam.R.T
             scores = sequence_scores(predicted, target, constant, fps, frames)
@@ -418,6 +425,7 @@ class MultiviewReport:
     fps: float
     views: list[str]
     reference: list[dict]  # per person: reference_scores
+    bones: str  # how the lifters' poses were scored: "rigid" (as demo.py outputs them) or "free"
     lifters: dict[str, dict] = field(default_factory=dict)  # checkpoint -> evaluate_lifter
 
     def to_dict(self) -> dict:
@@ -429,11 +437,12 @@ def evaluate_recording(recording: Recording, checkpoints: list[str | Path], conf
     """Reconstruct the recording's people once, then lift and score every view with each checkpoint."""
     from pipeline.lifting import load_lifter
 
+    config = config or MultiviewConfig()
     views, people = reconstruct(recording, config)
     fps = views[0].fps
     report = MultiviewReport(recording=str(recording.directory), fps=fps, views=[v.name for v in views],
-                             reference=[reference_scores(p, views, fps) for p in people])
+                             reference=[reference_scores(p, views, fps) for p in people], bones=config.bones)
     for checkpoint in checkpoints:
         lifter = load_lifter(checkpoint, device=device)
-        report.lifters[str(checkpoint)] = evaluate_lifter(lifter, recording, views, people)
+        report.lifters[str(checkpoint)] = evaluate_lifter(lifter, recording, views, people, config.bones)
     return report
