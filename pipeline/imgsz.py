@@ -6,11 +6,11 @@ the default 640 a 768x576 street clip with 50-140 px pedestrians loses most of t
 confidence 0.7-0.9. But 1280 costs about 4x the compute of 640 (the cost follows the number of input pixels), which
 a clip of large people does not need.
 
-How: a few frames spread over the clip are run once at a high resolution (`probe_imgsz`); the box heights of the
-people found there say how small the smallest people are; the input size is the smallest one (in steps of
-`step`) that brings them (a low percentile of the heights, so one stray tiny box does not decide) to
-`target_height` pixels at the detector's input, between `min_imgsz` and `max_imgsz`. A clip of large people keeps
-the fast 640, a crowd of small ones gets up to 1280.
+How: a few frames spread over the clip (`spread_sample`; a source that can seek reads just those, `spread_indices`)
+are run once at a high resolution (`probe_imgsz`); the box heights of the people found there say how small the
+smallest people are; the input size is the smallest one (in steps of `step`) that brings them (a low percentile of
+the heights, so one stray tiny box does not decide) to `target_height` pixels at the detector's input, between
+`min_imgsz` and `max_imgsz`. A clip of large people keeps the fast 640, a crowd of small ones gets up to 1280.
 
 The size is chosen once per clip and only from a short list of values (multiples of `step`), so that an exported
 model with a fixed input size can be cached per size.
@@ -21,12 +21,14 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,22 @@ def spread_sample(frames: Iterable[np.ndarray], count: int) -> list[np.ndarray]:
 
     Every `stride`-th frame is kept; whenever 2 x count are held, every other one is dropped and the stride doubles.
     At the end `count` of the kept frames, evenly spaced, are returned (all of them for a shorter clip)."""
-    kept: list[np.ndarray] = []
+    return _spread(frames, count, lambda frame: np.array(frame, copy=True))  # decoders may reuse their buffer
+
+
+def spread_indices(num_frames: int, count: int) -> list[int]:
+    """The numbers of the frames `spread_sample` picks from a clip of `num_frames` frames (the same choice, made
+    by the same code), for a source that can seek to them instead of decoding the whole clip."""
+    return _spread(range(num_frames), count, int)
+
+
+def _spread(items: Iterable[T], count: int, keep: Callable[[T], T]) -> list[T]:
+    kept: list[T] = []
     stride = 1
-    for index, frame in enumerate(frames):
+    for index, item in enumerate(items):
         if index % stride:
             continue
-        kept.append(np.array(frame, copy=True))  # decoders may reuse their buffer
+        kept.append(keep(item))
         if len(kept) >= 2 * count:
             kept = kept[::2]
             stride *= 2

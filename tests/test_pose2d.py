@@ -325,3 +325,92 @@ def test_sample_clip_walker_is_drawn_only_while_there(sample_result):
 
     assert walker_pixels(first - 10) == 0 and walker_pixels(last + 5) == 0  # not there yet / gone: not drawn
     assert walker_pixels(first + 30) > 100  # walking through: outlined in their colour
+
+
+def test_spread_indices_are_the_frames_spread_sample_picks():
+    from pipeline.imgsz import spread_indices, spread_sample
+
+    for count in (1, 2, 3, 6, 7):
+        for n in range(0, 300):
+            picked = [int(frame[0]) for frame in spread_sample((np.array([i]) for i in range(n)), count)]
+            assert spread_indices(n, count) == picked, (n, count)
+    assert spread_indices(230, 6) == [0, 32, 96, 128, 192, 224]  # the sample clip's probe frames
+
+
+class SeekableCodedFrames:
+    """A frame source that can seek (pipeline.pose2d.SeekableFrames) over coded frames; it counts its passes."""
+
+    def __init__(self, n: int, can_seek: bool = True):
+        self.n, self.can_seek = n, can_seek
+        self.passes = 0
+        self.seeks: list[list[int]] = []
+
+    def __call__(self):
+        self.passes += 1
+        return coded_frames(self.n)
+
+    def count(self):
+        return self.n if self.can_seek else None
+
+    def frames_at(self, numbers):
+        self.seeks.append(list(numbers))
+        return [np.full((48, 64, 3), i, np.uint8) for i in numbers]
+
+
+def test_a_source_that_can_seek_gives_the_probe_frames_without_another_pass():
+    from pipeline.pose2d import SeekableFrames, probe_sample
+
+    source = SeekableCodedFrames(100)
+    assert isinstance(source, SeekableFrames) and not isinstance(lambda: coded_frames(3), SeekableFrames)
+    sample = probe_sample(source, 6)
+    assert source.passes == 0 and source.seeks == [[0, 16, 32, 64, 80, 96]]
+    assert [int(f[0, 0, 0]) for f in sample] == [0, 16, 32, 64, 80, 96]
+    unseekable = SeekableCodedFrames(100, can_seek=False)  # e.g. a file without packet timestamps
+    assert [int(f[0, 0, 0]) for f in probe_sample(unseekable, 6)] == [0, 16, 32, 64, 80, 96]
+    assert unseekable.passes == 1 and unseekable.seeks == []
+    # The whole stage: the probe seeks, detection reads the clip once.
+    detector = ScriptedDetector(SCRIPT)
+    out = estimate_2d(SeekableCodedFrames(40), Pose2DConfig(batch_size=16, max_gap=5), detector=detector)
+    assert detector.batches == [6, 16, 16, 8] and out.num_frames == 40
+
+
+class RememberingDetector:
+    """The bundled detector, answering a frame it has seen before (same pixels, same input size) from memory, and
+    recording the frames of each call."""
+
+    has_keypoints = True
+
+    def __init__(self):
+        self.detector = PersonDetector(DetectorConfig())
+        self.answers: dict[tuple[bytes, int | None], FrameDetections] = {}
+        self.calls: list[list[np.ndarray]] = []
+
+    def __call__(self, frames, imgsz=None):
+        import hashlib
+
+        self.calls.append([np.array(f) for f in frames])
+        keys = [(hashlib.sha256(np.ascontiguousarray(f)).digest(), imgsz) for f in frames]
+        new = [(k, f) for k, f in zip(keys, frames, strict=True) if k not in self.answers]
+        if new:
+            answers = self.detector([f for _, f in new], imgsz=imgsz)
+            self.answers.update({k: a for (k, _), a in zip(new, answers, strict=True)})
+        return [self.answers[k] for k in keys]
+
+
+def test_sample_clip_probe_by_seeking_chooses_the_same_size_from_the_same_frames():
+    """The runner's frame source seeks to the probe frames; one more decoding pass (spread_sample) picked them
+    before. The same frames, pixel for pixel, and so the same input size and run.json record."""
+    if not SAMPLE.exists():
+        pytest.skip("../shared sample clip not present")
+    from pipeline.media.decode import VideoFrames
+
+    detector = RememberingDetector()
+    estimator = Pose2DEstimator(Pose2DConfig(), detector=detector)
+    size, record, _ = estimator.input_size(lambda: iter_frames(SAMPLE))  # a plain function: one more pass
+    seek_size, seek_record, _ = estimator.input_size(VideoFrames(SAMPLE))
+    assert (seek_size, seek_record) == (size, record) and record["probe_frames"] == 6
+    before, after = detector.calls
+    assert len(before) == len(after) == 6
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(detector.answers) == 6  # the seek's frames were all answered from the first probe's

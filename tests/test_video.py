@@ -253,3 +253,80 @@ def test_stopping_a_prefetched_read_early_ends_its_ffmpeg(clips, monkeypatch):
     next(frames)
     frames.close()
     assert len(started) == 1 and started[0].returncode is not None
+
+
+@pytest.fixture(scope="module")
+def seek_clips(clips, tmp_path_factory) -> dict[str, Path]:
+    """Clips that make seeking by time hard: B-frames (x264's default), a rotation, audio, a video stream that starts
+    0.7 s after the audio, a variable frame rate, a single keyframe, and a container without packet timestamps."""
+    d = tmp_path_factory.mktemp("seek")
+    late = d / "late.mp4"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=3", "-itsoffset", "0.7", "-f", "lavfi", "-i",
+           "testsrc=size=160x90:rate=25", "-map", "1:v", "-map", "0:a", "-frames:v", "30", "-pix_fmt", "yuv420p",
+           "-c:v", "libx264", "-g", "7", "-c:a", "aac", "-shortest", str(late))
+    vfr = make_clip(d / "vfr.mp4", 40, extra=("-vf", "setpts='if(lt(N,20),N*2,40+(N-20)*5)/50/TB'", "-fps_mode",
+                                              "passthrough", "-g", "6"))
+    one_keyframe = make_clip(d / "one_keyframe.mp4", 30, extra=("-g", "600"))
+    no_timestamps = d / "mpeg4.avi"  # AVI packets carry no presentation times
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x90:rate=25", "-frames:v", "30", "-c:v", "mpeg4", "-bf", "2",
+           str(no_timestamps))
+    return {"base": clips["base"], "rotated": clips["rotated"], "audio": clips["audio"], "late": late, "vfr": vfr,
+            "one_keyframe": one_keyframe, "no_timestamps": no_timestamps}
+
+
+@pytest.mark.parametrize("method", ["seek", "pass"])
+@pytest.mark.parametrize("name", ["base", "rotated", "audio", "late", "vfr", "one_keyframe"])
+def test_frames_reached_by_seeking_are_the_frames_decoding_in_order_gives(seek_clips, name, method):
+    from pipeline.media.decode import VideoFrames, frames_at
+
+    path = seek_clips[name]
+    everything = list(iter_frames(path))
+    n = len(everything)
+    numbers = [n - 1, 0, 1, n // 3, n // 2, n - 2, 1]  # any order, repeats allowed
+    for number, frame in zip(numbers, frames_at(path, numbers, method=method), strict=True):
+        np.testing.assert_array_equal(frame, everything[number], err_msg=f"{name} frame {number}")
+    # Within the range the runner decodes: frame 0 is frame `first`.
+    first, stop = 3, n - 2
+    source = VideoFrames(path, first, stop)
+    assert source.count() == stop - first == sum(1 for _ in source())
+    picks = [0, 1, (stop - first) // 2, stop - first - 1]
+    for number, frame in zip(picks, frames_at(path, picks, first, stop, method=method), strict=True):
+        np.testing.assert_array_equal(frame, everything[first + number], err_msg=f"{name} frame {first + number}")
+    with pytest.raises(IndexError):
+        frames_at(path, [stop - first], first, stop)
+
+
+def test_sample_clip_frames_reached_by_seeking_are_the_decoded_frames():
+    if not SAMPLE.exists():
+        pytest.skip("../shared sample clip not present")
+    from pipeline.media.decode import frame_times, frames_at
+
+    times = frame_times(probe(SAMPLE))
+    assert len(times.times) == 230 and times.keyframes == (0, 60, 120, 180)
+    numbers = [0, 1, 32, 59, 60, 96, 128, 181, 224, 229]  # the first and last, around keyframes, the probe's
+    wanted = {}
+    for number, frame in enumerate(iter_frames(SAMPLE)):  # keeps only the wanted frames: 230 would take 1.2 GB
+        if number in numbers:
+            wanted[number] = frame
+    for number, frame in zip(numbers, frames_at(SAMPLE, numbers, times=times), strict=True):
+        np.testing.assert_array_equal(frame, wanted[number], err_msg=f"frame {number}")
+
+
+def test_files_where_seeking_cannot_be_trusted_say_so_and_are_read_in_order(seek_clips, caplog):
+    from pipeline.media.decode import FrameTimes, InexactSeek, VideoFrames, frame_times, frames_at
+
+    source = VideoFrames(seek_clips["no_timestamps"])
+    with caplog.at_level("WARNING", logger="pipeline.media.decode"):
+        assert source.count() is None and source.frames_at([0, 5]) is None
+    assert "cannot seek to single frames exactly (some packets have no timestamp)" in caplog.text
+    assert "decoded in order instead" in caplog.text
+    assert sum(1 for _ in source()) == 30  # reading in order still works
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline.media.decode"):
+        assert VideoFrames(seek_clips["base"], first=20).count() is None  # the clip has 12 frames
+    assert "no frame from frame 20 on among its 12 packets" in caplog.text
+    # A seek that gives another frame than the packets promise is caught: here the packet list lacks frame 5.
+    times = frame_times(probe(seek_clips["base"]))
+    gap = FrameTimes(times.times[:5] + times.times[6:], times.keyframes)
+    with pytest.raises(InexactSeek, match="seeking to frame 5"):
+        frames_at(seek_clips["base"], [5], times=gap, method="seek")

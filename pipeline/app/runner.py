@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from pipeline.media.ffmpeg import MediaInfo
 from pipeline.pose2d import Pose2DConfig, Pose2DOutput
 from pipeline.render import RenderConfig
 from pipeline.skeleton import H36M
+
+if TYPE_CHECKING:
+    from pipeline.media.decode import VideoFrames
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +100,18 @@ class ClipJob:
     pose2d_key: str  # the 2D cache key
     fingerprint: str  # of everything that decides the outputs: a complete run with the same one is skipped
 
-    def frames(self) -> Iterator[np.ndarray]:
-        """A fresh iterator over the frames to process (the 2D stage may read them twice, rendering once more),
-        decoded ahead in a background thread while the caller works on the previous ones."""
-        from pipeline.media.decode import iter_frames, prefetched
+    def frame_source(self) -> VideoFrames:
+        """The frames to process as the 2D stage's frame source: each call opens a fresh iterator (the 2D stage may
+        read them twice), and it seeks to single frames (the detector input size probe's) instead of decoding the
+        clip once more for them."""
+        from pipeline.media.decode import VideoFrames
 
-        return prefetched(iter_frames(self.clip, self.first, self.stop, self.info))
+        return VideoFrames(self.clip, self.first, self.stop, self.info)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """A fresh iterator over the frames to process (rendering reads them once more), decoded ahead in a
+        background thread while the caller works on the previous ones."""
+        return self.frame_source()()
 
     def expected_frames(self) -> int:
         """The frame count for the progress bars (packets: ~0.1 s, exact for undamaged files)."""
@@ -209,7 +219,7 @@ def estimate_2d(job: ClipJob, models: Models, timer: StageTimer, show_progress: 
         return load_pose2d_cache(cache_file)
     with timer.stage("pose2d") as entry, \
             progress_bar(show_progress, f"{job.clip.name} 2D", job.expected_frames()) as bar:
-        pose2d = models.pose2d().run(job.frames, progress=StageProgress(bar), fps=job.info.fps)
+        pose2d = models.pose2d().run(job.frame_source(), progress=StageProgress(bar), fps=job.info.fps)
         entry["frames"] = pose2d.num_frames
     save_pose2d_cache(cache_file, pose2d)
     return pose2d

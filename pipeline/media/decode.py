@@ -6,15 +6,26 @@ every codec ffmpeg knows, and rotates phone videos upright by default (display m
 Frames come out one at a time through a pipe, so memory stays at one frame whatever the video length.
 Frame counts in container headers are not trusted: `iter_frames` yields what actually decodes, every decoded frame
 exactly once (`-fps_mode passthrough`: no duplicated or dropped frames for variable-frame-rate phone clips).
+
+A few frames out of a whole clip (the detector input size probe's six, `pipeline.imgsz`) are reached by seeking
+(`frames_at`) instead of decoding the clip once more: each seek decodes from the keyframe before the frame only.
+Seeking goes by time and frame numbers count decoded frames, so the frames' times come from the packets (no decoding,
+`frame_times`), each seek checks the time of the frame it got, and a file where that cannot be trusted raises
+`InexactSeek` (the caller reads the frames in order instead).
 """
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +33,20 @@ import numpy as np
 from pipeline.media.ffmpeg import MediaInfo, VideoError, ffmpeg_exe, last_error_line, probe
 
 logger = logging.getLogger(__name__)
+
+
+def decode_command(info: MediaInfo, filters: Sequence[str] = (), before_input: Sequence[str] = (),
+                   loglevel: str = "error", max_frames: int | None = None) -> list[str]:
+    """The ffmpeg command that writes the video stream's frames, upright, as raw BGR24 to stdout; `filters` run after
+    the automatic rotation, `before_input` are input options (e.g. `-ss`). Every decoder of this module uses it, so
+    that they all give the same pixels."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, *before_input,
+           "-i", str(info.path), "-map", f"0:v:{info.stream}", "-an", "-sn", "-dn"]
+    if filters:
+        cmd += ["-vf", ",".join(filters)]
+    if max_frames is not None:
+        cmd += ["-frames:v", str(max_frames)]
+    return cmd + ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
 
 
 def iter_frames(path: str | Path, start: int = 0, end: int | None = None,
@@ -40,11 +65,7 @@ def iter_frames(path: str | Path, start: int = 0, end: int | None = None,
     filters = []
     if start > 0 or end is not None:
         filters.append(f"trim=start_frame={start}" + (f":end_frame={end}" if end is not None else ""))
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(info.path), "-map", f"0:v:{info.stream}",
-           "-an", "-sn", "-dn"]
-    if filters:
-        cmd += ["-vf", ",".join(filters)]
-    cmd += ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
+    cmd = decode_command(info, filters)
     count = 0
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty ffmpeg can never block on stderr
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
@@ -74,6 +95,185 @@ def iter_frames(path: str | Path, start: int = 0, end: int | None = None,
     if messages.strip():
         logger.warning("%s: ffmpeg reported decoding errors after %d frames: %s", info.path.name, count,
                        last_error_line(messages))
+
+
+class InexactSeek(Exception):
+    """Seeking in this video cannot be trusted to give the frames that decoding in order gives (the message says
+    why): read the frames in order instead."""
+
+
+_NOPTS = -(2**63)  # AV_NOPTS_VALUE, how framecrc writes a missing timestamp
+_CORRUPT, _DISCARD = 0x2, 0x4  # AV_PKT_FLAG_CORRUPT, AV_PKT_FLAG_DISCARD (packets the decoder drops: edit lists)
+# A seek costs about as much as decoding this many more frames: starting ffmpeg and opening the file (measured on
+# the sample clip: 0.1-0.2 s per process, 7-8 ms per decoded 1768x994 frame).
+SEEK_OVERHEAD_FRAMES = 15
+
+
+@dataclass(frozen=True)
+class FrameTimes:
+    """When each frame of a video stream is shown, read from its packets without decoding them (0.15 s for the
+    230-frame sample): times in seconds from the file's start, the origin `-ss` counts from, in frame order, and the
+    frame numbers of the keyframes that a seek decodes from."""
+
+    times: tuple[Fraction, ...]
+    keyframes: tuple[int, ...]
+
+    def keyframe_before(self, number: int) -> int:
+        return max((k for k in self.keyframes if k <= number), default=0)
+
+
+def frame_times(info: MediaInfo) -> FrameTimes:
+    """The frame times of the video stream, from its packets (`-c copy -f framecrc`: no decoding).
+
+    The n-th frame in time order is the n-th frame decoding gives only when every packet is one frame with its own
+    timestamp; raises InexactSeek when the packets say otherwise (no or shared timestamps, damaged packets)."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(info.path), "-map",
+           f"0:v:{info.stream}", "-c", "copy", "-f", "framecrc", "-"]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    text = proc.stdout.decode("utf-8", errors="replace")
+    base = re.search(r"^#tb 0: (\d+)/(\d+)", text, flags=re.MULTILINE)
+    if proc.returncode != 0 or base is None or proc.stderr.strip():
+        raise InexactSeek(f"its packets cannot be listed cleanly "
+                          f"({last_error_line(proc.stderr.decode('utf-8', errors='replace'))})")
+    packets = []  # (pts, flags) of the packets the decoder gets
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        fields = [field.strip() for field in line.split(",")]
+        flags = next((int(f[2:], 16) for f in fields[6:] if f.startswith("F=")), 1)  # no F=: a plain keyframe
+        if not flags & _DISCARD:
+            packets.append((int(fields[2]), flags))
+    pts = sorted(p for p, _ in packets)
+    if not packets:
+        raise InexactSeek("no video packets")
+    if pts[0] == _NOPTS:
+        raise InexactSeek("some packets have no timestamp")
+    if any(flags & _CORRUPT for _, flags in packets):
+        raise InexactSeek("some packets are marked damaged")
+    if len(set(pts)) != len(pts):
+        raise InexactSeek("some packets share a timestamp")
+    rank = {p: i for i, p in enumerate(pts)}
+    unit = Fraction(int(base.group(1)), int(base.group(2)))
+    return FrameTimes(times=tuple(p * unit for p in pts),
+                      keyframes=tuple(sorted(rank[p] for p, flags in packets if flags & 1)))
+
+
+def _seek_frame(info: MediaInfo, times: FrameTimes, number: int) -> np.ndarray:
+    """Frame `number` (counted from the first frame of the file) by input seeking to halfway between it and the
+    frame before: ffmpeg decodes from the keyframe before and drops the frames shown before that time. The time of
+    the frame it gives is checked against the packets' (`showinfo`)."""
+    shown = times.times[number]
+    half = (shown - (times.times[number - 1] if number else Fraction(0))) / 2
+    after = times.times[number + 1] - shown if number + 1 < len(times.times) else half
+    seek = f"{float(shown - half):.6f}" if half > 0 else None
+    cmd = decode_command(info, ["showinfo"], ["-ss", seek] if seek else [], loglevel="level+info", max_frames=1)
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    messages = proc.stderr.decode("utf-8", errors="replace")
+    errors = [ln for ln in messages.splitlines() if re.search(r"\[(error|fatal|panic)\]", ln)]
+    got = re.search(r"\] \[info\] n:\s*0\s+pts:\s*-?\d+\s+pts_time:(\S+)", messages)
+    frame_bytes = info.width * info.height * 3
+    if proc.returncode != 0 or errors or got is None or len(proc.stdout) != frame_bytes:
+        raise InexactSeek(f"seeking to frame {number} failed ({last_error_line(chr(10).join(errors) or messages)})")
+    expected = shown - Fraction(seek or 0)
+    tolerance = min(x for x in (half, after, Fraction(1)) if x > 0) / 2
+    if abs(Fraction(got.group(1)) - expected) >= tolerance:
+        raise InexactSeek(f"seeking to frame {number} (at {float(shown):.3f} s) gave the frame at "
+                          f"{float(Fraction(seek or 0) + Fraction(got.group(1))):.3f} s")
+    return np.frombuffer(proc.stdout, dtype=np.uint8).reshape(info.height, info.width, 3)
+
+
+def _select_frames(info: MediaInfo, numbers: list[int]) -> list[np.ndarray]:
+    """Frames `numbers` (sorted, distinct, counted from the file's first frame) in one pass: every frame up to the
+    last one is decoded, but only these are converted and piped (`select` counts decoded frames, as `trim` does)."""
+    wanted = "+".join(f"eq(n\\,{n})" for n in numbers)
+    cmd = decode_command(info, [f"select={wanted}"], max_frames=len(numbers))
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    frame_bytes = info.width * info.height * 3
+    if proc.returncode != 0 or len(proc.stdout) != frame_bytes * len(numbers):
+        raise InexactSeek(f"frames {numbers} do not all decode "
+                          f"({last_error_line(proc.stderr.decode('utf-8', errors='replace'))})")
+    frames = np.frombuffer(proc.stdout, dtype=np.uint8).reshape(len(numbers), info.height, info.width, 3)
+    return list(frames)
+
+
+def frames_at(path: str | Path, numbers: Sequence[int], start: int = 0, end: int | None = None,
+              info: MediaInfo | None = None, times: FrameTimes | None = None, method: str = "auto") -> list[np.ndarray]:
+    """The frames `numbers` of the range [start, end) (0 is frame `start`), as `iter_frames(path, start, end)` would
+    yield them, pixel for pixel, without decoding the rest of the video.
+
+    Each frame is reached by a seek that decodes from the keyframe before it (the seeks run in parallel); when the
+    keyframes are so sparse that this would decode more than one pass up to the last wanted frame, that one pass is
+    made instead (`method`: "auto" chooses so, "seek" or "pass" force one). Raises InexactSeek when seeking cannot be
+    trusted in this file (`frame_times`, or a seek that gives a frame of another time) and IndexError for a number
+    outside the range."""
+    info = info or probe(path)
+    times = times or frame_times(info)
+    stop = len(times.times) if end is None else min(end, len(times.times))
+    absolute = [start + int(n) for n in numbers]
+    if any(n < 0 or not start + n < stop for n in numbers):
+        raise IndexError(f"frame numbers {list(numbers)} outside the {max(stop - start, 0)} frames of {info.path.name}"
+                         f" from frame {start}")
+    distinct = sorted(set(absolute))
+    if not distinct:
+        return []
+    if method not in ("auto", "seek", "pass"):
+        raise ValueError(f"method must be 'auto', 'seek' or 'pass', not {method!r}")
+    if method == "auto":
+        seeks = sum(n - times.keyframe_before(n) + 1 + SEEK_OVERHEAD_FRAMES for n in distinct)
+        method = "pass" if seeks > distinct[-1] + 1 + SEEK_OVERHEAD_FRAMES else "seek"
+    if method == "pass":
+        found = dict(zip(distinct, _select_frames(info, distinct), strict=True))
+    else:
+        with ThreadPoolExecutor(max_workers=min(len(distinct), os.cpu_count() or 1)) as pool:
+            found = dict(zip(distinct, pool.map(lambda n: _seek_frame(info, times, n), distinct), strict=True))
+    return [found[n] for n in absolute]
+
+
+class VideoFrames:
+    """Frames [first, stop) of a video file as a frame source: calling it opens a fresh iterator over them (decoded
+    ahead in a thread, `prefetched`); `count` and `frames_at` reach single frames by seeking, without decoding the
+    rest (the 2D stage's probe frames, `pipeline.pose2d`). Both return None, after logging why, when seeking cannot
+    be trusted in this file: the caller then reads the frames in order."""
+
+    def __init__(self, path: str | Path, first: int = 0, stop: int | None = None, info: MediaInfo | None = None):
+        self.info = info or probe(path)
+        self.first, self.stop = first, stop
+        self._times: FrameTimes | None = None
+        self._problem: str | None = None  # why seeking is not trusted in this file, once found
+
+    def __call__(self) -> Iterator[np.ndarray]:
+        return prefetched(iter_frames(self.info.path, self.first, self.stop, self.info))
+
+    def _cannot_seek(self, problem: str) -> None:
+        self._problem = problem
+        logger.warning("%s: cannot seek to single frames exactly (%s); they are decoded in order instead, one extra "
+                       "pass over the clip", self.info.path.name, problem)
+
+    def count(self) -> int | None:
+        """The number of frames iterating gives, as far as seeking goes (from the packets, `frame_times`)."""
+        if self._times is None and self._problem is None:
+            try:
+                self._times = frame_times(self.info)
+            except InexactSeek as exc:
+                self._cannot_seek(str(exc))
+        if self._times is None or self._problem is not None:
+            return None
+        total = len(self._times.times)
+        count = (total if self.stop is None else min(self.stop, total)) - self.first
+        if count <= 0:
+            self._cannot_seek(f"no frame from frame {self.first} on among its {total} packets")
+            return None
+        return count
+
+    def frames_at(self, numbers: Sequence[int]) -> list[np.ndarray] | None:
+        """The frames `numbers` (0 is frame `first`), exactly as iterating gives them; see `frames_at`."""
+        if self.count() is None:
+            return None
+        try:
+            return frames_at(self.info.path, numbers, self.first, self.stop, self.info, self._times)
+        except InexactSeek as exc:
+            self._cannot_seek(str(exc))
+            return None
 
 
 _DONE = object()
