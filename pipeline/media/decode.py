@@ -246,7 +246,7 @@ class VideoFrames:
 
     def _cannot_seek(self, problem: str) -> None:
         self._problem = problem
-        logger.warning("%s: cannot seek to single frames exactly (%s); they are decoded in order instead, one extra "
+        logger.info("%s: cannot seek to single frames exactly (%s); they are decoded in order instead, one extra "
                        "pass over the clip", self.info.path.name, problem)
 
     def count(self) -> int | None:
