@@ -202,8 +202,10 @@ def _toml_array(values) -> str:
     return "[ " + ", ".join(repr(float(v)) for v in np.ravel(values)) + "]"
 
 
-def write_calib_toml(path: str | Path, cameras: list[CameraCalibration]) -> Path:
-    """Write `cameras` in pose2sim's Calib.toml layout (floats at full precision, so reading gives them back)."""
+def write_calib_toml(path: str | Path, cameras: list[CameraCalibration], adjusted: bool = False,
+                     error: float = 0.0) -> Path:
+    """Write `cameras` in pose2sim's Calib.toml layout (floats at full precision, so reading gives them back);
+    `adjusted` and `error` (pixels) fill pose2sim's [metadata] (true and the residual after a bundle adjustment)."""
     path = Path(path)
     lines = []
     for cam in cameras:
@@ -213,7 +215,7 @@ def write_calib_toml(path: str | Path, cameras: list[CameraCalibration]) -> Path
                   f"matrix = {_toml_array(cam.K)}", f"distortions = {_toml_array(cam.dist)}",
                   f"rotation = {_toml_array(cam.rvec)}", f"translation = {_toml_array(cam.t)}",
                   f"fisheye = {'true' if cam.fisheye else 'false'}", ""]
-    lines += ["[metadata]", "adjusted = false", "error = 0.0", ""]
+    lines += ["[metadata]", f"adjusted = {'true' if adjusted else 'false'}", f"error = {float(error)!r}", ""]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(path)

@@ -4,6 +4,7 @@
         --checkpoint weights/poseformerv2_mocap_27_3_3.safetensors [--checkpoint other.bin ...] [--json scores.json]
     python -m pipeline.evaluation gap --recording ../shared/data/multiview/pose2sim_multi \\
         --checkpoint weights/poseformerv2_mocap_27_3_3.safetensors --mocap-clips 40
+    ... [--write-calibration Calib_refined.toml] [--no-refine-extrinsics]   # the cameras' poses are refined first
 
 The 2D stage of every view is cached (~/.cache/poseformerv2-demo/multiview/, keyed by the video's bytes and the 2D
 settings), so scoring another checkpoint on the same recording takes seconds. Bad input (a missing folder, no
@@ -18,9 +19,13 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from pipeline.evaluation.calibration import write_calib_toml
 from pipeline.evaluation.multiview import (
     MultiviewConfig,
     MultiviewReport,
+    Recording,
     default_cache_dir,
     evaluate_recording,
     find_recording,
@@ -44,6 +49,12 @@ def _recording_arguments(p: argparse.ArgumentParser) -> None:
                    help="people seen by fewer views are left out (default 3, capped at the number of views)")
     p.add_argument("--smooth-hz", type=float,
                    help="denoise the triangulated reference along time with this cutoff (e.g. 6); default: raw")
+    p.add_argument("--refine-extrinsics", action=argparse.BooleanOptionalAction, default=True,
+                   help="bundle-adjust every camera's rotation and position on the people seen by several views "
+                   "before triangulating, intrinsics kept (default; --no-refine-extrinsics: the calibration as read)")
+    p.add_argument("--write-calibration", type=Path, metavar="CALIB_TOML",
+                   help="write the calibration used (refined unless --no-refine-extrinsics) as a pose2sim "
+                   "Calib.toml, to reuse with --calibration")
     p.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="where the 2D stage is cached")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the 2D cache")
     p.add_argument("--quiet", action="store_true", help="only the tables")
@@ -107,9 +118,26 @@ def lifter_table(scores: dict) -> str:
     return "\n".join(rows)
 
 
+def refinement_table(refinement: dict | None) -> list[str]:
+    """The calibration refinement's lines (none when the calibration was used as read)."""
+    if refinement is None:
+        return []
+    rows = [f"calibration refined on {refinement['points']} joints ({refinement['observations']} detections), "
+            f"{refinement['fixed_camera']} held fixed, the {' - '.join(refinement['scale_cameras'])} distance kept "
+            "(reprojection against the triangulation from all views, px)",
+            f"{'camera':<8}{'n':>6}{'median before':>15}{'after':>8}{'p90 before':>12}{'after':>8}{'turned deg':>12}"
+            f"{'moved m':>9}"]
+    for name, r in refinement["cameras"].items():
+        rows.append(f"{name:<8}{r['observations']:>6}{r['median_px_before']:>15.1f}{r['median_px_after']:>8.1f}"
+                    f"{r['p90_px_before']:>12.1f}{r['p90_px_after']:>8.1f}{r['rotation_deg']:>12.2f}"
+                    f"{r['shift_m']:>9.3f}")
+    return rows + [""]
+
+
 def format_report(report: MultiviewReport) -> str:
-    parts = [f"recording {report.recording}: views {' '.join(report.views)} at {report.fps:g} fps",
-             "", "triangulated reference (root-relative; jitter = mean joint acceleration)", reference_table(report)]
+    parts = [f"recording {report.recording}: views {' '.join(report.views)} at {report.fps:g} fps", "",
+             *refinement_table(report.refinement),
+             "triangulated reference (root-relative; jitter = mean joint acceleration)", reference_table(report)]
     for checkpoint, scores in report.lifters.items():
         parts += ["", f"lifter {checkpoint}, {report.bones} bones (errors in mm; P-MPJPE after per-frame Procrustes; "
                       "const = the reference's mean pose held still)", lifter_table(scores)]
@@ -129,7 +157,7 @@ def _config(args: argparse.Namespace) -> MultiviewConfig:
         pose2d=Pose2DConfig(detector=args.detector, device=args.device, all_people=True,
                             **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
         min_person_views=args.min_views, smoothing_hz=args.smooth_hz, bones=getattr(args, "bones", "rigid"),
-        cache_dir=None if args.no_cache else args.cache_dir)
+        refine_extrinsics=args.refine_extrinsics, cache_dir=None if args.no_cache else args.cache_dir)
 
 
 def _check_checkpoints(paths: list[Path]) -> None:
@@ -165,7 +193,8 @@ def residual_table(residuals: dict) -> str:
 
 def format_gap(report: dict) -> str:
     statures = ", ".join(f"{s:.2f}" for s in report["stature_m"])
-    parts = [f"detector keypoint minus the projection of the triangulated point, in % of stature (estimated "
+    parts = [*refinement_table(report.get("calibration_refinement")),
+             f"detector keypoint minus the projection of the triangulated point, in % of stature (estimated "
              f"statures: {statures} m); out = away from the body's midline, up = along the trunk",
              residual_table(report["residuals"]), "",
              "each view's keypoints against the points triangulated from the other views (px): calibration consistency",
@@ -181,12 +210,24 @@ def format_gap(report: dict) -> str:
     return "\n".join(parts)
 
 
+def _write_calibration(path: Path | None, recording: Recording) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    refinement = recording.refinement
+    error = 0.0 if refinement is None else float(
+        np.mean([r["median_px_after"] for r in refinement["cameras"].values()]))
+    write_calib_toml(path, recording.cameras, adjusted=refinement is not None, error=error)
+    log.info("calibration (%s) written to %s", "refined" if refinement else "as read", path)
+
+
 def run_multiview(args: argparse.Namespace) -> int:
     _check_checkpoints(args.checkpoint)
     recording = find_recording(args.recording, args.calibration)
     report = evaluate_recording(recording, args.checkpoint, _config(args), device=args.device)
     print(format_report(report))
     _write_json(args.json, report.to_dict())
+    _write_calibration(args.write_calibration, recording)
     return 0
 
 
@@ -199,8 +240,10 @@ def run_gap(args: argparse.Namespace) -> int:
     views, people = reconstruct(recording, _config(args))
     lifters = {str(c): load_lifter(c, device=args.device) for c in args.checkpoint}
     report = gap_report(recording.cameras, views, people, lifters, mocap_clips=args.mocap_clips)
+    report["calibration_refinement"] = recording.refinement
     print(format_gap(report))
     _write_json(args.json, report)
+    _write_calibration(args.write_calibration, recording)
     return 0
 
 
@@ -213,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
