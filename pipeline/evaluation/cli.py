@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -327,9 +327,9 @@ def reconstruct(recording: Recording, config: MultiviewConfig | None = None
         try:
             recording.cameras, recording.refinement = refine_extrinsics(recording.cameras, views, groups,
                                                                         config.refine)
-        except (ValueError, ImportError) as exc:  # too few points, or scipy (an optional dependency) missing
-            raise type(exc)(f"{exc}; to use the calibration as read, turn the refinement off "
-                            "(--no-refine-extrinsics)") from None
+        except ValueError as exc:  # e.g. too few confident points seen by several views
+            raise ValueError(f"{exc}; to use the calibration as read, turn the refinement off "
+                             "(--no-refine-extrinsics)") from None
     people = [triangulate_person(recording.cameras, views, g, config.triangulation, config.smoothing_hz)
               for g in groups]
     for i, person in enumerate(people):

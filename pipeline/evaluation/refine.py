@@ -242,10 +242,7 @@ def refine_extrinsics(cameras: list[CameraCalibration], views: list[ViewTracks],
                          f"cameras and {len(views)} views")
     for cam in cameras:
         cam._check_pinhole()
-    try:
-        from scipy.optimize import least_squares
-    except ImportError:
-        raise ImportError("refining the calibration needs scipy: pip install scipy") from None
+    from scipy.optimize import least_squares
     start = time.perf_counter()
     observations = gather_observations(views, groups, config)
     _check_observations(cameras, observations, config)
