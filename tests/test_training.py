@@ -169,6 +169,24 @@ def test_windows_are_edge_padded_within_their_sequence():
     np.testing.assert_allclose(batch.targets_3d[0], target - target[0])
 
 
+def test_short_clip_windows_are_padded_like_a_short_clip_in_the_demo():
+    seqs = _sequences((400,))
+    sampler = WindowSampler(seqs, frames=243, flip=False, short_clips=0.5)
+    # An explicit view: the centre sees 10 frames before and 20 after it, then the edges repeat, as the demo pads.
+    idx = sampler.window_indices(np.array([200]), visible=np.array([[-10, 20]]))[0]
+    np.testing.assert_array_equal(idx[:111], 190)
+    np.testing.assert_array_equal(idx[111:142], np.arange(190, 221))  # frames 190..220; the centre is index 121
+    np.testing.assert_array_equal(idx[142:], 220)
+    views = sampler.short_clip_views(4000, np.random.RandomState(0))
+    cut = views[:, 1] < 10**9
+    assert 0.45 < cut.mean() < 0.55  # the share asked for
+    lengths = views[cut, 1] - views[cut, 0] + 1
+    assert lengths.min() >= 8 and lengths.max() <= 2 * 243 and np.median(lengths) < 243
+    assert (views[cut, 0] <= 0).all() and (views[cut, 1] >= 0).all()  # the centre frame is always seen
+    batch = sampler.sample(64, np.random.RandomState(1))
+    assert batch.inputs_2d.shape == (64, 243, 17, 2)
+
+
 def test_flip_mirrors_2d_and_3d_together():
     seqs = _sequences((6,))
     sampler = WindowSampler(seqs, frames=3, flip=True)

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-minutes", type=float, default=5.0)
     t.add_argument("--validation-minutes", type=float, default=10.0)
     t.add_argument("--val-frames", type=int, default=4096)
+    t.add_argument("--short-clips", type=float, default=0.0,
+                   help="share of training windows that see only a random stretch of 8 to 2T frames, edge-padded "
+                   "beyond it, as the demo pads a clip shorter than the window (e.g. 0.5 for a 243-frame model)")
 
     e = sub.add_parser("evaluate", help="MPJPE / P-MPJPE of a checkpoint on held-out Bandai and CMU")
     e.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint or any lifter file")
@@ -134,6 +137,7 @@ def _train(args: argparse.Namespace) -> None:
                          samples_per_epoch=args.samples_per_epoch, max_minutes=args.max_minutes,
                          checkpoint_minutes=args.checkpoint_minutes,
                          validation_minutes=args.validation_minutes, validation_frames=args.val_frames,
+                         short_clips=args.short_clips,
                          resume=args.resume or args.warm_start is not None or args.init_weights is not None)
     result = train(model_config, data.train, data.validation, config)
     log.info("stopped at step %d, epoch %d; validation %s; checkpoints in %s", result.step, result.epoch,

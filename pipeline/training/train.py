@@ -71,6 +71,7 @@ class TrainConfig:
     validation_batch: int = 128
     best_metric: str = "mpjpe"  # or "p_mpjpe": which validation error picks best.bin
     flip_augment: bool = True
+    short_clips: float = 0.0  # share of training windows cut as if from a short clip (WindowSampler.short_clips)
     flip_test: bool = True
     seed: int = 1234
     resume: bool = False  # continue from run_dir/last.bin if it exists
@@ -260,7 +261,7 @@ class Trainer:
         self.skeleton = LIFTER_SKELETONS[config.skeleton]
         self.to_mm = 1000.0 if config.units == "m" else 1.0  # for the log
         self.sampler = WindowSampler(train_set, frames=self.frames, flip=config.flip_augment,
-                                     flip_permutation=self.skeleton.flip_permutation)
+                                     flip_permutation=self.skeleton.flip_permutation, short_clips=config.short_clips)
         self.val_sampler = (WindowSampler(val_set, frames=self.frames, flip=False,
                                           flip_permutation=self.skeleton.flip_permutation)
                             if val_set is not None and len(val_set) else None)

@@ -104,6 +104,10 @@ class WindowSampler:
     frames: int
     flip: bool = True
     flip_permutation: np.ndarray = field(default_factory=lambda: H36M.flip_permutation)
+    # Share of sampled windows cut as if their clip were short: the window sees only a random stretch of 8 to 2T
+    # frames (log-uniform) around its centre, edge-padded beyond it, as the demo pads a clip shorter than the window
+    # (a 243-frame window over an 8-second 30 fps clip is padded at every frame). 0: windows as released.
+    short_clips: float = 0.0
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.frames % 2 == 0:
@@ -123,19 +127,35 @@ class WindowSampler:
     def num_frames(self) -> int:
         return int(self._lengths.sum())
 
-    def window_indices(self, frame_ids: np.ndarray) -> np.ndarray:
-        """Global frame ids (N,) -> (N, T) indices of their windows into the concatenated arrays, edge-padded."""
+    def window_indices(self, frame_ids: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
+        """Global frame ids (N,) -> (N, T) indices of their windows into the concatenated arrays, edge-padded at the
+        sequence's ends, or at the ends of `visible` (N, 2): the first and last frame offset, relative to the centre,
+        that each window may see."""
         frame_ids = np.asarray(frame_ids, dtype=np.int64)
         seq = self._frame_sequence[frame_ids]
         start, length = self._starts[seq], self._lengths[seq]
         local = frame_ids - start
-        window = np.clip(local[:, None] + self._offsets[None, :], 0, (length - 1)[:, None])
+        low, high = np.zeros_like(local), length - 1
+        if visible is not None:
+            low, high = np.maximum(low, local + visible[:, 0]), np.minimum(high, local + visible[:, 1])
+        window = np.clip(local[:, None] + self._offsets[None, :], low[:, None], high[:, None])
         return window + start[:, None]
 
-    def gather(self, frame_ids: np.ndarray, flipped: np.ndarray | None = None) -> Batch:
-        """The windows around the given global frame ids, mirrored where `flipped` is set."""
+    def short_clip_views(self, count: int, rng: np.random.RandomState) -> np.ndarray:
+        """(count, 2) visible offsets for `short_clips`: a share of the windows sees a random stretch of 8 to 2T
+        frames containing the centre; the others see everything."""
+        length = np.exp(rng.uniform(np.log(8), np.log(2 * self.frames), count)).astype(np.int64)
+        before = (rng.rand(count) * length).astype(np.int64)
+        cut = rng.rand(count) < self.short_clips
+        big = np.iinfo(np.int64).max // 4
+        return np.stack([np.where(cut, -before, -big), np.where(cut, length - 1 - before, big)], axis=1)
+
+    def gather(self, frame_ids: np.ndarray, flipped: np.ndarray | None = None,
+               visible: np.ndarray | None = None) -> Batch:
+        """The windows around the given global frame ids (seeing only `visible`, see `window_indices`), mirrored
+        where `flipped` is set."""
         frame_ids = np.asarray(frame_ids, dtype=np.int64)
-        inputs = self._all_2d[self.window_indices(frame_ids)]
+        inputs = self._all_2d[self.window_indices(frame_ids, visible)]
         targets = root_relative(self._all_3d[frame_ids])
         if flipped is None:
             flipped = np.zeros(len(frame_ids), dtype=bool)
@@ -148,7 +168,8 @@ class WindowSampler:
         """A random batch; all randomness comes from `rng`, so saving its state makes resuming exact."""
         frame_ids = rng.randint(0, self.num_frames, size=batch_size)
         flipped = rng.rand(batch_size) < 0.5 if self.flip else np.zeros(batch_size, dtype=bool)
-        return self.gather(frame_ids, flipped)
+        visible = self.short_clip_views(batch_size, rng) if self.short_clips > 0 else None
+        return self.gather(frame_ids, flipped, visible)
 
     def evenly_spaced_frames(self, count: int) -> np.ndarray:
         """`count` global frame ids spread evenly over all frames: a fixed validation subset."""
