@@ -13,11 +13,12 @@ How (`rigid_bones`), per person and clip, in the lifter's root-relative camera s
    length from its (already rebuilt) parent, along the lifter's bone direction. Directions are what the lifter gets
    right more often than lengths, and they are all a BVH rig keeps.
 
-Measured on the shared 4-camera recording (`pipeline.evaluation multiview`, default lifter v2, mean of 4 views):
-limb P-MPJPE 120.2 -> 119.8 mm, bone CV 0.086 -> 0, worst left/right ratio 1.44 -> 1.00, jitter 12.3 -> 11.9 m/s^2.
-Keeping instead each bone's offset across the image and solving its depth for the length (the classic
-single-view reconstruction from known bone lengths) scored worse: 121.7-122.3 mm and jitter 31-34 m/s^2, because the
-sign of a short bone's depth is a coin toss from frame to frame.
+Measured on the shared 4-camera recording (`pipeline.evaluation multiview`, default lifter v2, mean of 4 views,
+free -> rigid): limb P-MPJPE 113.2 -> 112.7 mm, bone CV 0.086 -> 0, worst left/right ratio 1.44 -> 1.00, jitter
+12.3 -> 11.9 m/s^2 (with the calibration as read: 120.2 -> 119.8 mm). Keeping instead each bone's offset across the
+image and solving its depth for the length (the classic single-view reconstruction from known bone lengths) scored
+worse (calibration as read: 121.7-122.3 mm, jitter 31-34 m/s^2), because the sign of a short bone's depth is a coin
+toss from frame to frame.
 """
 from __future__ import annotations
 
