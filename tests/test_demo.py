@@ -2,6 +2,7 @@
 from the photographs Ultralytics ships, and the real sample clip from ../shared."""
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -294,8 +295,10 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path, clip_with_audio, tiny_lifter)
                  "--no-render"]) == 0
     for name in ("keypoints.npz", "run.json"):
         (out_root / "long" / name).unlink()
+    # SIGINT as in a terminal even when the tests run as a background job (which inherits SIGINT ignored).
     proc = subprocess.Popen([sys.executable, str(REPO / "demo.py"), "--video", str(clip), "--checkpoint",
-                             str(tiny_lifter), "--out", str(out_root)], stderr=subprocess.PIPE, text=True)
+                             str(tiny_lifter), "--out", str(out_root)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300  # generous: a busy shared machine loads the models slowly
     partial_video = out_root / "long" / ".long_pose3d.partial.mp4"
     while time.monotonic() < deadline and not partial_video.exists() and proc.poll() is None:

@@ -2,6 +2,7 @@
 half-written left behind on errors or Ctrl-C. Every check decodes the written file with OpenCV or ffmpeg."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -195,8 +196,10 @@ def test_ctrl_c_leaves_no_file(tmp_path):
                     print("writing", flush=True)
                 time.sleep(0.005)
     """)
+    # SIGINT as in a terminal even when the tests run as a background job (which inherits SIGINT ignored).
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL))
     assert process.stdout.readline().strip() == "writing"
     deadline = time.monotonic() + 30  # frames reach ffmpeg through a queue: wait for its partial file
     while leftovers(tmp_path) != [".out.partial.mp4"] and time.monotonic() < deadline:
