@@ -58,12 +58,17 @@ def resolve_weight_file(path: Path, what: str) -> Path:
     return path.resolve()
 
 
+# The project's own lifter that the demo uses without --checkpoint (weights/README.md, weights/MODEL_CARD.md).
+DEFAULT_LIFTER = "poseformerv2_mocap_27_3_3.safetensors"
+
+
 def default_lifter_checkpoint() -> Path:
-    """The project's shipped lifter weights (weights/poseformerv2_mocap_*.safetensors)."""
-    shipped = sorted(WEIGHTS_DIR.glob("poseformerv2_mocap_*.safetensors"))
-    if not shipped:
-        raise UserError(f"no lifter weights: the shipped default is missing from {WEIGHTS_DIR}; {WEIGHTS_HELP}")
-    return shipped[-1]
+    """The project's shipped lifter weights, weights/DEFAULT_LIFTER."""
+    shipped = WEIGHTS_DIR / DEFAULT_LIFTER
+    if not shipped.is_file():
+        raise UserError(f"no lifter weights: the shipped default {DEFAULT_LIFTER} is missing from {WEIGHTS_DIR}; "
+                        f"{WEIGHTS_HELP}")
+    return shipped
 
 
 def default_hrnet_weights() -> Path | None:
