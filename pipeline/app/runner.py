@@ -174,9 +174,7 @@ def process_clip(clip: Path, config: RunConfig, models: Models, ray_worker: dict
         return f"{clip.name}: outputs in {job.out.folder} are complete, skipped (--force redoes them)"
     timer = StageTimer()
     pose2d = estimate_2d(job, models, timer, config.show_progress)
-    lifted = lift_people(job, pose2d, models.lifters, timer, config.show_progress)
-    if config.motion.bones == "rigid":
-        lifted = make_bones_rigid(pose2d, lifted, models.lifters)
+    lifted = lift_people(job, pose2d, models.lifters, timer, config.show_progress, config.motion.bones)
     scene = place_in_world(job, pose2d, lifted, config.motion)
     written = write_keypoints(job, pose2d, lifted, scene, models)
     if config.motion.bvh:
@@ -225,38 +223,26 @@ def estimate_2d(job: ClipJob, models: Models, timer: StageTimer, show_progress: 
     return pose2d
 
 
-def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageTimer, show_progress: bool) -> Lifted:
-    """Every followed person through every checkpoint."""
+def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageTimer, show_progress: bool,
+                bones: str = "rigid") -> Lifted:
+    """Every followed person through every checkpoint; bones="rigid" gives each person one length per bone for the
+    clip, measured on the frames they were detected in (`pipeline.motion.bones`)."""
+    from pipeline.motion.bones import rigid_bones
+
     width, height = pose2d.image_size
     camera = np.zeros((len(pose2d.people), len(lifters), pose2d.num_frames, 17, 3), np.float32)
-    world = np.zeros_like(camera)
     with timer.stage("lift") as entry, \
             progress_bar(show_progress, f"{job.clip.name} 3D", camera[..., 0, 0].size) as bar:
         entry["frames"] = camera[..., 0, 0].size  # frames x people x checkpoints
         for p, person in enumerate(pose2d.people):
+            detected = np.flatnonzero(person.valid) if person.valid.any() else None
             for k, lifter in enumerate(lifters):
-                result = lifter.lift(person.keypoints, width, height, progress=bar.update)
-                camera[p, k], world[p, k] = result.camera, result.world
-    return Lifted(camera=camera, world=world, disagreement_mm=disagreement_mm(camera, lifters))
-
-
-def disagreement_mm(camera: np.ndarray, lifters: list) -> dict[str, float]:
-    """Per checkpoint after the first: the mean joint distance of its poses of the followed person to the first's."""
-    return {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)
-            for k, lifter in enumerate(lifters[1:], start=1)}
-
-
-def make_bones_rigid(pose2d: Pose2DOutput, lifted: Lifted, lifters: list) -> Lifted:
-    """Every person's poses with one length per bone for the clip, measured on the frames they were detected in
-    (`pipeline.motion.bones`); the world view and the checkpoints' disagreement follow."""
-    from pipeline.motion.bones import rigid_bones
-
-    camera = np.empty_like(lifted.camera)
-    for p, person in enumerate(pose2d.people):
-        detected = np.flatnonzero(person.valid) if person.valid.any() else None
-        for k in range(camera.shape[1]):
-            camera[p, k] = rigid_bones(lifted.camera[p, k], frames=detected)
-    return Lifted(camera=camera, world=demo_world_view(camera), disagreement_mm=disagreement_mm(camera, lifters))
+                camera[p, k] = lifter.lift(person.keypoints, width, height, progress=bar.update).camera
+                if bones == "rigid":
+                    camera[p, k] = rigid_bones(camera[p, k], frames=detected)
+    disagreement = {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)
+                    for k, lifter in enumerate(lifters[1:], start=1)}
+    return Lifted(camera=camera, world=demo_world_view(camera), disagreement_mm=disagreement)
 
 
 def mean_joint_distance_mm(a: np.ndarray, b: np.ndarray) -> float:
