@@ -170,6 +170,26 @@ class DetectorConfig:
         check_runtime(self.runtime)
 
 
+def predictor_class(model, on_cpu: bool) -> type:
+    """Ultralytics' predictor class for the model's task; on a CPU, one that skips Ultralytics' warm-up.
+
+    Why: on a CPU the warm-up runs no network; all it does is `import torchvision`, so that NMS uses
+    `torchvision.ops.nms` instead of Ultralytics' own `TorchNMS` (documented to match it exactly; the 2D tests check
+    the keypoints of both on the sample clip). That import costs 3.3 s of start-up here, because torchvision's ops
+    import `torch._dynamo` (2.9 s, `python -X importtime`), about 7% of a whole default demo.py run on the sample clip.
+    On a GPU the warm-up also runs the network once, and is kept."""
+    base = model.task_map[model.task]["predictor"]
+    if not on_cpu:
+        return base
+
+    class CPUPredictor(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.done_warmup = True
+
+    return CPUPredictor
+
+
 class PersonDetector:
     """Batched person detection: __call__(frames) -> one FrameDetections per frame.
 
@@ -196,6 +216,8 @@ class PersonDetector:
             logger.info("the %s detector runs on the CPU, not %s", self.runtime, device)
         self.device = ultralytics_device(device) if self.runtime == "torch" else "cpu"
         self.precision = inference_precision(self.runtime)  # "f32", or "bf16" for OpenVINO on bfloat16 CPUs
+        if self.runtime == "torch":
+            self._predictor = predictor_class(self.model, on_cpu=self.device == "cpu")
 
     def _use_export(self, runtime: str, export_root: Path | None) -> None:
         """Swap the PyTorch model for its export (made now if not cached); "auto" falls back to PyTorch on failure."""
@@ -206,9 +228,10 @@ class PersonDetector:
             path = exported_model(weights, sha256_of(weights), runtime, self.config.imgsz, load=load_yolo,
                                   cache_root=export_root)
             exported = YOLO(str(path), task=self.model.task)
+            predictor = predictor_class(exported, on_cpu=True)  # the same class later, or Ultralytics reloads it
             try:  # loads and compiles it now, so that a broken export shows here rather than mid-clip
                 exported.predict([np.zeros((32, 32, 3), np.uint8)], imgsz=self.config.imgsz, device="cpu",
-                                 verbose=False)
+                                 verbose=False, predictor=predictor)
             except Exception as exc:
                 raise RuntimeUnavailable(f"the {runtime} export {path} does not run ({type(exc).__name__}: "
                                          f"{str(exc).strip()[:200]}); delete {path.parent} to export it again, or "
@@ -219,7 +242,7 @@ class PersonDetector:
             logger.warning("the detector runs in PyTorch instead of %s: %s", runtime, exc.message)
             return
         logger.info("detector runs in %s (%s)", runtime, path.parent.name)
-        self.model, self.runtime = exported, runtime
+        self.model, self.runtime, self._predictor = exported, runtime, predictor
 
     def _check_model(self) -> None:
         """A detection, segmentation or pose model whose class 0 is a person; pose models with COCO-17 keypoints."""
@@ -244,7 +267,8 @@ class PersonDetector:
             return []
         c = self.config
         results = self.model.predict(list(frames), classes=[PERSON_CLASS], conf=c.conf, iou=c.iou,
-                                     imgsz=imgsz or c.imgsz, device=self.device, batch=len(frames), verbose=False)
+                                     imgsz=imgsz or c.imgsz, device=self.device, batch=len(frames), verbose=False,
+                                     predictor=self._predictor)
         return [self._convert(r) for r in results]
 
     def _convert(self, result) -> FrameDetections:

@@ -141,3 +141,36 @@ def test_bundled_model_finds_the_person_on_the_sample(no_network):
     assert seen.sum() >= 12
     kp = det.keypoints[0][seen]
     assert np.all((kp[:, 0] >= x0 - 5) & (kp[:, 0] <= x1 + 5) & (kp[:, 1] >= y0 - 5) & (kp[:, 1] <= y1 + 5))
+
+
+CPU_NMS_SCRIPT = """
+import sys
+import numpy as np
+from pipeline.detection import DetectorConfig, PersonDetector
+from pipeline.media.decode import iter_frames
+
+frames = list(iter_frames(sys.argv[1]))[::10]
+detector = PersonDetector(DetectorConfig(runtime="torch", device="cpu"))
+ours = [d for i in range(0, len(frames), 8) for d in detector(frames[i:i + 8])]
+assert "torchvision" not in sys.modules, "the CPU detector imported torchvision"
+import torchvision  # noqa: F401  from now on Ultralytics' NMS is torchvision.ops.nms
+theirs = [d for i in range(0, len(frames), 8) for d in detector(frames[i:i + 8])]
+assert sum(len(d) for d in ours) >= len(frames), "too few detections to compare"
+for a, b in zip(ours, theirs, strict=True):
+    assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.keypoints, b.keypoints), "NMS results differ"
+print("detections", sum(len(d) for d in ours))
+"""
+
+
+def test_the_cpu_detector_skips_the_torchvision_import_and_finds_the_same_people(tmp_path):
+    """Ultralytics' CPU warm-up only imports torchvision (3.3 s of start-up); without it, NMS is Ultralytics' own,
+    which must keep exactly the boxes and keypoints torchvision's NMS keeps, frame by frame over the sample clip."""
+    if not SAMPLE.exists():
+        pytest.skip("../shared sample clip not present")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CPU_NMS_SCRIPT, str(SAMPLE)], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) >= 23
