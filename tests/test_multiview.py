@@ -277,6 +277,30 @@ def test_scores_ignore_scale_and_rotation_but_see_a_bent_limb():
     assert errors[:, list(LIMB_JOINTS)].mean() > errors.mean() > 0.005
 
 
+def test_untrusted_reference_joints_are_neither_scored_nor_fitted_on():
+    target = np.repeat(h36m_pose()[None], 4, axis=0)
+    angle = 0.4
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    predicted = 0.8 * target @ rotation.T - 0.1
+    wrong = target.copy()
+    wrong[:, H36M.index("right_wrist")] += [0.3, -0.2, 0.1]  # a reference joint two views got wrong
+    trusted = np.ones((4, 17), bool)
+    trusted[:, H36M.index("right_wrist")] = False
+    trusted[3, :14] = False  # two trusted joints left: too few to align this frame on
+    errors = aligned_joint_errors(predicted, wrong, trusted)
+    assert np.isnan(errors[:, H36M.index("right_wrist")]).all() and np.isnan(errors[3]).all()
+    assert np.nanmax(errors) < 1e-9  # the bad joint no longer pulls the alignment of the others
+    assert aligned_joint_errors(predicted, wrong).min() > 1e-4  # fitted on every joint, every joint is off
+    # All trusted is the released P-MPJPE.
+    assert np.allclose(aligned_joint_errors(predicted, wrong, np.ones((4, 17), bool)),
+                       aligned_joint_errors(predicted, wrong), atol=1e-12)
+    scores = multiview.sequence_scores(predicted, wrong, target[0], 50.0, np.arange(4), trusted)
+    assert scores["scored_joints"] == 3 * 16 and scores["scored_limb_joints"] == 3 * 7
+    assert scores["p_mpjpe_limbs"] < 1e-9 and np.isnan(scores["per_joint_p_mpjpe"][H36M.index("right_wrist")])
+    pooled = multiview.combine([scores, multiview.sequence_scores(predicted, wrong, target[0], 50.0, np.arange(4))])
+    assert pooled["scored_joints"] == 3 * 16 + 4 * 17 and pooled["per_joint_scored"][H36M.index("right_wrist")] == 4
+
+
 def test_bone_length_variation_and_left_right_ratio_measure_what_they_say():
     rng = np.random.default_rng(6)
     pose = h36m_pose(forearm_left=0.30, forearm_right=0.20)
@@ -435,6 +459,23 @@ def test_real_recording_rigid_bones_are_constant_symmetric_and_no_less_accurate(
     assert rigid["bone_cv"] < 1e-5 and rigid["lr_ratio"] < 1 + 1e-5
     # Measured: limbs 120.2 -> 119.8 mm, jitter 12.3 -> 11.9 m/s^2 (README): fixing lengths moves no joint much.
     assert rigid["p_mpjpe_limbs"] < free["p_mpjpe_limbs"] + 0.002 and rigid["jitter"] < free["jitter"] * 1.1
+
+
+@pytest.mark.slow
+def test_real_recording_joints_confirmed_by_three_views_score_closer_for_lifter_and_baseline(real, one_torch_thread):
+    from pipeline.lifting import load_lifter
+
+    lifter = load_lifter(SHIPPED_LIFTER)
+    args = (real["recording"], real["views"], real["people"])
+    every = multiview.evaluate_lifter(lifter, *args)["overall"]
+    confirmed = multiview.evaluate_lifter(lifter, *args, min_joint_views=3)["overall"]
+    assert every["scored_joints"] == every["frames"] * 17
+    assert 0.5 * every["scored_joints"] < confirmed["scored_joints"] < 0.95 * every["scored_joints"]
+    # Joints from two views carry the reference's own errors, which no lifter can match.
+    assert confirmed["p_mpjpe_limbs"] < every["p_mpjpe_limbs"]
+    assert confirmed["constant_p_mpjpe_limbs"] < every["constant_p_mpjpe_limbs"]
+    with pytest.raises(ValueError, match="between 0 and the recording's 4 views"):
+        multiview.evaluate_lifter(lifter, *args, min_joint_views=5)
 
 
 @pytest.mark.slow

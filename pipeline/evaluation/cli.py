@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--bones", choices=("rigid", "free"), default="rigid",
                    help="score the lifter's poses as demo.py outputs them (rigid: one length per bone per sequence) "
                    "or as the network gives them (free)")
+    m.add_argument("--min-joint-views", type=int, default=0, metavar="N",
+                   help="score only the reference joints triangulated from N views or more, each frame aligned on "
+                   "those (3: joints a third view confirms; default 0: every joint)")
     g = sub.add_parser("gap", help="how the detector's COCO keypoints differ from the triangulation and from the "
                                    "joints lifters are trained on (docs/real_footage_gap.md)")
     _recording_arguments(g)
@@ -139,8 +142,10 @@ def format_report(report: MultiviewReport) -> str:
              *refinement_table(report.refinement),
              "triangulated reference (root-relative; jitter = mean joint acceleration)", reference_table(report)]
     for checkpoint, scores in report.lifters.items():
+        scored = "" if not report.min_joint_views else \
+            f"; only joints triangulated from {report.min_joint_views}+ views: {scores['overall']['scored_joints']}"
         parts += ["", f"lifter {checkpoint}, {report.bones} bones (errors in mm; P-MPJPE after per-frame Procrustes; "
-                      "const = the reference's mean pose held still)", lifter_table(scores)]
+                      f"const = the reference's mean pose held still{scored})", lifter_table(scores)]
     return "\n".join(parts)
 
 
@@ -157,7 +162,8 @@ def _config(args: argparse.Namespace) -> MultiviewConfig:
         pose2d=Pose2DConfig(detector=args.detector, device=args.device, all_people=True,
                             **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
         min_person_views=args.min_views, smoothing_hz=args.smooth_hz, bones=getattr(args, "bones", "rigid"),
-        refine_extrinsics=args.refine_extrinsics, cache_dir=None if args.no_cache else args.cache_dir)
+        min_joint_views=getattr(args, "min_joint_views", 0), refine_extrinsics=args.refine_extrinsics,
+        cache_dir=None if args.no_cache else args.cache_dir)
 
 
 def _check_checkpoints(paths: list[Path]) -> None:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,9 @@ class MultiviewConfig:
     min_person_views: int = 3  # people seen by fewer views are not triangulated (capped at the number of views)
     smoothing_hz: float | None = None  # denoise the reference along time (triangulation.smooth_points); None: raw
     bones: str = "rigid"  # the lifter's poses made rigid as demo.py does (pipeline.motion.bones), or "free"
+    # Score only reference joints triangulated from this many views or more (0: every joint). A joint seen by two
+    # views has no third to outvote a wrong detection; with 3 the scores track the lifter, not the reference's noise.
+    min_joint_views: int = 0
     refine_extrinsics: bool = True  # bundle-adjust the cameras' poses on the matched people before triangulating
     refine: RefineConfig = field(default_factory=RefineConfig)
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
@@ -343,44 +347,64 @@ def reconstruct(recording: Recording, config: MultiviewConfig | None = None
 # Scoring lifters against the triangulation
 
 MEAN_KEYS = ("p_mpjpe_limbs", "p_mpjpe", "mpjpe", "bone_cv", "jitter", "constant_p_mpjpe_limbs", "constant_p_mpjpe")
+# The error means are pooled over the joints they were taken on (fewer than frames x joints with trusted joints).
+MEAN_COUNTS = {"p_mpjpe_limbs": "scored_limb_joints", "constant_p_mpjpe_limbs": "scored_limb_joints",
+               "p_mpjpe": "scored_joints", "constant_p_mpjpe": "scored_joints", "mpjpe": "scored_joints"}
 
 
 def sequence_scores(predicted: np.ndarray, target: np.ndarray, constant: np.ndarray, fps: float,
-                    frames: np.ndarray) -> dict:
+                    frames: np.ndarray, trusted: np.ndarray | None = None) -> dict:
     """Scores of one lifted sequence. predicted/target (N, 17, 3) root-relative camera space (metres) at the frame
-    numbers `frames`; constant (17, 3) the baseline pose held still."""
-    errors = aligned_joint_errors(predicted, target)
-    baseline = aligned_joint_errors(np.broadcast_to(constant, target.shape), target)
+    numbers `frames`; constant (17, 3) the baseline pose held still; trusted (N, 17): the target joints to score
+    (None: all; see `aligned_joint_errors`)."""
+    errors = aligned_joint_errors(predicted, target, trusted)
+    baseline = aligned_joint_errors(np.broadcast_to(constant, target.shape), target, trusted)
+    scored = np.isfinite(errors)
+    limbs = list(LIMB_JOINTS)
     ratios = limb_length_ratios(predicted)
     accel = acceleration(predicted, fps, frames)
-    return {
-        "frames": int(len(frames)),
-        "p_mpjpe_limbs": float(errors[:, list(LIMB_JOINTS)].mean()),
-        "p_mpjpe": float(errors.mean()),
-        "mpjpe": float(joint_errors(predicted, target).mean()),
-        "bone_cv": bone_length_cv(predicted),
-        "lr_ratio": max(ratios.values()),
-        "lr_ratios": ratios,
-        "jitter": float(accel.mean()) if accel.size else float("nan"),
-        "constant_p_mpjpe_limbs": float(baseline[:, list(LIMB_JOINTS)].mean()),
-        "constant_p_mpjpe": float(baseline.mean()),
-        "per_joint_p_mpjpe": errors.mean(axis=0).tolist(),
-    }
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a joint never trusted: its mean is NaN
+        return {
+            "frames": int(len(frames)),
+            "scored_joints": int(scored.sum()),
+            "scored_limb_joints": int(scored[:, limbs].sum()),
+            "p_mpjpe_limbs": float(np.nanmean(errors[:, limbs])),
+            "p_mpjpe": float(np.nanmean(errors)),
+            "mpjpe": float(np.nanmean(joint_errors(predicted, target, scored))),
+            "bone_cv": bone_length_cv(predicted),
+            "lr_ratio": max(ratios.values()),
+            "lr_ratios": ratios,
+            "jitter": float(accel.mean()) if accel.size else float("nan"),
+            "constant_p_mpjpe_limbs": float(np.nanmean(baseline[:, limbs])),
+            "constant_p_mpjpe": float(np.nanmean(baseline)),
+            "per_joint_p_mpjpe": np.nanmean(errors, axis=0).tolist(),
+            "per_joint_scored": scored.sum(axis=0).tolist(),
+        }
 
 
 def combine(rows: list[dict]) -> dict:
-    """Pool sequences: frame-weighted means, the worst (largest) left/right ratio."""
+    """Pool sequences: means weighted by frames (errors: by the joints scored), the worst (largest) left/right
+    ratio."""
     if not rows:
         return {"frames": 0}
-    weights = np.array([r["frames"] for r in rows], np.float64)
-    out: dict = {"frames": int(weights.sum())}
+    out: dict = {"frames": int(sum(r["frames"] for r in rows))}
+    for key in ("scored_joints", "scored_limb_joints"):
+        out[key] = int(sum(r[key] for r in rows))
     for key in MEAN_KEYS:
         values = np.array([r[key] for r in rows])
-        ok = np.isfinite(values)
+        weights = np.array([r[MEAN_COUNTS.get(key, "frames")] for r in rows], np.float64)
+        ok = np.isfinite(values) & (weights > 0)
         out[key] = float(np.average(values[ok], weights=weights[ok])) if ok.any() else float("nan")
     out["lr_ratio"] = max(r["lr_ratio"] for r in rows)
     out["lr_ratios"] = {limb: max(r["lr_ratios"][limb] for r in rows) for limb in rows[0]["lr_ratios"]}
-    out["per_joint_p_mpjpe"] = np.average([r["per_joint_p_mpjpe"] for r in rows], axis=0, weights=weights).tolist()
+    per_joint = np.array([r["per_joint_p_mpjpe"] for r in rows], np.float64)
+    counts = np.array([r["per_joint_scored"] for r in rows], np.float64)
+    counts = np.where(np.isfinite(per_joint), counts, 0.0)
+    total = counts.sum(axis=0)
+    pooled = np.where(total > 0, (np.nan_to_num(per_joint) * counts).sum(axis=0) / np.maximum(total, 1), np.nan)
+    out["per_joint_p_mpjpe"] = pooled.tolist()
+    out["per_joint_scored"] = total.astype(int).tolist()
     return out
 
 
@@ -410,9 +434,13 @@ def reference_scores(person: TriangulatedPerson, views: list[ViewTracks], fps: f
 
 
 def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], people: list[TriangulatedPerson],
-                    bones: str = "rigid") -> dict:
+                    bones: str = "rigid", min_joint_views: int = 0) -> dict:
     """Lift every person in every view that sees them and score it: per view, per person and overall. bones="rigid"
-    fits one length per bone to each view's sequence, on the frames that view detected the person (as demo.py)."""
+    fits one length per bone to each view's sequence, on the frames that view detected the person (as demo.py).
+    min_joint_views > 0 scores only the reference joints triangulated from that many views or more."""
+    if not 0 <= min_joint_views <= len(views):
+        raise ValueError(f"the minimum number of views per scored joint must be between 0 and the recording's "
+                         f"{len(views)} views, got {min_joint_views}")
     fps = views[0].fps
     sequences = []
     for p, person in enumerate(people):
@@ -430,7 +458,8 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
             predicted = predicted[frames]
             target = root_relative(cam.to_camera(person.reference[frames]))
             constant = mean_pose @ cam.R.T
-            scores = sequence_scores(predicted, target, constant, fps, frames)
+            trusted = person.h36m.num_views[frames] >= min_joint_views if min_joint_views > 0 else None
+            scores = sequence_scores(predicted, target, constant, fps, frames, trusted)
             sequences.append({"view": views[v].name, "person": p, **scores})
     if not sequences:
         raise ValueError("no view has 3 or more frames with its person detected and triangulated; nothing to score")
@@ -449,6 +478,7 @@ class MultiviewReport:
     views: list[str]
     reference: list[dict]  # per person: reference_scores
     bones: str  # how the lifters' poses were scored: "rigid" (as demo.py outputs them) or "free"
+    min_joint_views: int = 0  # only reference joints triangulated from this many views were scored (0: all)
     lifters: dict[str, dict] = field(default_factory=dict)  # checkpoint -> evaluate_lifter
     refinement: dict | None = None  # the calibration refinement's report; None: the calibration as read
 
@@ -466,8 +496,9 @@ def evaluate_recording(recording: Recording, checkpoints: list[str | Path], conf
     fps = views[0].fps
     report = MultiviewReport(recording=str(recording.directory), fps=fps, views=[v.name for v in views],
                              reference=[reference_scores(p, views, fps) for p in people], bones=config.bones,
-                             refinement=recording.refinement)
+                             min_joint_views=config.min_joint_views, refinement=recording.refinement)
     for checkpoint in checkpoints:
         lifter = load_lifter(checkpoint, device=device)
-        report.lifters[str(checkpoint)] = evaluate_lifter(lifter, recording, views, people, config.bones)
+        report.lifters[str(checkpoint)] = evaluate_lifter(lifter, recording, views, people, config.bones,
+                                                          config.min_joint_views)
     return report

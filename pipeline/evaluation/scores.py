@@ -30,17 +30,33 @@ def _poses(poses: np.ndarray) -> np.ndarray:
     return poses
 
 
-def aligned_joint_errors(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """(T, J) distance of every joint after the per-frame Procrustes alignment of `predicted` onto `target`."""
+MIN_TRUSTED_JOINTS = 4  # fewer trusted joints in a frame fix no orientation worth scoring: the frame is left out
+
+
+def aligned_joint_errors(predicted: np.ndarray, target: np.ndarray, trusted: np.ndarray | None = None) -> np.ndarray:
+    """(T, J) distance of every joint after the per-frame Procrustes alignment of `predicted` onto `target`.
+
+    trusted (T, J) bool: the target joints that are known well enough to score (e.g. triangulated from 3 or more
+    views): each frame is aligned on those alone, and the others, and every joint of a frame with fewer than
+    MIN_TRUSTED_JOINTS trusted ones, are NaN. None: every joint, aligned on all of them (the released P-MPJPE)."""
     predicted, target = _poses(predicted), _poses(target)
     if predicted.shape != target.shape:
         raise ValueError(f"predicted {predicted.shape} and target {target.shape} differ in shape")
-    return np.linalg.norm(procrustes_align(predicted, target) - target, axis=-1)
+    if trusted is None:
+        return np.linalg.norm(procrustes_align(predicted, target) - target, axis=-1)
+    trusted = np.asarray(trusted, bool)
+    if trusted.shape != target.shape[:2]:
+        raise ValueError(f"trusted must be (T, J) = {target.shape[:2]}, got {trusted.shape}")
+    trusted = trusted & (trusted.sum(axis=1, keepdims=True) >= MIN_TRUSTED_JOINTS)
+    errors = np.linalg.norm(procrustes_align(predicted, target, weights=trusted) - target, axis=-1)
+    return np.where(trusted, errors, np.nan)
 
 
-def joint_errors(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """(T, J) distance of every joint without alignment (both root-relative in the same camera space)."""
-    return np.linalg.norm(_poses(predicted) - _poses(target), axis=-1)
+def joint_errors(predicted: np.ndarray, target: np.ndarray, trusted: np.ndarray | None = None) -> np.ndarray:
+    """(T, J) distance of every joint without alignment (both root-relative in the same camera space); NaN where
+    `trusted` (T, J) is False."""
+    errors = np.linalg.norm(_poses(predicted) - _poses(target), axis=-1)
+    return errors if trusted is None else np.where(trusted, errors, np.nan)
 
 
 def bone_lengths(poses: np.ndarray) -> np.ndarray:

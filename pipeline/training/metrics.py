@@ -28,18 +28,29 @@ def mpjpe_torch(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.mean(torch.norm(predicted - target, dim=-1))
 
 
-def procrustes_align(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+def procrustes_align(predicted: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """`predicted` after the per-frame similarity transform (scale, rotation, translation) that best fits `target`.
 
-    Orthogonal Procrustes with reflections excluded, as in the released `p_mpjpe`.
+    Orthogonal Procrustes with reflections excluded, as in the released `p_mpjpe`. `weights` (..., J), e.g. 0/1 for
+    the joints to fit on: the transform fits those joints only (weighted means and sums) and moves every joint; a
+    frame whose weights are all 0 has no transform and comes back NaN. None: every joint counts the same, as
+    released.
     """
     _check(predicted, target)
     shape = predicted.shape
     pred = np.asarray(predicted, np.float64).reshape(-1, shape[-2], 3)
     tgt = np.asarray(target, np.float64).reshape(-1, shape[-2], 3)
-    mu_t = tgt.mean(axis=1, keepdims=True)
-    mu_p = pred.mean(axis=1, keepdims=True)
-    t0, p0 = tgt - mu_t, pred - mu_p
+    if weights is None:
+        w = np.ones(pred.shape[:2] + (1,))
+    else:
+        w = np.broadcast_to(np.asarray(weights, np.float64), shape[:-1]).reshape(-1, shape[-2], 1)
+        if (w < 0).any():
+            raise ValueError("Procrustes weights must not be negative")
+    total = np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+    mu_t = (w * tgt).sum(axis=1, keepdims=True) / total
+    mu_p = (w * pred).sum(axis=1, keepdims=True) / total
+    root_w = np.sqrt(w)
+    t0, p0 = (tgt - mu_t) * root_w, (pred - mu_p) * root_w
     norm_t = np.sqrt(np.sum(t0**2, axis=(1, 2), keepdims=True))
     norm_p = np.sqrt(np.sum(p0**2, axis=(1, 2), keepdims=True))
     # A degenerate pose (all joints at one point) has no orientation; keep it where it is instead of dividing by 0.
@@ -55,7 +66,10 @@ def procrustes_align(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     rotation = np.matmul(v, u.transpose(0, 2, 1))
     scale = s.sum(axis=1)[:, None, None] * norm_t / norm_p
     translation = mu_t - scale * np.matmul(mu_p, rotation)
-    return (scale * np.matmul(pred, rotation) + translation).reshape(shape)
+    aligned = scale * np.matmul(pred, rotation) + translation
+    if weights is not None:
+        aligned[w.sum(axis=(1, 2)) == 0] = np.nan
+    return aligned.reshape(shape)
 
 
 def p_mpjpe(predicted: np.ndarray, target: np.ndarray) -> float:
