@@ -8,7 +8,15 @@ import pytest
 
 from pipeline.mocap import amc, bvh
 from pipeline.mocap.cameras import Camera, CameraConfig, camera_angles, inside_share, look_at, sample_camera
-from pipeline.mocap.dataset import bandai_group, is_validation_group, render, resample
+from pipeline.mocap.dataset import (
+    RenderConfig,
+    arm_channels,
+    bandai_group,
+    is_validation_group,
+    mix_arms,
+    render,
+    resample,
+)
 from pipeline.mocap.h36m_joints import BANDAI, body_forward, map_skeleton, perturb_landmarks
 from pipeline.mocap.noise import (
     COCO_SIGMAS,
@@ -188,6 +196,35 @@ def test_bandai_clip_maps_to_plausible_h36m_and_coco_skeletons():
     assert np.mean(((coco[:, c("nose")] - ears) * fwd).sum(-1) > 0.05) > 0.9
     assert np.mean(coco[:, c("nose"), 1] > coco[:, c("left_shoulder"), 1]) > 0.95
     assert np.mean(h36m[:, H36M.index("head"), 1] >= h36m[:, :, 1].max(axis=1) - 0.05) > 0.8
+
+
+def test_arm_mixing_moves_the_arms_as_the_donor_and_keeps_body_legs_and_bones():
+    clip = bvh.parse_bvh(_first_bandai_clip())
+    frames = len(clip.motion)
+    donor = bvh.BvhClip(clip.skeleton, np.roll(clip.motion, frames // 2, axis=0), clip.frame_time)
+    mixed = mix_arms(clip, donor, np.random.default_rng(0))
+    arms = arm_channels(clip.skeleton)
+    assert len(arms) == 8 * 3  # collar, upper arm, forearm, hand on both sides, three rotations each
+    rest = np.setdiff1d(np.arange(clip.motion.shape[1]), arms)
+    assert np.array_equal(mixed.motion[:, rest], clip.motion[:, rest])
+    assert np.array_equal(mixed.motion[:, arms], donor.motion[:, arms])  # same length: the whole donor, in order
+    before = map_skeleton(*bvh.forward_kinematics(clip), clip.skeleton.names, BANDAI)[0]
+    after = map_skeleton(*bvh.forward_kinematics(mixed), clip.skeleton.names, BANDAI)[0]
+    body = [H36M.index(n) for n in ("pelvis", "left_knee", "right_ankle", "spine", "thorax", "head")]
+    wrists = [H36M.index("left_wrist"), H36M.index("right_wrist")]
+    # The head top moves by ~8 um: its frame is averaged over the clip with the body forward, which the shoulders enter.
+    assert np.abs(before[:, body] - after[:, body]).max() < 1e-4
+    assert np.abs(before[:, wrists] - after[:, wrists]).max() > 0.1
+    for a, b in H36M.bones:  # the arms change pose, not length
+        assert np.allclose(np.linalg.norm(before[:, a] - before[:, b], axis=-1).mean(),
+                           np.linalg.norm(after[:, a] - after[:, b], axis=-1).mean(), atol=0.01)
+    # A donor shorter than the clip is played back and forth: no jump between consecutive frames.
+    short = bvh.BvhClip(clip.skeleton, clip.motion[:10], clip.frame_time)
+    looped = mix_arms(clip, short, np.random.default_rng(1)).motion[:, arms]
+    steps = np.abs(np.diff(looped, axis=0)).max(axis=1)
+    assert steps.max() <= np.abs(np.diff(clip.motion[:10][:, arms], axis=0)).max() + 1e-9
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        RenderConfig(arm_mixing=1.5)
 
 
 def _camera() -> Camera:

@@ -16,7 +16,7 @@ import logging
 import subprocess
 from pathlib import Path
 
-from pipeline.mocap.dataset import DEFAULT_DATA_DIR, DEFAULT_MOCAP_DIR, build_sets, load_set
+from pipeline.mocap.dataset import DEFAULT_DATA_DIR, DEFAULT_MOCAP_DIR, RenderConfig, build_sets, load_set
 
 log = logging.getLogger("pipeline.mocap")
 
@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("unpack", help="unpack the shared mocap archives into --mocap-dir")
     b = sub.add_parser("build", help="render and cache the train/validation/CMU sets")
     b.add_argument("--limit-clips", type=int, help="use only this many Bandai clips (quick experiments)")
+    b.add_argument("--arm-mixing", type=float, default=0.0, metavar="SHARE",
+                   help="share of training renderings whose arms move as in another training clip (e.g. 0.5)")
 
     t = sub.add_parser("train", help="train PoseFormerV2 on the cached Bandai sets (resumable)")
     t.add_argument("--frames", type=int, default=243)
@@ -60,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--short-clips", type=float, default=0.0,
                    help="share of training windows that see only a random stretch of 8 to 2T frames, edge-padded "
                    "beyond it, as the demo pads a clip shorter than the window (e.g. 0.5 for a 243-frame model)")
+    t.add_argument("--arm-mixing", type=float, default=0.0, metavar="SHARE",
+                   help="train on the set rendered with this share of arm-mixed clips (see build)")
 
     e = sub.add_parser("evaluate", help="MPJPE / P-MPJPE of a checkpoint on held-out Bandai and CMU")
     e.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint or any lifter file")
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "unpack":
         _unpack(args.mocap_dir)
     elif args.command == "build":
-        data = build_sets(args.mocap_dir, args.data_dir, limit_clips=args.limit_clips)
+        data = build_sets(args.mocap_dir, args.data_dir, RenderConfig(arm_mixing=args.arm_mixing),
+                          limit_clips=args.limit_clips)
         for name, s in (("train", data.train), ("validation", data.validation), ("cmu", data.cmu)):
             log.info("%s: %d sequences, %d frames", name, len(s), s.num_frames)
     elif args.command == "train":
@@ -131,7 +136,7 @@ def _train(args: argparse.Namespace) -> None:
         log.info("warm start from %s (step %d)", args.warm_start, chk["progress"]["step"])
     if args.init_weights is not None:
         init_training_run(args.init_weights, model_config, run_dir, args.lr)
-    data = build_sets(args.mocap_dir, args.data_dir, with_cmu=False)
+    data = build_sets(args.mocap_dir, args.data_dir, RenderConfig(arm_mixing=args.arm_mixing), with_cmu=False)
     config = TrainConfig(run_dir=run_dir, batch_size=args.batch_size, threads=args.threads,
                          lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
                          samples_per_epoch=args.samples_per_epoch, max_minutes=args.max_minutes,

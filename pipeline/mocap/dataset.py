@@ -58,6 +58,20 @@ class RenderConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)
     body: BodyModel = field(default_factory=BodyModel)
     seed: int = 0
+    # Share of training renderings whose arms (collar to hand, both sides) move as in another training clip, at the
+    # same moments: new combinations of arm and body motion from natural limb motion alone (PoseAug-like diversity,
+    # without implausible joint angles). Real people wave, point and hold things while they walk, bend and turn.
+    arm_mixing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.arm_mixing <= 1.0:
+            raise ValueError(f"arm_mixing is a share of renderings, between 0 and 1, not {self.arm_mixing}")
+
+
+ARM_DONORS = 64  # arm mixing draws its donor among this many clips rendered before (memory stays bounded)
+# Bandai joints whose rotation channels arm mixing takes from the donor clip (all actors share one skeleton).
+BANDAI_ARM_JOINTS = ("Shoulder_L", "UpperArm_L", "LowerArm_L", "Hand_L",
+                     "Shoulder_R", "UpperArm_R", "LowerArm_R", "Hand_R")
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,35 @@ def _scaled_bvh(clip: bvh.BvhClip, rng: np.random.Generator | None, scale_range:
         col += len(chans)
     skeleton = dataclasses.replace(sk, offsets=sk.offsets * factors[:, None])
     return bvh.BvhClip(skeleton, motion, clip.frame_time)
+
+
+def arm_channels(skeleton: bvh.BvhSkeleton, joints: tuple[str, ...] = BANDAI_ARM_JOINTS) -> np.ndarray:
+    """Column indices of the motion's rotation channels of `joints`."""
+    columns, col = [], 0
+    for name, chans in zip(skeleton.names, skeleton.channels, strict=True):
+        if name in joints:
+            columns += [col + k for k, ch in enumerate(chans) if ch.lower().endswith("rotation")]
+        col += len(chans)
+    if not columns:
+        raise ValueError(f"the skeleton has none of the joints {joints}")
+    return np.array(columns)
+
+
+def mix_arms(clip: bvh.BvhClip, donor: bvh.BvhClip, rng: np.random.Generator,
+             joints: tuple[str, ...] = BANDAI_ARM_JOINTS) -> bvh.BvhClip:
+    """`clip` with the arm joints' rotation channels of `donor` (same skeleton), from a random start in the donor,
+    played back and forth when the donor is shorter. The body, the legs and the clip's length are the clip's own."""
+    if donor.skeleton.names != clip.skeleton.names:
+        raise ValueError("arm mixing needs two clips of the same skeleton")
+    columns = arm_channels(clip.skeleton, joints)
+    frames, donor_frames = len(clip.motion), len(donor.motion)
+    start = int(rng.integers(0, max(donor_frames - frames, 0) + 1))
+    period = 2 * (donor_frames - 1) if donor_frames > 1 else 1
+    index = (start + np.arange(frames)) % period
+    index = np.where(index < donor_frames, index, period - index)  # back and forth, no jump at the ends
+    motion = clip.motion.copy()
+    motion[:, columns] = donor.motion[index][:, columns]
+    return bvh.BvhClip(clip.skeleton, motion, clip.frame_time)
 
 
 def load_bvh_clip(path: Path, rig: Rig, group: str, rng: np.random.Generator | None = None,
@@ -180,18 +223,28 @@ def _render_cameras(clip: MocapClip, cameras: int, rng: np.random.Generator, con
 def render_bandai(paths: list[Path], config: RenderConfig, cameras: int) -> SequenceSet:
     """Every clip through `cameras` random cameras, each with its own body variant, speed and noise."""
     inputs, targets, names, groups = [], [], [], []
+    donors: list[bvh.BvhClip] = []  # parsed clips of the same set, for arm mixing
+    pool_rng = np.random.default_rng([config.seed, 1])
     for i, path in enumerate(paths):
         rng = np.random.default_rng([config.seed, int(hashlib.sha1(path.stem.encode()).hexdigest()[:8], 16)])
         parsed = bvh.parse_bvh(path.read_text())
         _, rotations = bvh.forward_kinematics(parsed)
         for k in range(cameras):
+            source, known = parsed, rotations
+            if donors and rng.random() < config.arm_mixing:
+                source, known = mix_arms(parsed, donors[rng.integers(len(donors))], rng), None
             clip = load_bvh_clip(path, BANDAI, bandai_group(path.stem), rng if config.proportions else None,
-                                 config.body_scale, BANDAI_PROPORTIONS, config.body, parsed, rotations)
+                                 config.body_scale, BANDAI_PROPORTIONS, config.body, source, known)
             name, x2, x3 = _render_cameras(clip, 1, rng, config, config.speed)[0]
             inputs.append(x2)
             targets.append(x3)
             names.append(f"{clip.name}/cam{k}")
             groups.append(clip.group)
+        if config.arm_mixing > 0:  # a reservoir: a random sample of the clips so far, not just the last (same) group
+            if len(donors) < ARM_DONORS:
+                donors.append(parsed)
+            elif (slot := int(pool_rng.integers(i + 1))) < ARM_DONORS:
+                donors[slot] = parsed
         if (i + 1) % 200 == 0:
             log.info("rendered %d/%d clips", i + 1, len(paths))
     return SequenceSet(inputs, targets, names, groups)
@@ -234,7 +287,10 @@ def render_clips(clips: list[MocapClip], config: RenderConfig, cameras: int) -> 
 
 def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> str:
     """A short hash of everything that determines a rendered set (bump `version` when the code's output changes)."""
-    payload = {"kind": kind, "version": 5, "config": dataclasses.asdict(config),
+    settings = dataclasses.asdict(config)
+    if settings["arm_mixing"] == 0:  # added later: without it, a set hashes as before and its cached file stays valid
+        del settings["arm_mixing"]
+    payload = {"kind": kind, "version": 5, "config": settings,
                "proportions": {"+".join(k): v for k, v in BANDAI_PROPORTIONS.items()}, **(extra or {})}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -275,7 +331,8 @@ def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DAT
     sets = {}
     # Held-out clips are rendered as recorded (original body, speed): the metric describes the data, not the
     # augmentation. Cameras and detector noise stay random.
-    val_config = dataclasses.replace(config, proportions=False, body_scale=(1.0, 1.0), speed=(1.0, 1.0))
+    val_config = dataclasses.replace(config, proportions=False, body_scale=(1.0, 1.0), speed=(1.0, 1.0),
+                                     arm_mixing=0.0)
     for kind, clip_paths, cams, cfg in (("bandai_train", train_paths, config.cameras_per_clip, config),
                                         ("bandai_val", val_paths, validation_cameras, val_config)):
         path = Path(data_dir) / f"{kind}_{settings_key(kind, cfg, {**extra, 'cameras': cams})}.npz"
@@ -287,10 +344,11 @@ def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DAT
             save_set(path, sets[kind])
     cmu = None
     if with_cmu:
-        path = Path(data_dir) / f"cmu_{settings_key('cmu', config, {'cameras': validation_cameras})}.npz"
+        cmu_config = dataclasses.replace(config, arm_mixing=0.0)  # evaluation data, as recorded
+        path = Path(data_dir) / f"cmu_{settings_key('cmu', cmu_config, {'cameras': validation_cameras})}.npz"
         if path.exists():
             cmu = load_set(path)
         else:
-            cmu = render_clips(cmu_clips(mocap_dir, config.body), config, validation_cameras)
+            cmu = render_clips(cmu_clips(mocap_dir, cmu_config.body), cmu_config, validation_cameras)
             save_set(path, cmu)
     return MocapData(sets["bandai_train"], sets["bandai_val"], cmu)
