@@ -517,3 +517,39 @@ def test_init_training_run_starts_a_longer_window_from_a_lifter_files_weights(tm
         torch.testing.assert_close(model(window), same)
     with pytest.raises(ValueError, match="does not fit"):
         init_training_run(weights, PoseFormerV2Config(frames=27, frames_kept=9, coeffs_kept=9), tmp_path / "bad", 1e-4)
+
+
+def test_averaged_checkpoints_hold_the_mean_weights_and_export(tmp_path):
+    import torch
+
+    from pipeline.lifting import load_lifter, save_lifter_checkpoint
+    from pipeline.mocap.__main__ import main
+    from pipeline.mocap.export import init_training_run, load_training_checkpoint
+    from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+    from pipeline.training.train import load_checkpoint
+
+    config = PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3)
+    torch.manual_seed(0)
+    weights = save_lifter_checkpoint(tmp_path / "w.safetensors", PoseFormerV2(config).eval())
+    first = init_training_run(weights, config, tmp_path / "a", lr=1e-4)
+    chk = load_checkpoint(first)
+    chk["model_pos"] = {k: v + 1.0 if v.is_floating_point() else v for k, v in chk["model_pos"].items()}
+    second = tmp_path / "b.bin"
+    torch.save(chk, second)
+    out = tmp_path / "mean.bin"
+    assert main(["average", "--checkpoint", str(first), "--checkpoint", str(second), "--out", str(out)]) == 0
+    mean, _, averaged = load_training_checkpoint(out)
+    start, _, _ = load_training_checkpoint(first)
+    for key, value in start.state_dict().items():
+        torch.testing.assert_close(mean.state_dict()[key], value + 0.5)
+    assert averaged["averaged_from"] == [str(first), str(second)]
+    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "mean.safetensors")]) == 0
+    assert load_lifter(tmp_path / "mean.safetensors").config.frames == 9
+    with pytest.raises(ValueError, match="two checkpoints or more"):
+        main(["average", "--checkpoint", str(first), "--out", str(tmp_path / "one.bin")])
+    shallow = PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3, depth=2)
+    other = init_training_run(save_lifter_checkpoint(tmp_path / "s.safetensors", PoseFormerV2(shallow).eval()),
+                              shallow, tmp_path / "c", lr=1e-4)
+    with pytest.raises(ValueError, match="not a checkpoint of the same model"):
+        main(["average", "--checkpoint", str(first), "--checkpoint", str(other), "--out", str(tmp_path / "x.bin")])
+    assert not (tmp_path / "x.bin").exists()

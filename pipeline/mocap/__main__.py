@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--only-extra", action="store_true", help="skip the default held-out Bandai and CMU sets")
     e.add_argument("--json", type=Path, help="also write the metrics here")
 
+    a = sub.add_parser("average", help="the element-wise mean of several training checkpoints of one model")
+    a.add_argument("--checkpoint", dest="checkpoints", type=Path, action="extend", nargs="+", required=True,
+                   help="training checkpoints (several after one flag, or the flag repeated)")
+    a.add_argument("--out", type=Path, required=True, help="the averaged training checkpoint (export it after)")
+
     x = sub.add_parser("export", help="a training checkpoint -> safetensors with the config in its metadata")
     x.add_argument("--checkpoint", type=Path, required=True)
     x.add_argument("--out", type=Path, required=True)
@@ -106,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         _train(args)
     elif args.command == "evaluate":
         _evaluate(args)
+    elif args.command == "average":
+        from pipeline.mocap.export import average_checkpoints
+
+        average_checkpoints(args.checkpoints, args.out)
     elif args.command == "export":
         from pipeline.mocap.export import export_safetensors
 
