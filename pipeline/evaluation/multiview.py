@@ -363,7 +363,7 @@ def sequence_scores(predicted: np.ndarray, target: np.ndarray, constant: np.ndar
     limbs = list(LIMB_JOINTS)
     ratios = limb_length_ratios(predicted)
     accel = acceleration(predicted, fps, frames)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a joint never trusted: its mean is NaN
         return {
             "frames": int(len(frames)),
