@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
 import subprocess
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.media.ffmpeg import MediaInfo, VideoError, ffmpeg_exe, last_error_line, probe
+from pipeline.media.interrupts import Handoff, interrupts_deferred
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,11 @@ def iter_frames(path: str | Path, start: int = 0, end: int | None = None,
     cmd = decode_command(info, filters)
     count = 0
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty ffmpeg can never block on stderr
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                bufsize=frame_bytes)
+        proc = None
         try:
+            with interrupts_deferred():  # a Ctrl-C inside Popen would lose the running ffmpeg
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                        bufsize=frame_bytes)
             assert proc.stdout is not None
             while True:
                 buf = proc.stdout.read(frame_bytes)
@@ -81,10 +83,11 @@ def iter_frames(path: str | Path, start: int = 0, end: int | None = None,
                 if end is not None and count >= end - start:
                     break
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.stdout.close()
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                proc.stdout.close()
         err.seek(0)
         messages = err.read().decode("utf-8", errors="replace")
     if count == 0:
@@ -285,36 +288,28 @@ def prefetched(frames: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndar
 
     Memory stays bounded (`depth` frames in flight). An error while decoding is raised in the consumer at the frame
     where it happened; when the consumer stops early (break, an exception, Ctrl-C) the reader thread stops and the
-    source generator is closed, which ends its ffmpeg process.
+    source generator is closed, which ends its ffmpeg process. The frames pass through a `Handoff`, which Ctrl-C
+    cannot wedge (a queue.Queue can be left locked by it, see pipeline/media/interrupts.py).
     """
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+    slots = Handoff(depth)
 
     def read() -> None:
         try:
             for frame in frames:
-                if not put(frame):
+                if not slots.put(frame):
                     return
-            put(_DONE)
+            slots.put(_DONE)
         except BaseException as exc:  # handed to the consumer, which raises it
-            put(exc)
+            slots.put(exc)
         finally:
             close = getattr(frames, "close", None)
             if close is not None:
                 close()
 
     reader = threading.Thread(target=read, name="frame-reader", daemon=True)
-    reader.start()
     try:
+        with interrupts_deferred():  # Ctrl-C inside Thread.start() can leave the new thread unable to start
+            reader.start()
         while True:
             item = slots.get()
             if item is _DONE:
@@ -323,5 +318,6 @@ def prefetched(frames: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndar
                 raise item
             yield item
     finally:
-        stop.set()
-        reader.join()
+        slots.close()  # the reader stops at its next put
+        if reader.ident is not None:  # started
+            reader.join()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 
 from pipeline.media.ffmpeg import count_frames, ffmpeg_exe, frame_rate_fraction, probe_audio_codec
+from pipeline.media.interrupts import Handoff, interrupts_deferred
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,20 @@ class VideoWriter:
         self._process: subprocess.Popen | None = None
         self._stderr = None
         # A pump thread feeds ffmpeg, so that converting and drawing the next frame overlap with piping this one
-        # (the pipe blocks while ffmpeg encodes); at most QUEUE_FRAMES frames wait, so memory stays bounded.
-        self._queue: queue.Queue | None = None
+        # (the pipe blocks while ffmpeg encodes); at most QUEUE_FRAMES frames wait, so memory stays bounded. A Handoff,
+        # not a queue.Queue: Ctrl-C at the wrong moment can leave a queue.Queue's lock held and hang the exit.
+        self._queue: Handoff | None = None
         self._pump: threading.Thread | None = None
         self._pipe_error: BaseException | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> VideoWriter:
-        self.open()
+        try:
+            self.open()
+        except BaseException:  # including Ctrl-C between open() and the with block, which would skip __exit__
+            self.abort()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -113,20 +118,29 @@ class VideoWriter:
         command = self._command()
         log.debug("ffmpeg command: %s", " ".join(command))
         self._stderr = tempfile.TemporaryFile()
-        # A new session: Ctrl-C in the terminal reaches only Python, which then kills ffmpeg and removes the temporary
-        # file; ffmpeg must not finalise a half video on its own.
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=self._stderr, start_new_session=True)
         self._pipe_error = None
-        self._queue = queue.Queue(maxsize=QUEUE_FRAMES)
+        self._queue = Handoff(QUEUE_FRAMES)
         self._pump = threading.Thread(target=self._feed_ffmpeg, name="encoder-pipe", daemon=True)
-        self._pump.start()
+        try:
+            # A new session: Ctrl-C in the terminal reaches only Python, which then kills ffmpeg and removes the
+            # temporary file; ffmpeg must not finalise a half video on its own. Ctrl-C is held back until both ffmpeg
+            # and its pump are running, so that abort() always finds them (pipeline/media/interrupts.py).
+            with interrupts_deferred():
+                self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                                 stderr=self._stderr, start_new_session=True)
+                self._pump.start()
+        except BaseException:
+            self.abort()
+            raise
 
     def _feed_ffmpeg(self) -> None:
-        """The pump thread: write queued frames into ffmpeg's stdin until the end marker (None)."""
+        """The pump thread: write queued frames into ffmpeg's stdin until the end marker (None) or an abort."""
         process, slots = self._process, self._queue
         while True:
-            data = slots.get()
+            try:
+                data = slots.get()
+            except Handoff.Closed:
+                return
             if data is None:
                 return
             if self._pipe_error is not None:
@@ -154,10 +168,15 @@ class VideoWriter:
             self._process.wait()
             raise RuntimeError(f"ffmpeg stopped while encoding {self.path.name}: {self._ffmpeg_message()}")
 
-    def _stop_pump(self) -> None:
+    def _stop_pump(self, finish: bool) -> None:
+        """finish: let the pump write every queued frame first; otherwise it drops them and stops at once."""
         if self._pump is not None:
-            self._queue.put(None)
-            self._pump.join()
+            if finish:
+                self._queue.put(None)
+            else:
+                self._queue.close()
+            if self._pump.ident is not None:  # started
+                self._pump.join()
             self._pump = None
 
     def close(self) -> None:
@@ -170,7 +189,7 @@ class VideoWriter:
                                    f"{self.frame_count} expected: the output was not kept")
             if self.frames_written == 0:
                 raise RuntimeError(f"no frame written to {self.path.name}: the output was not kept")
-            self._stop_pump()
+            self._stop_pump(finish=True)
             self._raise_if_ffmpeg_stopped()
             try:
                 self._process.stdin.close()
@@ -197,7 +216,7 @@ class VideoWriter:
                 self._process.kill()  # a pump blocked on the pipe then fails at once
             if self._pump is not None:
                 self._pipe_error = self._pipe_error or BrokenPipeError("aborted")
-                self._stop_pump()
+                self._stop_pump(finish=False)
             try:
                 self._process.stdin.close()
             except (BrokenPipeError, OSError):
