@@ -227,7 +227,9 @@ def frames_at(path: str | Path, numbers: Sequence[int], start: int = 0, end: int
     if method == "pass":
         found = dict(zip(distinct, _select_frames(info, distinct), strict=True))
     else:
-        with ThreadPoolExecutor(max_workers=min(len(distinct), os.cpu_count() or 1)) as pool:
+        # Ctrl-C waits for these few seeks (5 full-HD frames: 2.1 s with both cores busy): the executor's locks are
+        # Python-level and could be left held by it (pipeline/media/interrupts.py).
+        with interrupts_deferred(), ThreadPoolExecutor(max_workers=min(len(distinct), os.cpu_count() or 1)) as pool:
             found = dict(zip(distinct, pool.map(lambda n: _seek_frame(info, times, n), distinct), strict=True))
     return [found[n] for n in absolute]
 
