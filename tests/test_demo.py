@@ -313,6 +313,23 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path, clip_with_audio, tiny_lifter)
     assert left == ["cache", "keypoints.npz", "long.bvh", "long_viewer.html"], left
 
 
+
+def test_ctrl_c_while_starting_up_prints_one_line_not_a_traceback(tmp_path):
+    """SIGINT half a second in, while demo.py still imports PyTorch (~3 s here): exit code 130, one line on stderr."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "demo.py"), "--sample", "--out", str(tmp_path)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["interrupted: no partial output was kept"]
+    assert list(tmp_path.iterdir()) == []
+
+
 SHIPPED_LIFTER = REPO / "weights" / "poseformerv2_mocap_27_3_3.safetensors"
 
 
