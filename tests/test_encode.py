@@ -251,14 +251,17 @@ def test_ctrl_c_at_any_moment_leaves_no_thread_ffmpeg_or_partial_file(tmp_path):
             with VideoWriter(out / "v.mp4", (64, 48), 25, frame_count=40) as writer:
                 for frame in prefetched(iter_frames(source)):
                     writer.write(frame)
-        start = time.monotonic()
-        copy()
-        span = time.monotonic() - start  # interrupts fall over 1.5 times the time a whole copy takes
+        spans = []
+        for _ in range(3):
+            start = time.monotonic()
+            copy()
+            spans.append(time.monotonic() - start)
+        span = 2 * min(spans)  # interrupts fall over twice the fastest whole copy: about half interrupt it
         rng, interrupted, last = random.Random(0), 0, None
         for trial in range(150):
             (out / "v.mp4").unlink(missing_ok=True)
             try:
-                signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0, 1.5 * span))
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0, span))
                 copy()
                 signal.setitimer(signal.ITIMER_REAL, 0)
             except KeyboardInterrupt:
@@ -275,7 +278,7 @@ def test_ctrl_c_at_any_moment_leaves_no_thread_ffmpeg_or_partial_file(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     interrupted = int(result.stdout.split()[-1])
-    assert 50 < interrupted < 150  # both interrupted and finished trials happened
+    assert 30 <= interrupted <= 145  # both interrupted and finished trials happened
 
 
 def _stream_seconds(path: Path, stream: str) -> float:
