@@ -1,24 +1,22 @@
 """Ctrl-C (KeyboardInterrupt) at any moment of decoding and encoding: no hang, no process or file left behind.
 
-Python raises KeyboardInterrupt in the main thread between any two bytecodes. Two places cannot take that:
+Python raises KeyboardInterrupt in the main thread between any two bytecodes. Two kinds of code cannot take that:
 
-1. Hand-offs between threads (`Handoff`), see below.
-2. Starting a child process (`interrupts_deferred`): an interrupt inside `subprocess.Popen` after the fork loses the
-   Popen object while the child runs on. An ffmpeg encoder started that way finalises its partial output file when
-   its stdin closes, after the caller has cleaned up (seen once in 1,500 interrupted encodes).
-
-A bounded hand-off of items between the main thread and one helper thread that Ctrl-C can never wedge:
-
-Why not `queue.Queue`: its locking is Python code (`threading.Condition` around a lock), and Python raises
-KeyboardInterrupt in the main thread between any two bytecodes, including right after the queue's mutex was acquired
-and before the `with` block that releases it was entered. The mutex then stays locked for good and the next `put`,
-`get` or `qsize` from either thread blocks forever. Measured here: about one hang in 30 renders interrupted with
-SIGINT (tests/test_demo.py's Ctrl-C test hung in CI that way; py-spy showed both threads waiting on the queue's mutex).
-
-`Handoff` is built only from `queue.SimpleQueue`, whose `put` and `get` are single C calls: an interrupt lands before
-or after them, never inside with a lock held. Capacity is a second SimpleQueue of free slots. An interrupt between the
-two calls of `put` or `get` at most loses one slot, which only matters while the hand-off keeps being used, and an
-interrupted side stops using it. Ending is a flag read by polling (`closed`), not a marker that has to get through.
+1. Python-level locks, so `queue.Queue` (a `threading.Condition` around a lock), `threading.Event` and the
+   executors: an interrupt right after the lock's acquire and before the `with` block that releases it leaves the lock
+   held for good, and the next `put`, `get` or `qsize` from any thread blocks forever. Measured here: about one hang
+   in 30 renders interrupted with SIGINT (tests/test_demo.py's Ctrl-C test hung in CI that way; py-spy showed the
+   main thread and the encoder's pump both waiting on the queue's mutex).
+   `Handoff` replaces `queue.Queue` between the main thread and one helper thread. It is built only from
+   `queue.SimpleQueue`, whose `put` and `get` are single C calls: an interrupt lands before or after them, never inside
+   with a lock held. Capacity is a second SimpleQueue of free slots; an interrupt between the two calls of `put` or
+   `get` at most loses a slot, which only matters while the hand-off keeps being used, and an interrupted side stops
+   using it. Ending is a flag read by polling (`closed`), not a marker that has to get through.
+2. Starting a child process or a thread: an interrupt inside `subprocess.Popen` after the fork loses the Popen object
+   while the child runs on (an ffmpeg encoder started that way finalised its partial output file when its stdin
+   closed, after the caller had cleaned up: once in 1,500 interrupted encodes), and one inside `Thread.start()` can
+   leave the new thread unable to start. `interrupts_deferred` holds SIGINT back for such short steps (and for the
+   probe's few frame seeks, which run on an executor: `frames_at` in pipeline/media/decode.py).
 """
 from __future__ import annotations
 
