@@ -68,18 +68,18 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
     if len(checkpoints) < 2:
         raise ValueError("averaging needs two checkpoints or more")
     loaded = [load_checkpoint(path) for path in checkpoints]
-    first = loaded[-1]
+    base = loaded[-1]  # its optimizer state and progress are kept
     for path, chk in zip(checkpoints, loaded, strict=True):
-        if chk["model_config"] != first["model_config"] or chk["model_pos"].keys() != first["model_pos"].keys() or \
-                any(v.shape != first["model_pos"][k].shape for k, v in chk["model_pos"].items()):
+        if chk["model_config"] != base["model_config"] or chk["model_pos"].keys() != base["model_pos"].keys() or \
+                any(v.shape != base["model_pos"][k].shape for k, v in chk["model_pos"].items()):
             raise ValueError(f"{path} is not a checkpoint of the same model as {checkpoints[-1]}")
-    first["model_pos"] = {k: torch.stack([c["model_pos"][k].float() for c in loaded]).mean(0).to(v.dtype)
-                          if v.is_floating_point() else v for k, v in first["model_pos"].items()}
-    first["averaged_from"] = [str(path) for path in checkpoints]
+    base["model_pos"] = {k: torch.stack([c["model_pos"][k].float() for c in loaded]).mean(0).to(v.dtype)
+                         if v.is_floating_point() else v for k, v in base["model_pos"].items()}
+    base["averaged_from"] = [str(path) for path in checkpoints]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    torch.save(first, tmp)
+    torch.save(base, tmp)
     tmp.replace(out)
     log.info("wrote %s: the mean of %d checkpoints", out, len(checkpoints))
     return out
