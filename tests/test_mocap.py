@@ -9,13 +9,14 @@ import pytest
 from pipeline.mocap import amc, bvh
 from pipeline.mocap.cameras import Camera, CameraConfig, camera_angles, inside_share, look_at, sample_camera
 from pipeline.mocap.dataset import (
+    BANDAI_UPPER_BODY_JOINTS,
     RenderConfig,
-    arm_channels,
     bandai_group,
     is_validation_group,
-    mix_arms,
+    mix_joints,
     render,
     resample,
+    rotation_channels,
 )
 from pipeline.mocap.h36m_joints import BANDAI, body_forward, map_skeleton, perturb_landmarks
 from pipeline.mocap.noise import (
@@ -202,8 +203,8 @@ def test_arm_mixing_moves_the_arms_as_the_donor_and_keeps_body_legs_and_bones():
     clip = bvh.parse_bvh(_first_bandai_clip())
     frames = len(clip.motion)
     donor = bvh.BvhClip(clip.skeleton, np.roll(clip.motion, frames // 2, axis=0), clip.frame_time)
-    mixed = mix_arms(clip, donor, np.random.default_rng(0))
-    arms = arm_channels(clip.skeleton)
+    mixed = mix_joints(clip, donor, np.random.default_rng(0))
+    arms = rotation_channels(clip.skeleton)
     assert len(arms) == 8 * 3  # collar, upper arm, forearm, hand on both sides, three rotations each
     rest = np.setdiff1d(np.arange(clip.motion.shape[1]), arms)
     assert np.array_equal(mixed.motion[:, rest], clip.motion[:, rest])
@@ -220,11 +221,35 @@ def test_arm_mixing_moves_the_arms_as_the_donor_and_keeps_body_legs_and_bones():
                            np.linalg.norm(after[:, a] - after[:, b], axis=-1).mean(), atol=0.01)
     # A donor shorter than the clip is played back and forth: no jump between consecutive frames.
     short = bvh.BvhClip(clip.skeleton, clip.motion[:10], clip.frame_time)
-    looped = mix_arms(clip, short, np.random.default_rng(1)).motion[:, arms]
+    looped = mix_joints(clip, short, np.random.default_rng(1)).motion[:, arms]
     steps = np.abs(np.diff(looped, axis=0)).max(axis=1)
     assert steps.max() <= np.abs(np.diff(clip.motion[:10][:, arms], axis=0)).max() + 1e-9
     with pytest.raises(ValueError, match="between 0 and 1"):
         RenderConfig(arm_mixing=1.5)
+
+
+def test_upper_body_mixing_moves_trunk_head_and_arms_over_the_clips_own_hips_and_legs():
+    clip = bvh.parse_bvh(_first_bandai_clip())
+    frames = len(clip.motion)
+    donor = bvh.BvhClip(clip.skeleton, np.roll(clip.motion, frames // 2, axis=0), clip.frame_time)
+    mixed = mix_joints(clip, donor, np.random.default_rng(0), BANDAI_UPPER_BODY_JOINTS)
+    upper = rotation_channels(clip.skeleton, BANDAI_UPPER_BODY_JOINTS)
+    assert len(upper) == 12 * 3  # spine, chest, neck, head and the 8 arm joints
+    rest = np.setdiff1d(np.arange(clip.motion.shape[1]), upper)  # root motion, hips and legs
+    assert np.array_equal(mixed.motion[:, rest], clip.motion[:, rest])
+    assert np.array_equal(mixed.motion[:, upper], donor.motion[:, upper])
+    before = map_skeleton(*bvh.forward_kinematics(clip), clip.skeleton.names, BANDAI)[0]
+    after = map_skeleton(*bvh.forward_kinematics(mixed), clip.skeleton.names, BANDAI)[0]
+    legs = [H36M.index(n) for n in ("pelvis", "left_hip", "right_knee", "left_ankle", "right_ankle")]
+    assert np.abs(before[:, legs] - after[:, legs]).max() < 1e-4
+    # The trunk leans as the donor's does relative to the hips: the thorax moves, by centimetres at least.
+    thorax = H36M.index("thorax")
+    assert np.abs(before[:, thorax] - after[:, thorax]).max() > 0.02
+    for a, b in H36M.bones:  # poses change, bone lengths do not
+        assert np.allclose(np.linalg.norm(before[:, a] - before[:, b], axis=-1).mean(),
+                           np.linalg.norm(after[:, a] - after[:, b], axis=-1).mean(), atol=0.01)
+    with pytest.raises(ValueError, match="at most 1"):
+        RenderConfig(arm_mixing=0.6, upper_body_mixing=0.5)
 
 
 def _camera() -> Camera:

@@ -34,8 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("unpack", help="unpack the shared mocap archives into --mocap-dir")
     b = sub.add_parser("build", help="render and cache the train/validation/CMU sets")
     b.add_argument("--limit-clips", type=int, help="use only this many Bandai clips (quick experiments)")
-    b.add_argument("--arm-mixing", type=float, default=0.0, metavar="SHARE",
-                   help="share of training renderings whose arms move as in another training clip (e.g. 0.5)")
+    _add_mixing_flags(b, "share of training renderings whose {} move as in another training clip (e.g. 0.5)")
 
     t = sub.add_parser("train", help="train PoseFormerV2 on the cached Bandai sets (resumable)")
     t.add_argument("--frames", type=int, default=243)
@@ -62,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--short-clips", type=float, default=0.0,
                    help="share of training windows that see only a random stretch of 8 to 2T frames, edge-padded "
                    "beyond it, as the demo pads a clip shorter than the window (e.g. 0.5 for a 243-frame model)")
-    t.add_argument("--arm-mixing", type=float, default=0.0, metavar="SHARE",
-                   help="train on the set rendered with this share of arm-mixed clips (see build)")
+    _add_mixing_flags(t, "train on the set rendered with this share of renderings whose {} move as in another "
+                      "training clip (see build)")
 
     e = sub.add_parser("evaluate", help="MPJPE / P-MPJPE of a checkpoint on held-out Bandai and CMU")
     e.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint or any lifter file")
@@ -97,13 +96,27 @@ def _unpack(mocap_dir: Path) -> None:
         subprocess.run(["tar", "xJf", str(archive), "-C", str(mocap_dir)], check=True)
 
 
+def _add_mixing_flags(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--arm-mixing", type=float, default=0.0, metavar="SHARE", help=text.format("arms"))
+    p.add_argument("--upper-body-mixing", type=float, default=0.0, metavar="SHARE",
+                   help=text.format("trunk, head and arms") + "; drawn apart from --arm-mixing, the two add up to "
+                   "at most 1")
+
+
+def _render_config(args: argparse.Namespace) -> RenderConfig:
+    try:
+        return RenderConfig(arm_mixing=args.arm_mixing, upper_body_mixing=args.upper_body_mixing)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "unpack":
         _unpack(args.mocap_dir)
     elif args.command == "build":
-        data = build_sets(args.mocap_dir, args.data_dir, RenderConfig(arm_mixing=args.arm_mixing),
+        data = build_sets(args.mocap_dir, args.data_dir, _render_config(args),
                           limit_clips=args.limit_clips)
         for name, s in (("train", data.train), ("validation", data.validation), ("cmu", data.cmu)):
             log.info("%s: %d sequences, %d frames", name, len(s), s.num_frames)
@@ -145,7 +158,7 @@ def _train(args: argparse.Namespace) -> None:
         log.info("warm start from %s (step %d)", args.warm_start, chk["progress"]["step"])
     if args.init_weights is not None:
         init_training_run(args.init_weights, model_config, run_dir, args.lr)
-    data = build_sets(args.mocap_dir, args.data_dir, RenderConfig(arm_mixing=args.arm_mixing), with_cmu=False)
+    data = build_sets(args.mocap_dir, args.data_dir, _render_config(args), with_cmu=False)
     config = TrainConfig(run_dir=run_dir, batch_size=args.batch_size, threads=args.threads,
                          lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
                          samples_per_epoch=args.samples_per_epoch, max_minutes=args.max_minutes,

@@ -62,16 +62,27 @@ class RenderConfig:
     # same moments: new combinations of arm and body motion from natural limb motion alone (PoseAug-like diversity,
     # without implausible joint angles). Real people wave, point and hold things while they walk, bend and turn.
     arm_mixing: float = 0.0
+    # Share of training renderings whose whole upper body (spine, chest, neck, head and both arms) moves as in another
+    # training clip, over this clip's hips and legs: a lean, a bend or a twist of the trunk with other leg motion (a
+    # lunge with the trunk pitched forward and the arms flung, as in the real recording's jumps). Drawn apart from
+    # arm_mixing: the two shares add up to at most 1.
+    upper_body_mixing: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.arm_mixing <= 1.0:
-            raise ValueError(f"arm_mixing is a share of renderings, between 0 and 1, not {self.arm_mixing}")
+        for name in ("arm_mixing", "upper_body_mixing"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a share of renderings, between 0 and 1, not {getattr(self, name)}")
+        if self.arm_mixing + self.upper_body_mixing > 1.0:
+            raise ValueError(f"arm_mixing + upper_body_mixing is a share of renderings, at most 1, not "
+                             f"{self.arm_mixing + self.upper_body_mixing}")
 
 
-ARM_DONORS = 64  # arm mixing draws its donor among this many clips rendered before (memory stays bounded)
+ARM_DONORS = 64  # mixing draws its donor among this many clips rendered before (memory stays bounded)
 # Bandai joints whose rotation channels arm mixing takes from the donor clip (all actors share one skeleton).
 BANDAI_ARM_JOINTS = ("Shoulder_L", "UpperArm_L", "LowerArm_L", "Hand_L",
                      "Shoulder_R", "UpperArm_R", "LowerArm_R", "Hand_R")
+# ... and upper-body mixing: every joint above the hips (the Spine's rotation is relative to the Hips).
+BANDAI_UPPER_BODY_JOINTS = ("Spine", "Chest", "Neck", "Head", *BANDAI_ARM_JOINTS)
 
 
 @dataclass(frozen=True)
@@ -129,7 +140,7 @@ def _scaled_bvh(clip: bvh.BvhClip, rng: np.random.Generator | None, scale_range:
     return bvh.BvhClip(skeleton, motion, clip.frame_time)
 
 
-def arm_channels(skeleton: bvh.BvhSkeleton, joints: tuple[str, ...] = BANDAI_ARM_JOINTS) -> np.ndarray:
+def rotation_channels(skeleton: bvh.BvhSkeleton, joints: tuple[str, ...] = BANDAI_ARM_JOINTS) -> np.ndarray:
     """Column indices of the motion's rotation channels of `joints`."""
     columns, col = [], 0
     for name, chans in zip(skeleton.names, skeleton.channels, strict=True):
@@ -141,13 +152,14 @@ def arm_channels(skeleton: bvh.BvhSkeleton, joints: tuple[str, ...] = BANDAI_ARM
     return np.array(columns)
 
 
-def mix_arms(clip: bvh.BvhClip, donor: bvh.BvhClip, rng: np.random.Generator,
-             joints: tuple[str, ...] = BANDAI_ARM_JOINTS) -> bvh.BvhClip:
-    """`clip` with the arm joints' rotation channels of `donor` (same skeleton), from a random start in the donor,
-    played back and forth when the donor is shorter. The body, the legs and the clip's length are the clip's own."""
+def mix_joints(clip: bvh.BvhClip, donor: bvh.BvhClip, rng: np.random.Generator,
+               joints: tuple[str, ...] = BANDAI_ARM_JOINTS) -> bvh.BvhClip:
+    """`clip` with the rotation channels of `joints` (default: the arms) taken from `donor` (same skeleton), from a
+    random start in the donor, played back and forth when the donor is shorter. Everything else (root motion, the
+    other joints, the clip's length) is the clip's own."""
     if donor.skeleton.names != clip.skeleton.names:
-        raise ValueError("arm mixing needs two clips of the same skeleton")
-    columns = arm_channels(clip.skeleton, joints)
+        raise ValueError("mixing joints needs two clips of the same skeleton")
+    columns = rotation_channels(clip.skeleton, joints)
     frames, donor_frames = len(clip.motion), len(donor.motion)
     start = int(rng.integers(0, max(donor_frames - frames, 0) + 1))
     period = 2 * (donor_frames - 1) if donor_frames > 1 else 1
@@ -223,7 +235,8 @@ def _render_cameras(clip: MocapClip, cameras: int, rng: np.random.Generator, con
 def render_bandai(paths: list[Path], config: RenderConfig, cameras: int) -> SequenceSet:
     """Every clip through `cameras` random cameras, each with its own body variant, speed and noise."""
     inputs, targets, names, groups = [], [], [], []
-    donors: list[bvh.BvhClip] = []  # parsed clips of the same set, for arm mixing
+    donors: list[bvh.BvhClip] = []  # parsed clips of the same set, for arm and upper-body mixing
+    mixing = config.arm_mixing + config.upper_body_mixing
     pool_rng = np.random.default_rng([config.seed, 1])
     for i, path in enumerate(paths):
         rng = np.random.default_rng([config.seed, int(hashlib.sha1(path.stem.encode()).hexdigest()[:8], 16)])
@@ -231,8 +244,10 @@ def render_bandai(paths: list[Path], config: RenderConfig, cameras: int) -> Sequ
         _, rotations = bvh.forward_kinematics(parsed)
         for k in range(cameras):
             source, known = parsed, rotations
-            if donors and rng.random() < config.arm_mixing:
-                source, known = mix_arms(parsed, donors[rng.integers(len(donors))], rng), None
+            # One draw decides: below arm_mixing the arms, up to the sum the upper body, else the clip as recorded.
+            if donors and (draw := rng.random()) < mixing:
+                joints = BANDAI_ARM_JOINTS if draw < config.arm_mixing else BANDAI_UPPER_BODY_JOINTS
+                source, known = mix_joints(parsed, donors[rng.integers(len(donors))], rng, joints), None
             clip = load_bvh_clip(path, BANDAI, bandai_group(path.stem), rng if config.proportions else None,
                                  config.body_scale, BANDAI_PROPORTIONS, config.body, source, known)
             name, x2, x3 = _render_cameras(clip, 1, rng, config, config.speed)[0]
@@ -240,7 +255,7 @@ def render_bandai(paths: list[Path], config: RenderConfig, cameras: int) -> Sequ
             targets.append(x3)
             names.append(f"{clip.name}/cam{k}")
             groups.append(clip.group)
-        if config.arm_mixing > 0:  # a reservoir: a random sample of the clips so far, not just the last (same) group
+        if mixing > 0:  # a reservoir: a random sample of the clips so far, not just the last (same) group
             if len(donors) < ARM_DONORS:
                 donors.append(parsed)
             elif (slot := int(pool_rng.integers(i + 1))) < ARM_DONORS:
@@ -288,8 +303,9 @@ def render_clips(clips: list[MocapClip], config: RenderConfig, cameras: int) -> 
 def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> str:
     """A short hash of everything that determines a rendered set (bump `version` when the code's output changes)."""
     settings = dataclasses.asdict(config)
-    if settings["arm_mixing"] == 0:  # added later: without it, a set hashes as before and its cached file stays valid
-        del settings["arm_mixing"]
+    for added_later in ("arm_mixing", "upper_body_mixing"):  # unused, a set hashes as before: its cache stays valid
+        if settings[added_later] == 0:
+            del settings[added_later]
     payload = {"kind": kind, "version": 5, "config": settings,
                "proportions": {"+".join(k): v for k, v in BANDAI_PROPORTIONS.items()}, **(extra or {})}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -332,7 +348,7 @@ def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DAT
     # Held-out clips are rendered as recorded (original body, speed): the metric describes the data, not the
     # augmentation. Cameras and detector noise stay random.
     val_config = dataclasses.replace(config, proportions=False, body_scale=(1.0, 1.0), speed=(1.0, 1.0),
-                                     arm_mixing=0.0)
+                                     arm_mixing=0.0, upper_body_mixing=0.0)
     for kind, clip_paths, cams, cfg in (("bandai_train", train_paths, config.cameras_per_clip, config),
                                         ("bandai_val", val_paths, validation_cameras, val_config)):
         path = Path(data_dir) / f"{kind}_{settings_key(kind, cfg, {**extra, 'cameras': cams})}.npz"
@@ -344,7 +360,7 @@ def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DAT
             save_set(path, sets[kind])
     cmu = None
     if with_cmu:
-        cmu_config = dataclasses.replace(config, arm_mixing=0.0)  # evaluation data, as recorded
+        cmu_config = dataclasses.replace(config, arm_mixing=0.0, upper_body_mixing=0.0)  # evaluation data, as recorded
         path = Path(data_dir) / f"cmu_{settings_key('cmu', cmu_config, {'cameras': validation_cameras})}.npz"
         if path.exists():
             cmu = load_set(path)
