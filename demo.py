@@ -2,7 +2,7 @@
 import sys
 
 try:
-    from pipeline.cli import main  # ~3 s, mostly PyTorch: Ctrl-C then gets the same one line as later
+    from pipeline.cli import main  # light (PyTorch comes after the flags parse); Ctrl-C gets the usual line
 except KeyboardInterrupt:
     print("interrupted: no partial output was kept", file=sys.stderr)
     raise SystemExit(130) from None

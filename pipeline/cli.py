@@ -8,14 +8,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.app.inputs import PROJECT_ROOT, ClipRange, UserError, resolve_clips
-from pipeline.app.models import LiftingConfig
 from pipeline.app.process import configure_process
-from pipeline.app.runner import MotionConfig, RunConfig, process_clips
 from pipeline.errors import SettingError
-from pipeline.pose2d import Pose2DConfig
-from pipeline.render import RenderConfig
+
+if TYPE_CHECKING:
+    from pipeline.app.runner import RunConfig
 
 # The flag that sets each setting a library error can name (pipeline.errors.SettingError).
 FLAG_OF_SETTING = {
@@ -148,6 +148,13 @@ def parse_frame_or_time(value: str | None, name: str) -> int | float | None:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Flags -> the run's config, one stage config at a time."""
+    # The stages import PyTorch, OpenCV and Ultralytics (3-4 s): only once the flags have parsed, so that --help
+    # and a mistyped flag answer at once (0.1 s).
+    from pipeline.app.models import LiftingConfig
+    from pipeline.app.runner import MotionConfig, RunConfig
+    from pipeline.pose2d import Pose2DConfig
+    from pipeline.render import RenderConfig
+
     return RunConfig(
         out_root=args.out.expanduser().resolve(),
         pose2d=Pose2DConfig(detector=args.detector, keypoint_backend=args.keypoints, hrnet_weights=args.hrnet_weights,
@@ -180,11 +187,13 @@ def error_message(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_process()  # Ultralytics' safe loading, no auto-install, quiet; flat memory (pipeline.app.process)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
+        configure_process()  # Ultralytics' safe loading, no auto-install, quiet; flat memory (pipeline.app.process)
+        clips = resolve_clips(args.video, sample=args.sample)  # a missing video is named before the slow imports
         config = config_from_args(args)
-        clips = resolve_clips(args.video, sample=args.sample)
+        from pipeline.app.runner import process_clips
+
         return process_clips(clips, config, describe_error=error_message, ray_address=args.ray)
     except KeyboardInterrupt:
         print("interrupted: no partial output was kept", file=sys.stderr)

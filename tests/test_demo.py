@@ -315,19 +315,40 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path, clip_with_audio, tiny_lifter)
 
 
 def test_ctrl_c_while_starting_up_prints_one_line_not_a_traceback(tmp_path):
-    """SIGINT half a second in, while demo.py still imports PyTorch (~3 s here): exit code 130, one line on stderr."""
+    """SIGINT 0.2, 0.5 and 1 s in, while demo.py imports PyTorch once its flags have parsed (~3 s here): exit code 130,
+    one line on stderr, nothing written."""
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, str(REPO / "demo.py"), "--sample", "--out", str(tmp_path)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL))
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines() == ["interrupted: no partial output was kept"]
-    assert list(tmp_path.iterdir()) == []
+    clip = _write_clip(tmp_path / "clip.mp4", _panning(_photo("zidane.jpg"), 10, (320, 180)), fps=25)
+    for delay in (0.2, 0.5, 1.0):
+        out_root = tmp_path / f"out_{delay}"
+        proc = subprocess.Popen([sys.executable, str(REPO / "demo.py"), "--video", str(clip), "--out", str(out_root)],
+                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL))
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines() == ["interrupted: no partial output was kept"], err
+        assert not out_root.exists()
+
+
+def test_help_and_flag_errors_answer_before_the_networks_are_imported():
+    """--help, a mistyped flag and a missing video need no PyTorch: the CLI imports the stages only after that."""
+    code = ("import sys; from pipeline.cli import main\n"
+            "for argv in (['--help'], ['--bogus'], ['--video', 'no_such_clip.mp4']):\n"
+            "    try:\n"
+            "        code = main(argv)\n"
+            "    except SystemExit as exc:\n"
+            "        code = exc.code\n"
+            "    print(argv[0], code, file=sys.stderr)\n"
+            "print('heavy imports:', sorted({'torch', 'cv2', 'ultralytics'} & set(sys.modules)), file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    lines = result.stderr.splitlines()
+    assert "--help 0" in lines and "--bogus 2" in lines and "--video 2" in lines, result.stderr
+    assert any(line.startswith("error: video not found: no_such_clip.mp4") for line in lines), result.stderr
+    assert lines[-1] == "heavy imports: []", result.stderr
 
 
 SHIPPED_LIFTER = REPO / "weights" / "poseformerv2_mocap_27_3_3.safetensors"
