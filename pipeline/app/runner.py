@@ -385,7 +385,10 @@ def render_video(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Model
     labels = [str(p.track_id) for p in people] if len(people) > 1 else None  # ids in both panels, own colours
     shown = scene.poses  # (P, K, T, 17, 3)
     roots = scene.trajectory_world  # (P, K, T, 3) or None: the pelvis trails
-    renderer = SideBySideRenderer.for_clip(pose2d.image_size, [lifter.name for lifter in models.lifters],
+    names = [lifter.name for lifter in models.lifters]
+    stems = [Path(name).stem for name in names]  # a panel is about 35 characters wide: no file extension
+    titles = stems if len(set(stems)) == len(stems) else names
+    renderer = SideBySideRenderer.for_clip(pose2d.image_size, titles,
                                            [shown[:, k] for k in range(shown.shape[1])], config.render)
     num_frames, info = pose2d.num_frames, job.info
     with timer.stage("render_encode") as entry, \
