@@ -445,3 +445,13 @@ def test_a_3dhp_checkpoint_runs_beside_a_human36m_one_and_the_outputs_say_which_
     np.testing.assert_array_equal(poses[1][:, 0], 0)  # Human3.6M order: the pelvis (joint 0) is the root
     run = json.loads((tmp_path / "out" / "two people" / "run.json").read_text())
     assert run["models"]["lifters"][1]["skeleton"] == "mpi_inf_3dhp"
+
+
+def test_an_empty_videos_folder_says_to_add_clips_or_use_the_sample(tmp_path):
+    from pipeline.app.inputs import UserError, resolve_clips
+
+    (tmp_path / "notes.txt").write_text("not a video")
+    with pytest.raises(UserError, match=r"no video files in .*; put clips there, or run with --sample"):
+        resolve_clips(None, videos_dir=tmp_path)
+    with pytest.raises(UserError, match=r"no video files in .*\)$"):  # a folder given by the user: no sample hint
+        resolve_clips(tmp_path)

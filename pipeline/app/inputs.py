@@ -44,7 +44,8 @@ def resolve_clips(video: Path | None, *, sample: bool = False, videos_dir: Path 
         folder = video
     clips = sorted(p.resolve() for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
     if not clips:
-        raise UserError(f"no video files in {folder} (expected one of {', '.join(VIDEO_SUFFIXES)})")
+        hint = "; put clips there, or run with --sample to fetch the sample clip" if video is None else ""
+        raise UserError(f"no video files in {folder} (expected one of {', '.join(VIDEO_SUFFIXES)}){hint}")
     return clips
 
 
