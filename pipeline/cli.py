@@ -186,9 +186,10 @@ def error_message(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    try:
+    args = None
+    try:  # from the first moment: a Ctrl-C while the flags parse gets the same one line
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
         configure_process()  # Ultralytics' safe loading, no auto-install, quiet; flat memory (pipeline.app.process)
         clips = resolve_clips(args.video, sample=args.sample)  # a missing video is named before the slow imports
         config = config_from_args(args)
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: no partial output was kept", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; --debug shows the traceback
-        if args.debug:
+        if args is None or args.debug:
             raise
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
