@@ -46,10 +46,12 @@ def test_imgsz_setting_is_auto_or_a_multiple_of_32():
         Pose2DConfig(imgsz=1000)
 
 
-def test_imgsz_flag_errors_name_the_flag(capsys):
+def test_imgsz_flag_errors_name_the_flag(capsys, tmp_path):
     from pipeline.cli import main
 
-    assert main(["--imgsz", "1000", "--video", "nothing.mp4"]) == 2
+    clip = tmp_path / "clip.mp4"
+    clip.touch()  # found, so the settings are checked next; never opened
+    assert main(["--imgsz", "1000", "--video", str(clip)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --imgsz") and "multiple of 32" in err and len(err.splitlines()) == 1
 
