@@ -49,6 +49,9 @@ class MotionConfig:
     fov_deg: float | None = None  # the camera's diagonal field of view, when known
     focal_px: float | None = None  # the camera's focal length in pixels, when known (wins over fov_deg)
     bvh: bool = True  # one .bvh per lifter checkpoint
+    # Lift each person through a virtual camera turned to look at them (pipeline.virtual_camera), with the focal
+    # length above; False: as the real camera sees them, as the released demo does.
+    virtual_camera: bool = True
 
     def __post_init__(self) -> None:
         from pipeline.motion.bones import BONE_MODES
@@ -84,7 +87,8 @@ class RunConfig:
             "azim": self.render.azim, "render": self.write_video, "force": self.force,
             "show_progress": self.show_progress, "bones": self.motion.bones, "trajectory": self.motion.trajectory,
             "fov": self.motion.fov_deg,
-            "focal": self.motion.focal_px, "bvh": self.motion.bvh, "viewer": self.viewer, "rerun": self.rerun,
+            "focal": self.motion.focal_px, "bvh": self.motion.bvh, "virtual_camera": self.motion.virtual_camera,
+            "viewer": self.viewer, "rerun": self.rerun,
         }
 
 
@@ -174,7 +178,7 @@ def process_clip(clip: Path, config: RunConfig, models: Models, ray_worker: dict
         return f"{clip.name}: outputs in {job.out.folder} are complete, skipped (--force redoes them)"
     timer = StageTimer()
     pose2d = estimate_2d(job, models, timer, config.show_progress)
-    lifted = lift_people(job, pose2d, models.lifters, timer, config.show_progress, config.motion.bones)
+    lifted = lift_people(job, pose2d, models.lifters, timer, config.show_progress, config.motion)
     scene = place_in_world(job, pose2d, lifted, config.motion)
     written = write_keypoints(job, pose2d, lifted, scene, models)
     if config.motion.bvh:
@@ -224,12 +228,15 @@ def estimate_2d(job: ClipJob, models: Models, timer: StageTimer, show_progress: 
 
 
 def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageTimer, show_progress: bool,
-                bones: str = "rigid") -> Lifted:
-    """Every followed person through every checkpoint; bones="rigid" gives each person one length per bone for the
-    clip, measured on the frames they were detected in (`pipeline.motion.bones`)."""
+                config: MotionConfig) -> Lifted:
+    """Every followed person through every checkpoint, each through a virtual camera aimed at them (unless
+    config.virtual_camera is off; `pipeline.virtual_camera`); bones="rigid" gives each person one length per bone
+    for the clip, measured on the frames they were detected in (`pipeline.motion.bones`)."""
     from pipeline.motion.bones import rigid_bones
+    from pipeline.virtual_camera import lift_aimed
 
     width, height = pose2d.image_size
+    focal = camera_focal(job.info, width, height, config)[0] if config.virtual_camera else None
     camera = np.zeros((len(pose2d.people), len(lifters), pose2d.num_frames, 17, 3), np.float32)
     with timer.stage("lift") as entry, \
             progress_bar(show_progress, f"{job.clip.name} 3D", camera[..., 0, 0].size) as bar:
@@ -237,8 +244,12 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
         for p, person in enumerate(pose2d.people):
             detected = np.flatnonzero(person.valid) if person.valid.any() else None
             for k, lifter in enumerate(lifters):
-                camera[p, k] = lifter.lift(person.keypoints, width, height, progress=bar.update).camera
-                if bones == "rigid":
+                if focal is None:
+                    camera[p, k] = lifter.lift(person.keypoints, width, height, progress=bar.update).camera
+                else:
+                    camera[p, k] = lift_aimed(lifter, person.keypoints, width, height, focal, frames=detected,
+                                              progress=bar.update)
+                if config.bones == "rigid":
                     camera[p, k] = rigid_bones(camera[p, k], frames=detected)
     disagreement = {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)
                     for k, lifter in enumerate(lifters[1:], start=1)}

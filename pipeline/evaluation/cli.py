@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--bones", choices=("rigid", "free"), default="rigid",
                    help="score the lifter's poses as demo.py outputs them (rigid: one length per bone per sequence) "
                    "or as the network gives them (free)")
+    m.add_argument("--no-virtual-camera", action="store_true",
+                   help="lift each view as the camera sees the person, as demo.py --no-virtual-camera does (default: "
+                   "through a virtual camera aimed at the person, with demo.py's default focal length)")
     m.add_argument("--min-joint-views", type=int, default=0, metavar="N",
                    help="score only the reference joints triangulated from N views or more, each frame aligned on "
                    "those (3: joints a third view confirms; default 0: every joint)")
@@ -144,8 +147,9 @@ def format_report(report: MultiviewReport) -> str:
     for checkpoint, scores in report.lifters.items():
         scored = "" if not report.min_joint_views else \
             f"; only joints triangulated from {report.min_joint_views}+ views: {scores['overall']['scored_joints']}"
-        parts += ["", f"lifter {checkpoint}, {report.bones} bones (errors in mm; P-MPJPE after per-frame Procrustes; "
-                      f"const = the reference's mean pose held still{scored})", lifter_table(scores)]
+        camera = "virtual camera" if report.virtual_camera else "no virtual camera"
+        parts += ["", f"lifter {checkpoint}, {report.bones} bones, {camera} (errors in mm; P-MPJPE after per-frame "
+                      f"Procrustes; const = the reference's mean pose held still{scored})", lifter_table(scores)]
     return "\n".join(parts)
 
 
@@ -163,6 +167,7 @@ def _config(args: argparse.Namespace) -> MultiviewConfig:
                             **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
         min_person_views=args.min_views, smoothing_hz=args.smooth_hz, bones=getattr(args, "bones", "rigid"),
         min_joint_views=getattr(args, "min_joint_views", 0), refine_extrinsics=args.refine_extrinsics,
+        virtual_camera=not getattr(args, "no_virtual_camera", False),
         cache_dir=None if args.no_cache else args.cache_dir)
 
 

@@ -74,6 +74,9 @@ class MultiviewConfig:
     # Score only reference joints triangulated from this many views or more (0: every joint). A joint seen by two
     # views has no third to outvote a wrong detection; with 3 the scores track the lifter, not the reference's noise.
     min_joint_views: int = 0
+    # Lift through a virtual camera aimed at the person as demo.py does (pipeline.virtual_camera), with demo.py's
+    # focal length for a video without metadata (its default), not the calibrated one: scores as demo.py's output.
+    virtual_camera: bool = True
     refine_extrinsics: bool = True  # bundle-adjust the cameras' poses on the matched people before triangulating
     refine: RefineConfig = field(default_factory=RefineConfig)
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
@@ -434,10 +437,14 @@ def reference_scores(person: TriangulatedPerson, views: list[ViewTracks], fps: f
 
 
 def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], people: list[TriangulatedPerson],
-                    bones: str = "rigid", min_joint_views: int = 0) -> dict:
+                    bones: str = "rigid", min_joint_views: int = 0, virtual_camera: bool = True) -> dict:
     """Lift every person in every view that sees them and score it: per view, per person and overall. bones="rigid"
     fits one length per bone to each view's sequence, on the frames that view detected the person (as demo.py).
-    min_joint_views > 0 scores only the reference joints triangulated from that many views or more."""
+    min_joint_views > 0 scores only the reference joints triangulated from that many views or more. virtual_camera:
+    lift through a camera aimed at the person, with demo.py's default focal length (pipeline.virtual_camera)."""
+    from pipeline.motion.trajectory import focal_length_px
+    from pipeline.virtual_camera import lift_aimed
+
     if not 0 <= min_joint_views <= len(views):
         raise ValueError(f"the minimum number of views per scored joint must be between 0 and the recording's "
                          f"{len(views)} views, got {min_joint_views}")
@@ -452,9 +459,14 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
                 continue
             cam = recording.cameras[v]
             width, height = views[v].image_size
-            predicted = lifter.lift(views[v].keypoints[row], width, height).camera
+            detected = np.flatnonzero(views[v].valid[row])
+            if virtual_camera:
+                predicted = lift_aimed(lifter, views[v].keypoints[row], width, height,
+                                       focal_length_px(width, height), frames=detected)
+            else:
+                predicted = lifter.lift(views[v].keypoints[row], width, height).camera
             if bones == "rigid":
-                predicted = rigid_bones(predicted, frames=np.flatnonzero(views[v].valid[row]))
+                predicted = rigid_bones(predicted, frames=detected)
             predicted = predicted[frames]
             target = root_relative(cam.to_camera(person.reference[frames]))
             constant = mean_pose @ cam.R.T
@@ -478,6 +490,7 @@ class MultiviewReport:
     views: list[str]
     reference: list[dict]  # per person: reference_scores
     bones: str  # how the lifters' poses were scored: "rigid" (as demo.py outputs them) or "free"
+    virtual_camera: bool  # lifted through a virtual camera aimed at the person, as demo.py does
     min_joint_views: int = 0  # only reference joints triangulated from this many views were scored (0: all)
     lifters: dict[str, dict] = field(default_factory=dict)  # checkpoint -> evaluate_lifter
     refinement: dict | None = None  # the calibration refinement's report; None: the calibration as read
@@ -496,9 +509,10 @@ def evaluate_recording(recording: Recording, checkpoints: list[str | Path], conf
     fps = views[0].fps
     report = MultiviewReport(recording=str(recording.directory), fps=fps, views=[v.name for v in views],
                              reference=[reference_scores(p, views, fps) for p in people], bones=config.bones,
+                             virtual_camera=config.virtual_camera,
                              min_joint_views=config.min_joint_views, refinement=recording.refinement)
     for checkpoint in checkpoints:
         lifter = load_lifter(checkpoint, device=device)
         report.lifters[str(checkpoint)] = evaluate_lifter(lifter, recording, views, people, config.bones,
-                                                          config.min_joint_views)
+                                                          config.min_joint_views, config.virtual_camera)
     return report
