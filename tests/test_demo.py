@@ -447,6 +447,33 @@ def test_a_3dhp_checkpoint_runs_beside_a_human36m_one_and_the_outputs_say_which_
     assert run["models"]["lifters"][1]["skeleton"] == "mpi_inf_3dhp"
 
 
+def test_the_saved_poses_are_lifted_through_the_virtual_camera_unless_turned_off(tmp_path, capsys, clip_with_audio,
+                                                                                 tiny_lifter):
+    """Default: each person through a virtual camera aimed at their mean position, with the default focal length;
+    --no-virtual-camera: the lifter's poses as the camera sees them. Both recorded in run.json."""
+    from pipeline.lifting import load_lifter
+    from pipeline.motion.trajectory import focal_length_px
+    from pipeline.virtual_camera import lift_aimed
+
+    lifter = load_lifter(tiny_lifter, device="cpu")
+    saved = {}
+    for flag in ([], ["--no-virtual-camera"]):
+        out_root = tmp_path / ("plain" if flag else "aimed")
+        code, _, err = _run(capsys, "--video", clip_with_audio, "--checkpoint", tiny_lifter, "--out", out_root,
+                            "--quiet", "--no-render", "--bones", "free", "--no-trajectory", *flag)
+        assert code == 0, err
+        folder = out_root / "two people"
+        with np.load(folder / "keypoints.npz") as npz:
+            saved[bool(flag)] = (npz["pose3d_camera"][0], npz["keypoints_2d"], npz["valid"])
+        assert json.loads((folder / "run.json").read_text())["settings"]["virtual_camera"] is not bool(flag)
+    poses, keypoints, valid = saved[True]
+    np.testing.assert_allclose(poses, lifter.lift(keypoints, 480, 270).camera, atol=1e-5)
+    poses, keypoints, valid = saved[False]
+    aimed = lift_aimed(lifter, keypoints, 480, 270, focal_length_px(480, 270), frames=np.flatnonzero(valid))
+    np.testing.assert_allclose(poses, aimed, atol=1e-5)
+    assert np.abs(saved[True][0] - saved[False][0]).max() > 1e-3  # the person is off-centre: it matters
+
+
 def test_an_empty_videos_folder_says_to_add_clips_or_use_the_sample(tmp_path):
     from pipeline.app.inputs import UserError, resolve_clips
 
