@@ -6,7 +6,8 @@
   YOLO_AUTOINSTALL is off (pipeline.runtimes checks them first and says what to install); and it logs every model call
   and load at INFO unless YOLO_VERBOSE is off (its import resets its logger's level, so setting the level before the
   import is not enough).
-- glibc's mmap threshold, fixed so that memory stays flat in the length of a video.
+- glibc's malloc: memory flat in the length of a video, and no page faults for every frame's buffers
+  (`tune_allocator`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ import os
 import platform
 
 ULTRALYTICS_ENVIRONMENT = {"ULTRALYTICS_SAFE_LOAD": "1", "YOLO_AUTOINSTALL": "false", "YOLO_VERBOSE": "false"}
+# PyTorch's CPU tensors of 2 MB and more on transparent huge pages (read by PyTorch at its first allocation): one
+# page fault per 2 MB instead of per 4 KB for the detector's activations, which the 1 MB mmap threshold below hands
+# back to the system after every call (see tune_allocator).
+TORCH_ENVIRONMENT = {"THP_MEM_ALLOC_ENABLE": "1"}
+
+
+# mallopt parameter, value, and the environment variable and glibc tunable through which a user may set it instead.
+ALLOCATOR_SETTINGS = (
+    (-3, 1 << 20, "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),  # M_MMAP_THRESHOLD: 1 MB
+    (-2, 64 << 20, "MALLOC_TOP_PAD_", "glibc.malloc.top_pad"),  # M_TOP_PAD: 64 MB
+)
 
 
 def ultralytics_environment() -> dict[str, str]:
@@ -24,24 +36,38 @@ def ultralytics_environment() -> dict[str, str]:
 
 
 def configure_process() -> None:
-    """Apply both settings to this process: before Ultralytics is imported, and before frames are decoded."""
-    for name, value in ULTRALYTICS_ENVIRONMENT.items():
+    """Apply these settings to this process: before PyTorch and Ultralytics are imported, and before frames are
+    decoded."""
+    for name, value in {**ULTRALYTICS_ENVIRONMENT, **TORCH_ENVIRONMENT}.items():
         os.environ.setdefault(name, value)
-    return_large_buffers_to_the_system()
+    tune_allocator()
 
 
-def return_large_buffers_to_the_system() -> None:
-    """Serve every allocation of 1 MB or more (decoded frames, detector inputs) with its own mmap.
+def tune_allocator() -> None:
+    """glibc's malloc set for a video pipeline: large buffers in their own mmaps, and a padded heap top.
 
-    glibc otherwise raises its mmap threshold after the first large free and then carves multi-megabyte frames out of
-    per-thread heaps, which fragment: the process grew by ~2 GB per 1000 frames of the sample clip. A fixed threshold
-    keeps memory flat in the length of the video. Other C libraries (macOS, musl) manage this themselves.
+    - Allocations of 1 MB or more (decoded frames, detector inputs) that the heap cannot serve get their own mmap.
+      glibc otherwise raises its mmap threshold after the first large free and then carves multi-megabyte frames out
+      of per-thread heaps, which fragment: the process grew by ~2 GB per 1000 frames of the sample clip. With a fixed
+      threshold a heap grows only for smaller allocations, and memory stays flat in the length of the video.
+    - Fixing the threshold also stops glibc adapting its trim threshold, so every heap top was given back to the
+      system after each frame's smaller buffers (detector tensors, NMS, drawing) and faulted in again on the next
+      one. The heap now grows and shrinks 64 MB at a time (M_TOP_PAD) instead of 128 KB. On the sample clip
+      (230 frames, whole demo.py process, side by side) the default took 1.7-1.8 million minor page faults and
+      8.5-9.8 s of system time before, 0.5 million and 4.5 s after, together with PyTorch's huge pages
+      (TORCH_ENVIRONMENT) (README, Performance).
+    A setting the user made in the environment (MALLOC_MMAP_THRESHOLD_, MALLOC_TOP_PAD_, GLIBC_TUNABLES) is left
+    as it is. Other C libraries (macOS, musl) manage this themselves.
     """
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
     except OSError:
         libc = None
-    if libc is not None and hasattr(libc, "mallopt") and platform.libc_ver()[0] == "glibc":
-        M_MMAP_THRESHOLD = -3
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    if libc is None or not hasattr(libc, "mallopt") or platform.libc_ver()[0] != "glibc":
+        return
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    for parameter, value, variable, tunable in ALLOCATOR_SETTINGS:
+        if variable not in os.environ and tunable not in tunables:
+            libc.mallopt(parameter, value)
+
