@@ -214,6 +214,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads of each HRNet runtime")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from pipeline.app.process import configure_process
+
+    configure_process()  # the in-process runs get demo.py's process settings (allocator, Ultralytics)
     clip = args.clip or next((p for p in SAMPLE_CANDIDATES if p.is_file()), None)
     if clip is None:
         raise SystemExit("no sample clip: run `python demo.py --sample` first or pass --clip")

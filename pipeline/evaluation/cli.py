@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.app.process import configure_process
 from pipeline.evaluation.calibration import write_calib_toml
 from pipeline.evaluation.multiview import (
     MultiviewConfig,
@@ -261,7 +262,7 @@ def run_gap(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    logging.getLogger("ultralytics").setLevel(logging.WARNING)
+    configure_process()  # as demo.py: Ultralytics' safe loading, quiet; the allocator (pipeline.app.process)
     try:
         return run_multiview(args) if args.command == "multiview" else run_gap(args)
     except KeyboardInterrupt:
