@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # from the first moment: a Ctrl-C while the flags parse gets the same one line
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-        configure_process()  # Ultralytics' safe loading, no auto-install, quiet; flat memory (pipeline.app.process)
+        configure_process()  # Ultralytics' safe loading, no auto-install, quiet; the allocator (pipeline.app.process)
         clips = resolve_clips(args.video, sample=args.sample)  # a missing video is named before the slow imports
         config = config_from_args(args)
         from pipeline.app.runner import process_clips
