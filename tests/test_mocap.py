@@ -9,14 +9,17 @@ import pytest
 from pipeline.mocap import amc, bvh
 from pipeline.mocap.cameras import Camera, CameraConfig, camera_angles, inside_share, look_at, sample_camera
 from pipeline.mocap.dataset import (
+    BANDAI_PERTURBED_JOINTS,
     BANDAI_UPPER_BODY_JOINTS,
     RenderConfig,
     bandai_group,
     is_validation_group,
     mix_joints,
+    perturb_joint_angles,
     render,
     resample,
     rotation_channels,
+    settings_key,
 )
 from pipeline.mocap.h36m_joints import BANDAI, body_forward, map_skeleton, perturb_landmarks
 from pipeline.mocap.noise import (
@@ -250,6 +253,35 @@ def test_upper_body_mixing_moves_trunk_head_and_arms_over_the_clips_own_hips_and
                            np.linalg.norm(after[:, a] - after[:, b], axis=-1).mean(), atol=0.01)
     with pytest.raises(ValueError, match="at most 1"):
         RenderConfig(arm_mixing=0.6, upper_body_mixing=0.5)
+
+
+def test_pose_perturbation_turns_only_the_ball_joints_smoothly_and_keeps_bone_lengths():
+    clip = bvh.parse_bvh(_first_bandai_clip())
+    perturbed = perturb_joint_angles(clip, np.random.default_rng(0))
+    turned = np.concatenate([rotation_channels(clip.skeleton, joints) for joints in BANDAI_PERTURBED_JOINTS])
+    assert len(turned) == 7 * 3  # spine, chest, neck, both shoulders and both hips, three rotations each
+    rest = np.setdiff1d(np.arange(clip.motion.shape[1]), turned)  # root motion, elbows, knees, hands, feet, head
+    assert np.array_equal(perturbed.motion[:, rest], clip.motion[:, rest])
+    offsets = perturbed.motion[:, turned] - clip.motion[:, turned]
+    shoulders = rotation_channels(clip.skeleton, ("UpperArm_L", "UpperArm_R"))
+    shoulder_offsets = offsets[:, np.isin(turned, shoulders)]
+    assert 5.0 < shoulder_offsets.std() < 30.0  # degrees, about the table's 15
+    # Smooth: consecutive frames differ by a small fraction of the offsets themselves (keyframes 15-60 frames apart).
+    assert np.abs(np.diff(offsets, axis=0)).max() < 0.25 * np.abs(offsets).max()
+    before = map_skeleton(*bvh.forward_kinematics(clip), clip.skeleton.names, BANDAI)[0]
+    after = map_skeleton(*bvh.forward_kinematics(perturbed), clip.skeleton.names, BANDAI)[0]
+    wrists = [H36M.index("left_wrist"), H36M.index("right_wrist")]
+    assert np.abs((before - before[:, :1])[:, wrists] - (after - after[:, :1])[:, wrists]).max() > 0.05
+    for a, b in H36M.bones:  # poses change, bone lengths do not
+        assert np.allclose(np.linalg.norm(before[:, a] - before[:, b], axis=-1).mean(),
+                           np.linalg.norm(after[:, a] - after[:, b], axis=-1).mean(), atol=0.01)
+    # Off, the rendered set's cache key is the one sets rendered before the option existed had.
+    assert settings_key("bandai_train", RenderConfig(pose_perturbation=0.0)) == settings_key("bandai_train",
+                                                                                            RenderConfig())
+    assert settings_key("bandai_train", RenderConfig(pose_perturbation=0.5)) != settings_key("bandai_train",
+                                                                                            RenderConfig())
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        RenderConfig(pose_perturbation=-0.1)
 
 
 def _camera() -> Camera:

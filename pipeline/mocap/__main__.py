@@ -101,11 +101,15 @@ def _add_mixing_flags(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--upper-body-mixing", type=float, default=0.0, metavar="SHARE",
                    help=text.format("trunk, head and arms") + "; drawn apart from --arm-mixing, the two add up to "
                    "at most 1")
+    p.add_argument("--pose-perturbation", type=float, default=0.0, metavar="SHARE",
+                   help="share of training renderings whose spine, neck, shoulders and hips are turned smoothly away "
+                   "from the recorded angles (e.g. 0.5); drawn apart from the mixing")
 
 
 def _render_config(args: argparse.Namespace) -> RenderConfig:
     try:
-        return RenderConfig(arm_mixing=args.arm_mixing, upper_body_mixing=args.upper_body_mixing)
+        return RenderConfig(arm_mixing=args.arm_mixing, upper_body_mixing=args.upper_body_mixing,
+                            pose_perturbation=args.pose_perturbation)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
 

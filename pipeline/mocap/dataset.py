@@ -21,7 +21,7 @@ from pipeline.geometry import normalize_screen_coordinates
 from pipeline.mocap import amc, bvh
 from pipeline.mocap.cameras import Camera, CameraConfig, sample_camera
 from pipeline.mocap.h36m_joints import BANDAI, CMU_ASF, CMU_BVH, BodyModel, Rig, map_skeleton, perturb_landmarks
-from pipeline.mocap.noise import DetectorNoiseConfig, corrupt_keypoints
+from pipeline.mocap.noise import DetectorNoiseConfig, corrupt_keypoints, keyframe_noise
 from pipeline.skeleton import coco_to_h36m
 from pipeline.training.windows import SequenceSet
 
@@ -67,9 +67,14 @@ class RenderConfig:
     # lunge with the trunk pitched forward and the arms flung, as in the real recording's jumps). Drawn apart from
     # arm_mixing: the two shares add up to at most 1.
     upper_body_mixing: float = 0.0
+    # Share of training renderings whose ball joints (spine, neck, shoulders, hips) are turned away from the recorded
+    # angles by a smooth random amount (BANDAI_PERTURBED_JOINTS): poses near the recorded ones that no actor held, as
+    # PoseAug's bone-angle augmentation makes, for motions the studio never recorded. Drawn apart from the mixing, so
+    # a mixed clip can be perturbed as well.
+    pose_perturbation: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("arm_mixing", "upper_body_mixing"):
+        for name in ("arm_mixing", "upper_body_mixing", "pose_perturbation"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a share of renderings, between 0 and 1, not {getattr(self, name)}")
         if self.arm_mixing + self.upper_body_mixing > 1.0:
@@ -83,6 +88,15 @@ BANDAI_ARM_JOINTS = ("Shoulder_L", "UpperArm_L", "LowerArm_L", "Hand_L",
                      "Shoulder_R", "UpperArm_R", "LowerArm_R", "Hand_R")
 # ... and upper-body mixing: every joint above the hips (the Spine's rotation is relative to the Hips).
 BANDAI_UPPER_BODY_JOINTS = ("Spine", "Chest", "Neck", "Head", *BANDAI_ARM_JOINTS)
+# ... and pose perturbation: joint -> standard deviation of the turn added to each of its rotation channels, degrees.
+# Ball joints only: the elbows and knees are hinges, which a turn about another axis would bend sideways.
+BANDAI_PERTURBED_JOINTS: dict[tuple[str, ...], float] = {
+    ("Spine", "Chest"): 6.0,  # the trunk bends and twists over two joints
+    ("Neck",): 10.0,
+    ("UpperArm_L", "UpperArm_R"): 15.0,  # shoulders: the widest range a person has
+    ("UpperLeg_L", "UpperLeg_R"): 8.0,  # hips: a leg is long, 8 degrees move the ankle about 12 cm
+}
+PERTURBATION_KEYFRAMES = (15.0, 60.0)  # frames between the perturbation's keyframes, drawn per rendering
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,20 @@ def mix_joints(clip: bvh.BvhClip, donor: bvh.BvhClip, rng: np.random.Generator,
     return bvh.BvhClip(clip.skeleton, motion, clip.frame_time)
 
 
+def perturb_joint_angles(clip: bvh.BvhClip, rng: np.random.Generator,
+                         degrees: dict[tuple[str, ...], float] = BANDAI_PERTURBED_JOINTS) -> bvh.BvhClip:
+    """`clip` with each rotation channel of the joints in `degrees` turned by a smooth random offset: a constant part
+    and a part drawn at keyframes 15-60 frames apart and interpolated (`keyframe_noise`), together of the joint's
+    standard deviation, so the perturbed pose drifts as a person's style of a motion does, without jerks."""
+    motion = clip.motion.copy()
+    spacing = rng.uniform(*PERTURBATION_KEYFRAMES)
+    for joints, std in degrees.items():
+        columns = rotation_channels(clip.skeleton, joints)
+        constant = rng.standard_normal(len(columns))
+        motion[:, columns] += std * (constant + keyframe_noise(rng, (len(motion), len(columns)), spacing)) / np.sqrt(2)
+    return bvh.BvhClip(clip.skeleton, motion, clip.frame_time)
+
+
 def load_bvh_clip(path: Path, rig: Rig, group: str, rng: np.random.Generator | None = None,
                   scale_range: tuple[float, float] = (1.0, 1.0),
                   proportions: dict[tuple[str, ...], tuple[float, float]] | None = None,
@@ -248,6 +276,8 @@ def render_bandai(paths: list[Path], config: RenderConfig, cameras: int) -> Sequ
             if donors and (draw := rng.random()) < mixing:
                 joints = BANDAI_ARM_JOINTS if draw < config.arm_mixing else BANDAI_UPPER_BODY_JOINTS
                 source, known = mix_joints(parsed, donors[rng.integers(len(donors))], rng, joints), None
+            if config.pose_perturbation > 0 and rng.random() < config.pose_perturbation:
+                source, known = perturb_joint_angles(source, rng), None
             clip = load_bvh_clip(path, BANDAI, bandai_group(path.stem), rng if config.proportions else None,
                                  config.body_scale, BANDAI_PROPORTIONS, config.body, source, known)
             name, x2, x3 = _render_cameras(clip, 1, rng, config, config.speed)[0]
@@ -303,9 +333,12 @@ def render_clips(clips: list[MocapClip], config: RenderConfig, cameras: int) -> 
 def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> str:
     """A short hash of everything that determines a rendered set (bump `version` when the code's output changes)."""
     settings = dataclasses.asdict(config)
-    for added_later in ("arm_mixing", "upper_body_mixing"):  # unused, a set hashes as before: its cache stays valid
-        if settings[added_later] == 0:
+    for added_later in ("arm_mixing", "upper_body_mixing", "pose_perturbation"):  # unused, a set hashes as before:
+        if settings[added_later] == 0:  # its cache stays valid
             del settings[added_later]
+    if config.pose_perturbation > 0:
+        settings["perturbed_joints"] = {"+".join(k): v for k, v in BANDAI_PERTURBED_JOINTS.items()}
+        settings["perturbation_keyframes"] = PERTURBATION_KEYFRAMES
     payload = {"kind": kind, "version": 5, "config": settings,
                "proportions": {"+".join(k): v for k, v in BANDAI_PROPORTIONS.items()}, **(extra or {})}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -348,7 +381,7 @@ def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DAT
     # Held-out clips are rendered as recorded (original body, speed): the metric describes the data, not the
     # augmentation. Cameras and detector noise stay random.
     val_config = dataclasses.replace(config, proportions=False, body_scale=(1.0, 1.0), speed=(1.0, 1.0),
-                                     arm_mixing=0.0, upper_body_mixing=0.0)
+                                     arm_mixing=0.0, upper_body_mixing=0.0, pose_perturbation=0.0)
     for kind, clip_paths, cams, cfg in (("bandai_train", train_paths, config.cameras_per_clip, config),
                                         ("bandai_val", val_paths, validation_cameras, val_config)):
         path = Path(data_dir) / f"{kind}_{settings_key(kind, cfg, {**extra, 'cameras': cams})}.npz"
@@ -360,7 +393,8 @@ def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DAT
             save_set(path, sets[kind])
     cmu = None
     if with_cmu:
-        cmu_config = dataclasses.replace(config, arm_mixing=0.0, upper_body_mixing=0.0)  # evaluation data, as recorded
+        cmu_config = dataclasses.replace(config, arm_mixing=0.0, upper_body_mixing=0.0,  # evaluation data, as recorded
+                                         pose_perturbation=0.0)
         path = Path(data_dir) / f"cmu_{settings_key('cmu', cmu_config, {'cameras': validation_cameras})}.npz"
         if path.exists():
             cmu = load_set(path)
