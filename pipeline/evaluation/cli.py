@@ -102,12 +102,14 @@ def _num(value: float, digits: int) -> str:
 
 def reference_table(report: MultiviewReport) -> str:
     head = (f"{'person':<8}{'views':>6}{'frames':>8}{'reproj COCO px':>16}{'reproj H36M px':>16}"
-            f"{'views/joint':>13}{'bone CV':>9}{'worst L/R':>11}{'jitter m/s2':>13}")
+            f"{'views/joint':>13}{'bone CV':>9}{'worst L/R':>11}{'jitter m/s2':>13}{'halves limbs':>14}")
     rows = [head]
     for i, ref in enumerate(report.reference):
+        halves = ref.get("split_views")
         rows.append(f"{i:<8}{len(ref['views']):>6}{ref['frames']:>8}{_num(ref['reprojection_px_coco'], 2):>16}"
                     f"{_num(ref['reprojection_px_h36m'], 2):>16}{_num(ref['views_per_joint'], 2):>13}"
-                    f"{_num(ref['bone_cv'], 3):>9}{_num(ref['lr_ratio'], 2):>11}{_num(ref['jitter'], 1):>13}")
+                    f"{_num(ref['bone_cv'], 3):>9}{_num(ref['lr_ratio'], 2):>11}{_num(ref['jitter'], 1):>13}"
+                    f"{'-' if halves is None else _mm(halves['p_mpjpe_limbs']):>14}")
     return "\n".join(rows)
 
 
@@ -144,7 +146,9 @@ def refinement_table(refinement: dict | None) -> list[str]:
 def format_report(report: MultiviewReport) -> str:
     parts = [f"recording {report.recording}: views {' '.join(report.views)} at {report.fps:g} fps", "",
              *refinement_table(report.refinement),
-             "triangulated reference (root-relative; jitter = mean joint acceleration)", reference_table(report)]
+             "triangulated reference (root-relative; jitter = mean joint acceleration; halves limbs = limb P-MPJPE in "
+             "mm between references triangulated from disjoint halves of the views, the scale of the reference's own "
+             "noise, which every lifter's score includes)", reference_table(report)]
     for checkpoint, scores in report.lifters.items():
         scored = "" if not report.min_joint_views else \
             f"; only joints triangulated from {report.min_joint_views}+ views: {scores['overall']['scored_joints']}"

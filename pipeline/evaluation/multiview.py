@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -297,19 +298,24 @@ def associate(cameras: list[CameraCalibration], views: list[ViewTracks],
     return kept
 
 
+def _person_keypoints(views: list[ViewTracks], tracks: dict[int, int], coco: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One person's keypoints (V, T, 17, 2) and usable scores (V, T, 17) in every view; NaN / 0 where unseen."""
+    t = views[0].num_frames
+    keypoints = np.full((len(views), t, 17, 2), np.nan)
+    scores = np.zeros((len(views), t, 17))
+    for v, row in tracks.items():
+        keypoints[v] = views[v].keypoints_coco[row] if coco else views[v].keypoints[row]
+        scores[v] = _usable_scores(views[v], row, coco=coco)
+    return keypoints, scores
+
+
 def triangulate_person(cameras: list[CameraCalibration], views: list[ViewTracks], tracks: dict[int, int],
                        config: TriangulationConfig | None = None,
                        smoothing_hz: float | None = None) -> TriangulatedPerson:
     """Triangulate one person's H36M-17 and COCO-17 keypoints from the views that see them."""
-    t = views[0].num_frames
     out = {}
     for coco in (False, True):
-        keypoints = np.full((len(views), t, 17, 2), np.nan)
-        scores = np.zeros((len(views), t, 17))
-        for v, row in tracks.items():
-            keypoints[v] = views[v].keypoints_coco[row] if coco else views[v].keypoints[row]
-            scores[v] = _usable_scores(views[v], row, coco=coco)
-        out[coco] = triangulate(cameras, keypoints, scores, config)
+        out[coco] = triangulate(cameras, *_person_keypoints(views, tracks, coco), config)
     reference = out[False].points
     if smoothing_hz is not None:
         reference = smooth_points(reference, views[0].fps, smoothing_hz)
@@ -415,14 +421,51 @@ def _scored_frames(person: TriangulatedPerson, view: ViewTracks, row: int) -> np
     return np.flatnonzero(person.complete & view.valid[row])
 
 
-def reference_scores(person: TriangulatedPerson, views: list[ViewTracks], fps: float) -> dict:
+def split_view_agreement(cameras: list[CameraCalibration], views: list[ViewTracks], person: TriangulatedPerson,
+                         config: TriangulationConfig | None = None) -> dict | None:
+    """How far the reference is from itself: the person's views are split into two disjoint halves of two or more
+    views, each half triangulated on its own, and the two scored against each other as a lifter is scored (P-MPJPE
+    after per-frame Procrustes, metres, pooled over every way of splitting). References from different cameras err
+    about independently, so this is the scale of the reference's own noise in the lifter's units (for independent
+    errors of equal size, each half is off by about 1/sqrt(2) of it). The full reference is less noisy than either
+    half (more views, and a third view to outvote a wrong detection), but every lifter's score includes its noise:
+    a large value says the recording cannot tell good lifters apart on that person. None when fewer than 4 views
+    see the person."""
+    seen = sorted(person.tracks)
+    if len(seen) < 4:
+        return None
+    keypoints, scores = _person_keypoints(views, person.tracks, coco=False)
+    first, rest = seen[0], seen[1:]
+    splits = [((first, *others), tuple(v for v in rest if v not in others))
+              for size in range(1, len(rest) - 1) for others in itertools.combinations(rest, size)]
+    limbs, joints = [], []
+    for halves in splits:
+        points = []
+        for half in halves:
+            half_scores = np.where(np.isin(np.arange(len(views)), half)[:, None, None], scores, 0.0)
+            points.append(triangulate(cameras, keypoints, half_scores, config).points)
+        known = np.isfinite(points[0]).all(-1) & np.isfinite(points[1]).all(-1)  # (T, 17)
+        frames = np.flatnonzero(known[:, 0])  # the pelvis, which both halves are made relative to
+        a, b = (np.nan_to_num(root_relative(np.where(known[..., None], x, np.nan)[frames])) for x in points)
+        errors = aligned_joint_errors(a, b, known[frames])
+        limbs.append(errors[:, list(LIMB_JOINTS)])
+        joints.append(errors)
+    return {"splits": [[[views[v].name for v in half] for half in halves] for halves in splits],
+            "p_mpjpe_limbs": float(np.nanmean(np.concatenate(limbs))),
+            "p_mpjpe": float(np.nanmean(np.concatenate(joints)))}
+
+
+def reference_scores(person: TriangulatedPerson, views: list[ViewTracks], fps: float,
+                     cameras: list[CameraCalibration] | None = None, config: TriangulationConfig | None = None) -> dict:
     """How good the triangulated reference itself is: reprojection per view, bone-length variation, symmetry,
-    jitter (root-relative, the lifter's frame of reference)."""
+    jitter (root-relative, the lifter's frame of reference), and with `cameras` the agreement of references from
+    disjoint halves of the views (`split_view_agreement`)."""
     frames = np.flatnonzero(person.complete)
     poses = root_relative(person.reference[frames])
     ratios = limb_length_ratios(poses)
     accel = acceleration(poses, fps, frames)
     return {
+        "split_views": None if cameras is None else split_view_agreement(cameras, views, person, config),
         "views": [views[v].name for v in person.tracks],
         "frames": int(len(frames)),
         "reprojection_px_coco": person.coco.mean_reprojection_px(),
@@ -508,7 +551,8 @@ def evaluate_recording(recording: Recording, checkpoints: list[str | Path], conf
     views, people = reconstruct(recording, config)
     fps = views[0].fps
     report = MultiviewReport(recording=str(recording.directory), fps=fps, views=[v.name for v in views],
-                             reference=[reference_scores(p, views, fps) for p in people], bones=config.bones,
+                             reference=[reference_scores(p, views, fps, recording.cameras, config.triangulation)
+                                        for p in people], bones=config.bones,
                              virtual_camera=config.virtual_camera,
                              min_joint_views=config.min_joint_views, refinement=recording.refinement)
     for checkpoint in checkpoints:
