@@ -12,6 +12,7 @@ from pipeline.mocap.dataset import (
     BANDAI_PERTURBED_JOINTS,
     BANDAI_UPPER_BODY_JOINTS,
     RenderConfig,
+    as_recorded,
     bandai_group,
     is_validation_group,
     mix_joints,
@@ -283,6 +284,8 @@ def test_pose_perturbation_turns_only_the_ball_joints_smoothly_and_keeps_bone_le
     assert settings_key("bandai_train", mixed, extra) == "7b836879eaa8"
     perturbed = RenderConfig(arm_mixing=0.25, upper_body_mixing=0.5, pose_perturbation=0.5)
     assert settings_key("bandai_train", perturbed, extra) not in ("36aab9502577", "7b836879eaa8")
+    # Held-out and CMU sets are rendered as recorded, whatever the training set's augmentation: the same set as without.
+    assert settings_key("cmu", as_recorded(perturbed), extra) == settings_key("cmu", RenderConfig(), extra)
     with pytest.raises(ValueError, match="between 0 and 1"):
         RenderConfig(pose_perturbation=-0.1)
 

@@ -330,6 +330,12 @@ def render_clips(clips: list[MocapClip], config: RenderConfig, cameras: int) -> 
 # Cache
 
 
+def as_recorded(config: RenderConfig) -> RenderConfig:
+    """`config` for an evaluation set: the motion as recorded (no arm or upper-body mixing, no pose perturbation);
+    cameras and detector noise stay random."""
+    return dataclasses.replace(config, arm_mixing=0.0, upper_body_mixing=0.0, pose_perturbation=0.0)
+
+
 def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> str:
     """A short hash of everything that determines a rendered set (bump `version` when the code's output changes)."""
     settings = dataclasses.asdict(config)
@@ -380,8 +386,7 @@ def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DAT
     sets = {}
     # Held-out clips are rendered as recorded (original body, speed): the metric describes the data, not the
     # augmentation. Cameras and detector noise stay random.
-    val_config = dataclasses.replace(config, proportions=False, body_scale=(1.0, 1.0), speed=(1.0, 1.0),
-                                     arm_mixing=0.0, upper_body_mixing=0.0, pose_perturbation=0.0)
+    val_config = dataclasses.replace(as_recorded(config), proportions=False, body_scale=(1.0, 1.0), speed=(1.0, 1.0))
     for kind, clip_paths, cams, cfg in (("bandai_train", train_paths, config.cameras_per_clip, config),
                                         ("bandai_val", val_paths, validation_cameras, val_config)):
         path = Path(data_dir) / f"{kind}_{settings_key(kind, cfg, {**extra, 'cameras': cams})}.npz"
@@ -393,8 +398,7 @@ def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DAT
             save_set(path, sets[kind])
     cmu = None
     if with_cmu:
-        cmu_config = dataclasses.replace(config, arm_mixing=0.0, upper_body_mixing=0.0,  # evaluation data, as recorded
-                                         pose_perturbation=0.0)
+        cmu_config = as_recorded(config)  # evaluation data
         path = Path(data_dir) / f"cmu_{settings_key('cmu', cmu_config, {'cameras': validation_cameras})}.npz"
         if path.exists():
             cmu = load_set(path)
