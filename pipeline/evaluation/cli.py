@@ -155,6 +155,14 @@ def format_report(report: MultiviewReport) -> str:
         camera = "virtual camera" if report.virtual_camera else "no virtual camera"
         parts += ["", f"lifter {checkpoint}, {report.bones} bones, {camera} (errors in mm; P-MPJPE after per-frame "
                       f"Procrustes; const = the reference's mean pose held still{scored})", lifter_table(scores)]
+    if report.comparisons:
+        block = next(iter(report.comparisons.values()))["block_frames"]
+        parts += ["", f"against {next(iter(report.lifters))} (limb P-MPJPE, mm, this one minus that one; 95 % "
+                      f"interval from a bootstrap over {block}-frame stretches of each person, every view together)"]
+        for checkpoint, c in report.comparisons.items():
+            low, high = c["interval_95"]
+            parts.append(f"  {checkpoint}: {c['p_mpjpe_limbs_difference'] * 1000:+.1f} "
+                         f"[{low * 1000:+.1f}, {high * 1000:+.1f}]")
     return "\n".join(parts)
 
 
