@@ -272,6 +272,67 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_saved_by_the_unfused_optimizer_resumes_exactly_as_one_saved_by_the_fused(tmp_path):
+    data = _overfit_set(frames=30)
+    common = dict(batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8, max_samples=8 * 3)
+    train(TINY, data, data, TrainConfig(run_dir=tmp_path / "new", **common))
+    chk = load_checkpoint(tmp_path / "new" / LAST_CHECKPOINT)
+    assert all(group["fused"] for group in chk["optimizer"]["param_groups"])
+    # Runs started before the optimizer was fused saved groups without it (torch would take the saved options).
+    for group in chk["optimizer"]["param_groups"]:
+        group["fused"] = None
+    (tmp_path / "old").mkdir()
+    torch.save(chk, tmp_path / "old" / LAST_CHECKPOINT)
+    new = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "new", resume=True, **common))
+    old = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "old", resume=True, **common))
+    assert old.losses == new.losses
+    resumed = load_checkpoint(tmp_path / "old" / LAST_CHECKPOINT)["optimizer"]
+    assert all(group["fused"] for group in resumed["param_groups"])
+
+
+def test_the_fused_optimizer_makes_the_same_update_as_the_unfused():
+    torch.manual_seed(0)
+    models = [PoseFormerV2(TINY).eval() for _ in range(2)]  # eval: no random drop path, the same gradients
+    models[1].load_state_dict(models[0].state_dict())
+    initial = {name: p.detach().clone() for name, p in models[0].named_parameters()}
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.1, fused=fused)
+                  for m, fused in zip(models, (True, False), strict=True)]
+    inputs = torch.randn(4, TINY.frames, 17, 2)
+    for _ in range(3):
+        for model, optimizer in zip(models, optimizers, strict=True):
+            optimizer.zero_grad()
+            model(inputs).square().mean().backward()
+            optimizer.step()
+    moved = max(float((p - initial[name]).abs().max()) for name, p in models[0].named_parameters())
+    assert moved > 1e-3  # three steps of lr 1e-3 moved the weights
+    # Equal to rounding, except where Adam divides rounding noise by rounding noise: the attention's key bias has a
+    # zero gradient up to rounding (softmax is blind to it), and its steps differ by up to 2e-5 of the 3e-3 moved.
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.allclose(a, b, atol=5e-5)
+    assert sum(not torch.allclose(a, b, atol=1e-6) for a, b in zip(*(m.parameters() for m in models), strict=True)) <= 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_training_on_a_gpu_the_machine_lacks_is_a_clear_error(tmp_path):
+    data = _overfit_set(frames=20)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        train(TINY, data, data, TrainConfig(run_dir=tmp_path / "run", batch_size=4, max_samples=4, device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_run_trained_on_the_gpu_resumes_on_the_cpu_and_back(tmp_path):
+    data = _overfit_set(frames=30)
+    common = dict(run_dir=tmp_path / "run", batch_size=8, threads=1, lr=1e-3, weight_decay=0.0,
+                  samples_per_epoch=8 * 10, validation_frames=8, max_samples=8 * 30)
+    gpu = train(TINY, data, data, TrainConfig(device="cuda", **common))
+    cpu = train(TINY, data, data, TrainConfig(device="cpu", resume=True, **common))
+    again = train(TINY, data, data, TrainConfig(device="cuda", resume=True, **common))
+    assert again.step == 90 and again.samples_seen == 8 * 90
+    assert np.mean(again.losses[-10:]) < np.mean(cpu.losses[-10:]) < np.mean(gpu.losses[:5])
+    chk = load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT)  # read on the CPU
+    assert all(v.device.type == "cpu" for v in chk["model_pos"].values())
+
+
 def test_checkpoints_are_frequent_and_validation_is_rationed(tmp_path):
     data = _overfit_set(frames=20)
     result = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "run", batch_size=4, threads=1, max_samples=4 * 6,
