@@ -1,3 +1,4 @@
+import dataclasses
 import pickle
 import zipfile
 from pathlib import Path
@@ -310,6 +311,17 @@ def test_the_fused_optimizer_makes_the_same_update_as_the_unfused():
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.allclose(a, b, atol=5e-5)
     assert sum(not torch.allclose(a, b, atol=1e-6) for a, b in zip(*(m.parameters() for m in models), strict=True)) <= 4
+
+
+def test_a_compiled_model_trains_as_the_eager_one_and_saves_the_same_keys(tmp_path):
+    still = dataclasses.replace(TINY, drop_path_rate=0.0)  # compiled drop path draws from another generator
+    data = _overfit_set(frames=30)
+    common = dict(batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8, max_samples=8 * 6)
+    eager = train(still, data, data, TrainConfig(run_dir=tmp_path / "eager", **common))
+    compiled = train(still, data, data, TrainConfig(run_dir=tmp_path / "compiled", compile=True, **common))
+    assert np.allclose(compiled.losses, eager.losses, rtol=1e-4)
+    keys = [set(load_checkpoint(tmp_path / run / LAST_CHECKPOINT)["model_pos"]) for run in ("eager", "compiled")]
+    assert keys[0] == keys[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

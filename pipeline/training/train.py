@@ -82,6 +82,10 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adam_amsgrad": torch Adam(amsgrad=True), the MPI-INF-3DHP release's
     skeleton: str = "h36m"  # joint order of the data (flip lists, root joint), stored in the checkpoints
     device: str = "auto"  # where the model trains: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N, mps
+    # torch.compile the model (Module.compile: the checkpoints' keys stay the same). 27/3/3, batch 64, one thread on
+    # this CPU beside two training runs: 89-104 -> 106-114 samples/s, after 7-40 s of compiling. Drop path then
+    # draws from the compiled graph's own generator, so a resumed run is no longer bit-exact.
+    compile: bool = False
     units: str = "m"  # unit of the 3D targets ("m" or "mm"), stored in the checkpoints
 
     def __post_init__(self) -> None:
@@ -293,6 +297,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.device = resolve_device(config.device)
         self.model = build_model(model_config).to(self.device)
+        if config.compile:
+            self.model.compile()
         self.optimizer = make_optimizer(self.model, config)
         self.state = TrainState(lr=config.lr, rng=np.random.RandomState(config.seed))
         self.model_config_plain = plain_config(model_config)
@@ -539,6 +545,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where converted Human3.6M arrays are cached (default ~/.cache/poseformerv2-demo/h36m)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda or mps")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (about 10 %% faster on a CPU)")
     p.add_argument("--benchmark", action="store_true",
                    help="only measure training samples/s for batch sizes and threads (no data needed)")
     p.add_argument("--benchmark-batch-sizes", default="64")
@@ -596,6 +603,7 @@ def _main(argv: list[str] | None) -> int:
         validation_minutes=args.validation_minutes,
         validation_frames=args.val_frames, flip_augment=not args.no_flip, flip_test=not args.no_flip,
         seed=args.seed, resume=args.resume, optimizer=args.optimizer, skeleton=args.dataset, device=args.device,
+        compile=args.compile,
         units="mm" if args.dataset == "mpi_inf_3dhp" else "m")
     result = train(model_config, train_set, val_set, config, val_frame_ids=val_ids)
     log.info("stopped at step %d, epoch %d (%s); checkpoints in %s", result.step, result.epoch,
