@@ -6,6 +6,9 @@ import dataclasses
 import json
 import logging
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -28,10 +31,12 @@ from pipeline.evaluation.scores import (
     aligned_joint_errors,
     bone_length_cv,
     limb_length_ratios,
+    root_relative,
 )
 from pipeline.evaluation.triangulation import TriangulationConfig, smooth_points, triangulate
 from pipeline.skeleton import COCO, H36M, coco_to_h36m
 
+REPO = Path(__file__).resolve().parents[1]
 RECORDING = "data/multiview/pose2sim_multi"
 SHIPPED_LIFTER = "weights/poseformerv2_mocap_27_3_3.safetensors"
 DISTORTION = np.array([-0.25, 0.1, 0.002, -0.001, 0.01])
@@ -528,6 +533,30 @@ def test_real_recording_command_prints_per_view_tables_and_writes_json(real, tmp
     for a, b in zip(written, real["recording"].cameras, strict=True):
         assert np.allclose(a.R, b.R, atol=1e-12) and np.allclose(a.t, b.t, atol=1e-12)
 
+
+
+@pytest.mark.slow
+def test_real_recording_demo_py_output_scores_exactly_as_the_evaluation_lifts(real, tmp_path, one_torch_thread):
+    """What a user, or any outside check, scores is demo.py's keypoints.npz: it must be what the evaluation lifts."""
+    from pipeline.lifting import load_lifter
+
+    video = real["recording"].videos[0]
+    proc = subprocess.run([sys.executable, str(REPO / "demo.py"), "--video", str(video), "--all-people", "--no-render",
+                           "--device", "cpu", "--quiet", "--out", str(tmp_path)], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    outputs = [np.load(f) for f in sorted((tmp_path / video.stem).glob("keypoints*.npz"))]
+    views, people, camera = real["views"], real["people"], real["recording"].cameras[0]
+    evaluated = multiview.evaluate_lifter(load_lifter(SHIPPED_LIFTER), real["recording"], views, people)
+    for p, person in enumerate(people):
+        row = person.tracks[0]
+        output = next(o for o in outputs if np.allclose(o["keypoints_2d_coco"], views[0].keypoints_coco[row]))
+        frames = np.flatnonzero(person.complete & views[0].valid[row])
+        target = root_relative(camera.to_camera(person.reference[frames]))
+        scores = multiview.sequence_scores(output["pose3d_camera"][0][frames], target, np.zeros((17, 3)), 60.0,
+                                           frames)
+        expected = next(s for s in evaluated["sequences"] if s["view"] == views[0].name and s["person"] == p)
+        assert np.allclose(scores["frame_p_mpjpe_limbs"], expected["frame_p_mpjpe_limbs"], atol=1e-6)
 
 
 def coco_body(centre=(0.0, 0.0), stature: float = 1.75) -> np.ndarray:
