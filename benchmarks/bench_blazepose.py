@@ -5,9 +5,10 @@
         [--checkpoint weights/poseformerv2_mocap_27_3_3.safetensors ...]
 
 Issue 9 names BlazePose's world landmarks as the alternative the default lifter must clearly beat on real footage.
-The mediapipe 0.10.14 wheel bundles the BlazePose Full model for its `solutions.pose` API (the 1.x wheels fetch
-models at run time, which an offline machine cannot); it runs in its own virtual environment, since its protobuf and
-OpenCV pins clash with the project's, and this script calls itself there with `--blazepose-only`.
+The mediapipe 0.10.14 wheel bundles the BlazePose Full model for its `solutions.pose` API (Heavy, and every model
+of the 1.x wheels, is fetched at run time, which an offline machine cannot); it runs in its own virtual environment,
+since its protobuf and OpenCV pins clash with the project's, and this script calls itself there with
+`--blazepose-only`.
 
 Both methods see the same people: BlazePose gets a square crop around each person the project's 2D stage tracks in
 each view (1.3x the extent of the keypoints, 256 px), frame after frame in video mode (its own tracking and
@@ -77,6 +78,8 @@ def blazepose_h36m(world: np.ndarray) -> np.ndarray:
 
     frames = np.arange(len(world))
     seen = np.isfinite(world[:, 0, 0])
+    if seen.sum() < 2:
+        raise SystemExit(f"BlazePose found a person in {seen.sum()} of {len(world)} frames; nothing to score")
     world = np.stack([[np.interp(frames, frames[seen], world[seen, j, a]) for a in range(3)]
                       for j in range(world.shape[1])]).transpose(2, 0, 1)
     out = np.repeat(world[:, [23, 24]].mean(axis=1, keepdims=True), 17, axis=1)
