@@ -31,7 +31,6 @@ from pipeline.evaluation.scores import (
     aligned_joint_errors,
     bone_length_cv,
     limb_length_ratios,
-    root_relative,
 )
 from pipeline.evaluation.triangulation import TriangulationConfig, smooth_points, triangulate
 from pipeline.skeleton import COCO, H36M, coco_to_h36m
@@ -545,18 +544,25 @@ def test_real_recording_demo_py_output_scores_exactly_as_the_evaluation_lifts(re
                            "--device", "cpu", "--quiet", "--out", str(tmp_path)], capture_output=True, text=True,
                           cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    outputs = [np.load(f) for f in sorted((tmp_path / video.stem).glob("keypoints*.npz"))]
-    views, people, camera = real["views"], real["people"], real["recording"].cameras[0]
-    evaluated = multiview.evaluate_lifter(load_lifter(SHIPPED_LIFTER), real["recording"], views, people)
-    for p, person in enumerate(people):
-        row = person.tracks[0]
-        output = next(o for o in outputs if np.allclose(o["keypoints_2d_coco"], views[0].keypoints_coco[row]))
-        frames = np.flatnonzero(person.complete & views[0].valid[row])
-        target = root_relative(camera.to_camera(person.reference[frames]))
-        scores = multiview.sequence_scores(output["pose3d_camera"][0][frames], target, np.zeros((17, 3)), 60.0,
-                                           frames)
-        expected = next(s for s in evaluated["sequences"] if s["view"] == views[0].name and s["person"] == p)
-        assert np.allclose(scores["frame_p_mpjpe_limbs"], expected["frame_p_mpjpe_limbs"], atol=1e-6)
+    recording, views, people = real["recording"], real["views"], real["people"]
+    outputs = multiview.read_outputs(tmp_path, recording)
+    assert len(outputs[0]) == 3 and not any(outputs[1:])  # two dancers and the bystander, in cam01 only
+    # Each reference person is matched to the output that follows their track (the same 2D stage: the same points).
+    for person in people:
+        match = multiview._matching_output(outputs[0], views[0], person.tracks[0])
+        assert np.allclose(match["keypoints_2d_coco"], views[0].keypoints_coco[person.tracks[0]], atol=1e-3)
+    scored = multiview.evaluate_outputs(outputs, recording, views, people)
+    assert list(scored) == [Path(SHIPPED_LIFTER).name]
+    demo = scored[Path(SHIPPED_LIFTER).name]
+    lifted = multiview.evaluate_lifter(load_lifter(SHIPPED_LIFTER), recording, views, people)
+    assert [(s["view"], s["person"]) for s in demo["sequences"]] == [("cam01", 0), ("cam01", 1)]
+    assert demo["views"]["cam02"] == {"frames": 0}
+    for s in demo["sequences"]:
+        expected = next(e for e in lifted["sequences"] if (e["view"], e["person"]) == (s["view"], s["person"]))
+        assert s["frame_numbers"] == expected["frame_numbers"]
+        assert np.allclose(s["frame_p_mpjpe_limbs"], expected["frame_p_mpjpe_limbs"], atol=1e-6)
+    compared = multiview.compare_lifters(lifted, demo, fps=60.0)
+    assert compared["sequences"] == 2 and np.allclose(compared["interval_95"], 0.0, atol=1e-6)
 
 
 def coco_body(centre=(0.0, 0.0), stature: float = 1.75) -> np.ndarray:
@@ -664,6 +670,14 @@ def test_comparison_resamples_moments_with_every_view_so_views_that_cancel_leave
     spread = multiview.compare_lifters(lifter_result(base), lifter_result(along), fps=30.0)
     low, high = spread["interval_95"]
     assert low < spread["p_mpjpe_limbs_difference"] < high and 0.002 < high - low < 0.02
+
+
+def test_comparison_uses_only_the_sequences_both_lifters_scored():
+    rng = np.random.default_rng(2)
+    errors = {(view, 0): rng.uniform(0.05, 0.2, 60) for view in ("cam01", "cam02", "cam03")}
+    some = {key: e + 0.01 * (key[0] == "cam01") for key, e in errors.items() if key[0] != "cam03"}
+    compared = multiview.compare_lifters(lifter_result(errors), lifter_result(some), fps=30.0)
+    assert compared["sequences"] == 2 and compared["p_mpjpe_limbs_difference"] == pytest.approx(0.005)
 
 
 def test_comparing_lifters_scored_on_different_frames_is_refused():

@@ -2,6 +2,7 @@
 
     python -m pipeline.evaluation multiview --recording ../shared/data/multiview/pose2sim_multi \\
         --checkpoint weights/poseformerv2_mocap_27_3_3.safetensors [--checkpoint other.bin ...] [--json scores.json]
+        [--outputs DIR]   # also score what `demo.py --video <recording> --all-people --out DIR` wrote
     python -m pipeline.evaluation gap --recording ../shared/data/multiview/pose2sim_multi \\
         --checkpoint weights/poseformerv2_mocap_27_3_3.safetensors --mocap-clips 40
     ... [--write-calibration Calib_refined.toml] [--no-refine-extrinsics]   # the cameras' poses are refined first
@@ -71,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "keypoints of every view, lift every view with each checkpoint, and print "
                                    "per-view and overall scores against the triangulation.")
     _recording_arguments(m)
-    m.add_argument("--checkpoint", required=True, action="append", type=Path,
+    m.add_argument("--checkpoint", action="append", type=Path, default=[],
                    help="lifter checkpoint; repeat to compare several")
+    m.add_argument("--outputs", type=Path, metavar="DIR",
+                   help="also score demo.py's own results as they are (any 2D backend, lifter or flag it ran with): "
+                   "the --out folder of `demo.py --video <recording> --all-people --out DIR`")
     m.add_argument("--bones", choices=("rigid", "free"), default="rigid",
                    help="score the lifter's poses as demo.py outputs them (rigid: one length per bone per sequence) "
                    "or as the network gives them (free)")
@@ -94,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _mm(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{value * 1000:.1f}"
+
+
+def _signed_mm(value: float) -> str:
+    return f"{round(value * 1000, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
 
 
 def _num(value: float, digits: int) -> str:
@@ -119,7 +127,7 @@ def lifter_table(scores: dict) -> str:
     rows = [head]
     for name, s in [*scores["views"].items(), ("overall", scores["overall"])]:
         if not s.get("frames"):
-            rows.append(f"{name:<10}{0:>7}  (not scored: nobody detected and triangulated in this view)")
+            rows.append(f"{name:<10}{0:>7}  (not scored: no triangulated person detected here, or no demo.py output)")
             continue
         rows.append(f"{name:<10}{s['frames']:>7}{_mm(s['p_mpjpe_limbs']):>15}{_mm(s['p_mpjpe']):>13}"
                     f"{_mm(s['mpjpe']):>8}{_mm(s['constant_p_mpjpe_limbs']):>13}{_mm(s['constant_p_mpjpe']):>11}"
@@ -153,16 +161,20 @@ def format_report(report: MultiviewReport) -> str:
         scored = "" if not report.min_joint_views else \
             f"; only joints triangulated from {report.min_joint_views}+ views: {scores['overall']['scored_joints']}"
         camera = "virtual camera" if report.virtual_camera else "no virtual camera"
-        parts += ["", f"lifter {checkpoint}, {report.bones} bones, {camera} (errors in mm; P-MPJPE after per-frame "
-                      f"Procrustes; const = the reference's mean pose held still{scored})", lifter_table(scores)]
+        how = ("demo.py's output, scored as it was written" if "demo_output" in scores
+               else f"{report.bones} bones, {camera}")
+        parts += ["", f"lifter {checkpoint}, {how} (errors in mm; P-MPJPE after per-frame Procrustes; const = the "
+                      f"reference's mean pose held still{scored})", lifter_table(scores)]
     if report.comparisons:
         block = next(iter(report.comparisons.values()))["block_frames"]
         parts += ["", f"against {next(iter(report.lifters))} (limb P-MPJPE, mm, this one minus that one; 95 % "
                       f"interval from a bootstrap over {block}-frame stretches of each person, every view together)"]
+        baseline = len(next(iter(report.lifters.values()))["sequences"])
         for checkpoint, c in report.comparisons.items():
-            low, high = c["interval_95"]
-            parts.append(f"  {checkpoint}: {c['p_mpjpe_limbs_difference'] * 1000:+.1f} "
-                         f"[{low * 1000:+.1f}, {high * 1000:+.1f}]")
+            low, high, difference = (_signed_mm(x) for x in (*c["interval_95"], c["p_mpjpe_limbs_difference"]))
+            common = "" if c["sequences"] == baseline else \
+                f" on the {c['sequences']} of {baseline} sequences both scored"
+            parts.append(f"  {checkpoint}: {difference} [{low}, {high}]{common}")
     return "\n".join(parts)
 
 
@@ -246,9 +258,11 @@ def _write_calibration(path: Path | None, recording: Recording) -> None:
 
 
 def run_multiview(args: argparse.Namespace) -> int:
+    if not args.checkpoint and args.outputs is None:
+        raise ValueError("nothing to score: give --checkpoint FILE (repeatable) and/or --outputs DIR")
     _check_checkpoints(args.checkpoint)
     recording = find_recording(args.recording, args.calibration)
-    report = evaluate_recording(recording, args.checkpoint, _config(args), device=args.device)
+    report = evaluate_recording(recording, args.checkpoint, _config(args), device=args.device, outputs=args.outputs)
     print(format_report(report))
     _write_json(args.json, report.to_dict())
     _write_calibration(args.write_calibration, recording)

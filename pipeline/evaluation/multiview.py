@@ -438,10 +438,10 @@ def compare_lifters(baseline: dict, other: dict, fps: float, block_s: float = 0.
     recording the interval is wide, and that is the point: it says which differences the recording can show."""
     block = max(1, round(block_s * fps))
     units: dict[tuple[int, int], np.ndarray] = {}  # (person, stretch) -> [sum of joint differences, joints]
-    pairs = list(zip(baseline["sequences"], other["sequences"], strict=False))  # lengths checked next
-    if len(baseline["sequences"]) != len(other["sequences"]) or any(
-            (a["view"], a["person"], a["frame_numbers"], a["frame_limb_joints"])
-            != (b["view"], b["person"], b["frame_numbers"], b["frame_limb_joints"]) for a, b in pairs):
+    others = {(s["view"], s["person"]): s for s in other["sequences"]}
+    pairs = [(a, others[(a["view"], a["person"])]) for a in baseline["sequences"] if (a["view"], a["person"]) in others]
+    if not pairs or any((a["frame_numbers"], a["frame_limb_joints"]) != (b["frame_numbers"], b["frame_limb_joints"])
+                        for a, b in pairs):
         raise ValueError("the two lifters were not scored on the same views, people, frames and joints")
     for a, b in pairs:
         joints = np.asarray(a["frame_limb_joints"], np.float64)
@@ -460,7 +460,7 @@ def compare_lifters(baseline: dict, other: dict, fps: float, block_s: float = 0.
     resampled = sums[:, 0] / np.maximum(sums[:, 1], 1)
     low, high = np.percentile(resampled, [2.5, 97.5])
     return {"p_mpjpe_limbs_difference": float(total[0] / total[1]), "interval_95": [float(low), float(high)],
-            "block_frames": block, "stretches": len(units)}
+            "block_frames": block, "stretches": len(units), "sequences": len(pairs)}
 
 
 def _scored_frames(person: TriangulatedPerson, view: ViewTracks, row: int) -> np.ndarray:
@@ -564,12 +564,88 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
             sequences.append({"view": views[v].name, "person": p, **scores})
     if not sequences:
         raise ValueError("no view has 3 or more frames with its person detected and triangulated; nothing to score")
+    return _pooled(sequences, views, len(people))
+
+
+def _pooled(sequences: list[dict], views: list[ViewTracks], num_people: int) -> dict:
     return {
         "views": {v.name: combine([s for s in sequences if s["view"] == v.name]) for v in views},
-        "people": [combine([s for s in sequences if s["person"] == p]) for p in range(len(people))],
+        "people": [combine([s for s in sequences if s["person"] == p]) for p in range(num_people)],
         "overall": combine(sequences),
         "sequences": sequences,
     }
+
+
+def _matching_output(outputs: list[dict], view: ViewTracks, row: int) -> dict | None:
+    """The output person whose COCO keypoints follow the view's track: median distance over the frames both have
+    below 10 % of the track's median height (the same person from another 2D backend is a few percent off; another
+    person is a body away)."""
+    track, valid = view.keypoints_coco[row], view.valid[row]
+    height = np.median(np.ptp(track[valid][..., 1], axis=-1))
+    best, best_distance = None, np.inf
+    for output in outputs:
+        rows = {int(f): i for i, f in enumerate(output["frame_index"])}
+        frames = [f for f in np.flatnonzero(valid) if f in rows]
+        if not frames:
+            continue
+        ours = output["keypoints_2d_coco"][[rows[f] for f in frames]]
+        distance = float(np.median(np.linalg.norm(ours - track[frames], axis=-1)))
+        if distance < best_distance:
+            best, best_distance = output, distance
+    return best if best_distance < 0.1 * height else None
+
+
+def read_outputs(directory: str | Path, recording: Recording) -> list[list[dict]]:
+    """demo.py's results for each view of the recording, as `demo.py --video <recording> --all-people --out DIR`
+    writes them: DIR/<video name>/keypoints.npz and keypoints_person<ID>.npz. Per view, one dict per person."""
+    directory = Path(directory)
+    per_view = []
+    for video in recording.videos:
+        files = sorted((directory / video.stem).glob("keypoints*.npz"))
+        outputs = []
+        for file in files:
+            with np.load(file, allow_pickle=False) as data:
+                outputs.append({key: data[key] for key in ("frame_index", "keypoints_2d_coco", "pose3d_camera",
+                                                           "checkpoints")})
+        per_view.append(outputs)
+    if not any(per_view):
+        raise ValueError(f"no demo.py output in {directory}: expected {directory}/<video name>/keypoints.npz, as "
+                         f"`demo.py --video {recording.directory} --all-people --out {directory}` writes")
+    return per_view
+
+
+def evaluate_outputs(outputs: list[list[dict]], recording: Recording, views: list[ViewTracks],
+                     people: list[TriangulatedPerson], min_joint_views: int = 0) -> dict[str, dict]:
+    """Score demo.py's own results (`read_outputs`) instead of lifting here, so that anything demo.py can run is
+    measured as it ran: another 2D backend or detector, any lifter, `--bones free`, `--no-virtual-camera`. Each
+    reference person is matched in each view to the output person that follows the same track
+    (`_matching_output`) and scored on the frames both have. One result per checkpoint in the outputs, as
+    `evaluate_lifter` gives."""
+    fps = views[0].fps
+    sequences: dict[str, list[dict]] = {}
+    for p, person in enumerate(people):
+        complete = np.flatnonzero(person.complete)
+        mean_pose = root_relative(person.reference[complete]).mean(axis=0)
+        for v, row in person.tracks.items():
+            output = _matching_output(outputs[v], views[v], row)
+            if output is None:
+                logger.warning("%s: no demo.py output follows person %d; that view of them is not scored",
+                               recording.videos[v].stem, p)
+                continue
+            rows = {int(f): i for i, f in enumerate(output["frame_index"])}
+            frames = np.array([f for f in _scored_frames(person, views[v], row) if f in rows], dtype=np.int64)
+            if len(frames) < 3:
+                continue
+            cam = recording.cameras[v]
+            target = root_relative(cam.to_camera(person.reference[frames]))
+            trusted = person.h36m.num_views[frames] >= min_joint_views if min_joint_views > 0 else None
+            for k, checkpoint in enumerate(output["checkpoints"]):
+                predicted = output["pose3d_camera"][k][[rows[f] for f in frames]]
+                scores = sequence_scores(predicted, target, mean_pose @ cam.R.T, fps, frames, trusted)
+                sequences.setdefault(str(checkpoint), []).append({"view": views[v].name, "person": p, **scores})
+    if not sequences:
+        raise ValueError("no demo.py output follows a triangulated person in any view; nothing to score")
+    return {checkpoint: _pooled(rows, views, len(people)) for checkpoint, rows in sequences.items()}
 
 
 @dataclass
@@ -591,8 +667,9 @@ class MultiviewReport:
 
 
 def evaluate_recording(recording: Recording, checkpoints: list[str | Path], config: MultiviewConfig | None = None,
-                       device: str = "cpu") -> MultiviewReport:
-    """Reconstruct the recording's people once, then lift and score every view with each checkpoint."""
+                       device: str = "cpu", outputs: str | Path | None = None) -> MultiviewReport:
+    """Reconstruct the recording's people once, then lift and score every view with each checkpoint, and score
+    demo.py's results in `outputs` (`evaluate_outputs`) as they are."""
     from pipeline.lifting import load_lifter
 
     config = config or MultiviewConfig()
@@ -607,6 +684,10 @@ def evaluate_recording(recording: Recording, checkpoints: list[str | Path], conf
         lifter = load_lifter(checkpoint, device=device)
         report.lifters[str(checkpoint)] = evaluate_lifter(lifter, recording, views, people, config.bones,
                                                           config.min_joint_views, config.virtual_camera)
+    if outputs is not None:
+        scored = evaluate_outputs(read_outputs(outputs, recording), recording, views, people, config.min_joint_views)
+        for checkpoint, scores in scored.items():
+            report.lifters[f"{checkpoint} in {outputs}"] = {**scores, "demo_output": str(outputs)}
     names = list(report.lifters)
     for name in names[1:]:
         report.comparisons[name] = compare_lifters(report.lifters[names[0]], report.lifters[name], fps,
