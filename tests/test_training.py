@@ -262,7 +262,7 @@ def test_training_reduces_the_loss_and_writes_loadable_checkpoints(tmp_path):
 
 def test_resume_continues_bit_exactly(tmp_path):
     data = _overfit_set(frames=30)
-    common = dict(batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8)
+    common = dict(device="cpu", batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8)
     straight = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "a", max_samples=8 * 8, **common))
     first = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "b", max_samples=8 * 4, **common))
     second = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "b", max_samples=8 * 4, resume=True, **common))
@@ -275,7 +275,8 @@ def test_resume_continues_bit_exactly(tmp_path):
 
 def test_a_run_saved_by_the_unfused_optimizer_resumes_exactly_as_one_saved_by_the_fused(tmp_path):
     data = _overfit_set(frames=30)
-    common = dict(batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8, max_samples=8 * 3)
+    common = dict(device="cpu", batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8,
+                  max_samples=8 * 3)
     train(TINY, data, data, TrainConfig(run_dir=tmp_path / "new", **common))
     chk = load_checkpoint(tmp_path / "new" / LAST_CHECKPOINT)
     assert all(group["fused"] for group in chk["optimizer"]["param_groups"])
@@ -316,7 +317,8 @@ def test_the_fused_optimizer_makes_the_same_update_as_the_unfused():
 def test_a_compiled_model_trains_as_the_eager_one_and_saves_the_same_keys(tmp_path):
     still = dataclasses.replace(TINY, drop_path_rate=0.0)  # compiled drop path draws from another generator
     data = _overfit_set(frames=30)
-    common = dict(batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8, max_samples=8 * 6)
+    common = dict(device="cpu", batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8,
+                  max_samples=8 * 6)
     eager = train(still, data, data, TrainConfig(run_dir=tmp_path / "eager", **common))
     compiled = train(still, data, data, TrainConfig(run_dir=tmp_path / "compiled", compile=True, **common))
     assert np.allclose(compiled.losses, eager.losses, rtol=1e-4)
