@@ -452,7 +452,8 @@ def test_3dhp_training_resumes_bit_exactly(tmp_path):
     _write_train(tmp_path / "data")
     data = data3dhp.load_train(tmp_path / "data")
     common = dict(batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8, lr=7e-4, lr_decay=0.97,
-                  weight_decay=0.0, optimizer="adam_amsgrad", skeleton="mpi_inf_3dhp", units="mm")
+                  weight_decay=0.0, optimizer="adam_amsgrad", skeleton="mpi_inf_3dhp", units="mm",
+                  device="cpu")  # bit for bit: the CPU's kernels
     straight = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "a", max_samples=8 * 6, **common))
     first = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "b", max_samples=8 * 3, **common))
     second = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "b", max_samples=8 * 3, resume=True, **common))
