@@ -535,7 +535,8 @@ def test_real_recording_command_prints_per_view_tables_and_writes_json(real, tmp
 
 
 @pytest.mark.slow
-def test_real_recording_demo_py_output_scores_exactly_as_the_evaluation_lifts(real, tmp_path, one_torch_thread):
+def test_real_recording_demo_py_output_scores_exactly_as_the_evaluation_lifts(real, tmp_path, capsys,
+                                                                              one_torch_thread):
     """What a user, or any outside check, scores is demo.py's keypoints.npz: it must be what the evaluation lifts."""
     from pipeline.lifting import load_lifter
 
@@ -563,6 +564,30 @@ def test_real_recording_demo_py_output_scores_exactly_as_the_evaluation_lifts(re
         assert np.allclose(s["frame_p_mpjpe_limbs"], expected["frame_p_mpjpe_limbs"], atol=1e-6)
     compared = multiview.compare_lifters(lifted, demo, fps=60.0)
     assert compared["sequences"] == 2 and np.allclose(compared["interval_95"], 0.0, atol=1e-6)
+
+    # The command, on output cut to frames 20-79 (as `demo.py --start 20 --end 80` writes): only those frames are
+    # scored, and the comparison with a checkpoint lifted here uses the frames and sequences both have.
+    cut = tmp_path / "cut" / video.stem
+    cut.mkdir(parents=True)
+    for file in sorted((tmp_path / video.stem).glob("keypoints*.npz")):
+        with np.load(file) as data:
+            arrays = {key: data[key] for key in data.files}
+        for key in ("frame_index", "valid", "keypoints_2d_coco"):
+            arrays[key] = arrays[key][20:80]
+        arrays["pose3d_camera"] = arrays["pose3d_camera"][:, 20:80]
+        np.savez(cut / file.name, **arrays)
+    out = tmp_path / "scores.json"
+    code = main(["multiview", "--recording", str(recording.directory), "--checkpoint", SHIPPED_LIFTER,
+                 "--outputs", str(tmp_path / "cut"), "--cache-dir", str(real["config"].cache_dir), "--json", str(out),
+                 "--device", "cpu", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "demo.py's output, scored as it was written" in printed
+    data = json.loads(out.read_text())
+    name = f"{Path(SHIPPED_LIFTER).name} in {tmp_path / 'cut'}"
+    assert all(20 <= f < 80 for s in data["lifters"][name]["sequences"] for f in s["frame_numbers"])
+    assert data["comparisons"][name]["sequences"] == 2
+    assert np.allclose(data["comparisons"][name]["interval_95"], 0.0, atol=1e-6)
+    assert "on the 2 of 8 sequences both scored" in printed
 
 
 def coco_body(centre=(0.0, 0.0), stature: float = 1.75) -> np.ndarray:
@@ -680,11 +705,18 @@ def test_comparison_uses_only_the_sequences_both_lifters_scored():
     assert compared["sequences"] == 2 and compared["p_mpjpe_limbs_difference"] == pytest.approx(0.005)
 
 
-def test_comparing_lifters_scored_on_different_frames_is_refused():
-    a = lifter_result({("cam01", 0): np.full(30, 0.1)})
-    b = lifter_result({("cam01", 0): np.full(31, 0.1)})
-    with pytest.raises(ValueError, match="not scored on the same"):
-        multiview.compare_lifters(a, b, fps=30.0)
+def test_comparison_uses_only_the_frames_both_lifters_scored_and_refuses_nothing_in_common():
+    a = lifter_result({("cam01", 0): np.full(60, 0.1)})
+    later = lifter_result({("cam01", 0): np.full(30, 0.12)})
+    later["sequences"][0]["frame_numbers"] = list(range(30, 60))  # e.g. demo.py run on the clip's second half
+    compared = multiview.compare_lifters(a, later, fps=30.0)
+    # frames 30-59 in 8-frame stretches (0.25 s at 30 fps): stretches 3 to 7
+    assert compared["p_mpjpe_limbs_difference"] == pytest.approx(0.02) and compared["stretches"] == 5
+    with pytest.raises(ValueError, match="nothing to compare"):
+        multiview.compare_lifters(a, lifter_result({("cam02", 0): np.full(60, 0.1)}), fps=30.0)
+    other_joints = lifter_result({("cam01", 0): np.full(60, 0.1)}, joints=6)
+    with pytest.raises(ValueError, match="scored different joints"):
+        multiview.compare_lifters(a, other_joints, fps=30.0)
 
 
 @pytest.mark.slow

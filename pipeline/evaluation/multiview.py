@@ -430,8 +430,9 @@ def combine(rows: list[dict]) -> dict:
 def compare_lifters(baseline: dict, other: dict, fps: float, block_s: float = 0.25, rounds: int = 4000,
                     seed: int = 0) -> dict:
     """How much `other` is better or worse than `baseline` on limb P-MPJPE (other minus baseline, metres), with a
-    95 % interval. Both are `evaluate_lifter` results on the same recording and settings, so every scored frame of
-    every view gives a paired difference on the same joints. Errors of nearby frames, and of one moment seen from
+    95 % interval. Both are `evaluate_lifter` (or `evaluate_outputs`) results on the same recording and settings:
+    every frame both scored in a view gives a paired difference on the same joints; sequences and frames only one
+    of them scored are left out. Errors of nearby frames, and of one moment seen from
     several views, go together (one reference, one motion), so resampling frames would make the interval far too
     narrow: the bootstrap resamples whole stretches of `block_s` seconds of one person's time, with every view of
     them, and each person keeps their number of stretches (the people are fixed, the moments are a sample). On a short
@@ -440,18 +441,21 @@ def compare_lifters(baseline: dict, other: dict, fps: float, block_s: float = 0.
     units: dict[tuple[int, int], np.ndarray] = {}  # (person, stretch) -> [sum of joint differences, joints]
     others = {(s["view"], s["person"]): s for s in other["sequences"]}
     pairs = [(a, others[(a["view"], a["person"])]) for a in baseline["sequences"] if (a["view"], a["person"]) in others]
-    if not pairs or any((a["frame_numbers"], a["frame_limb_joints"]) != (b["frame_numbers"], b["frame_limb_joints"])
-                        for a, b in pairs):
-        raise ValueError("the two lifters were not scored on the same views, people, frames and joints")
     for a, b in pairs:
-        joints = np.asarray(a["frame_limb_joints"], np.float64)
-        difference = (np.asarray(b["frame_p_mpjpe_limbs"]) - np.asarray(a["frame_p_mpjpe_limbs"])) * joints
-        for frame, d, n in zip(a["frame_numbers"], difference, joints, strict=True):
+        rows = {f: i for i, f in enumerate(b["frame_numbers"])}
+        for i, frame in enumerate(a["frame_numbers"]):
+            j = rows.get(frame)
+            if j is None:
+                continue
+            joints = a["frame_limb_joints"][i]
+            if joints != b["frame_limb_joints"][j]:
+                raise ValueError(f"the two lifters scored different joints of {a['view']} at frame {frame}: they "
+                                 "were scored against different references or settings")
             unit = units.setdefault((a["person"], frame // block), np.zeros(2))
-            unit += (d, n)
+            unit += ((b["frame_p_mpjpe_limbs"][j] - a["frame_p_mpjpe_limbs"][i]) * joints, joints)
+    if not units or np.sum(list(units.values()), axis=0)[1] == 0:
+        raise ValueError("the two lifters have no scored limb joint in common; nothing to compare")
     total = np.sum(list(units.values()), axis=0)
-    if total[1] == 0:
-        raise ValueError("no limb joint was scored; nothing to compare")
     rng = np.random.default_rng(seed)
     sums = np.zeros((rounds, 2))
     for person in sorted({p for p, _ in units}):
@@ -525,6 +529,12 @@ def reference_scores(person: TriangulatedPerson, views: list[ViewTracks], fps: f
     }
 
 
+def _check_min_joint_views(min_joint_views: int, views: list[ViewTracks]) -> None:
+    if not 0 <= min_joint_views <= len(views):
+        raise ValueError(f"the minimum number of views per scored joint must be between 0 and the recording's "
+                         f"{len(views)} views, got {min_joint_views}")
+
+
 def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], people: list[TriangulatedPerson],
                     bones: str = "rigid", min_joint_views: int = 0, virtual_camera: bool = True) -> dict:
     """Lift every person in every view that sees them and score it: per view, per person and overall. bones="rigid"
@@ -534,9 +544,7 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
     from pipeline.motion.trajectory import focal_length_px
     from pipeline.virtual_camera import lift_aimed
 
-    if not 0 <= min_joint_views <= len(views):
-        raise ValueError(f"the minimum number of views per scored joint must be between 0 and the recording's "
-                         f"{len(views)} views, got {min_joint_views}")
+    _check_min_joint_views(min_joint_views, views)
     fps = views[0].fps
     sequences = []
     for p, person in enumerate(people):
@@ -595,6 +603,10 @@ def _matching_output(outputs: list[dict], view: ViewTracks, row: int) -> dict | 
     return best if best_distance < 0.1 * height else None
 
 
+# The arrays of demo.py's keypoints.npz that evaluate_outputs reads.
+OUTPUT_ARRAYS = ("frame_index", "valid", "keypoints_2d_coco", "pose3d_camera", "checkpoints")
+
+
 def read_outputs(directory: str | Path, recording: Recording) -> list[list[dict]]:
     """demo.py's results for each view of the recording, as `demo.py --video <recording> --all-people --out DIR`
     writes them: DIR/<video name>/keypoints.npz and keypoints_person<ID>.npz. Per view, one dict per person."""
@@ -605,8 +617,11 @@ def read_outputs(directory: str | Path, recording: Recording) -> list[list[dict]
         outputs = []
         for file in files:
             with np.load(file, allow_pickle=False) as data:
-                outputs.append({key: data[key] for key in ("frame_index", "keypoints_2d_coco", "pose3d_camera",
-                                                           "checkpoints")})
+                missing = [key for key in OUTPUT_ARRAYS if key not in data.files]
+                if missing:
+                    raise ValueError(f"{file} is not a keypoints.npz of this demo.py (it lacks {', '.join(missing)}); "
+                                     "run demo.py again")
+                outputs.append({key: data[key] for key in OUTPUT_ARRAYS})
         per_view.append(outputs)
     if not any(per_view):
         raise ValueError(f"no demo.py output in {directory}: expected {directory}/<video name>/keypoints.npz, as "
@@ -621,6 +636,7 @@ def evaluate_outputs(outputs: list[list[dict]], recording: Recording, views: lis
     reference person is matched in each view to the output person that follows the same track
     (`_matching_output`) and scored on the frames both have. One result per checkpoint in the outputs, as
     `evaluate_lifter` gives."""
+    _check_min_joint_views(min_joint_views, views)
     fps = views[0].fps
     sequences: dict[str, list[dict]] = {}
     for p, person in enumerate(people):
@@ -632,7 +648,8 @@ def evaluate_outputs(outputs: list[list[dict]], recording: Recording, views: lis
                 logger.warning("%s: no demo.py output follows person %d; that view of them is not scored",
                                recording.videos[v].stem, p)
                 continue
-            rows = {int(f): i for i, f in enumerate(output["frame_index"])}
+            # the frames demo.py detected the person on (not those it filled) that the evaluation scores
+            rows = {int(f): i for i, f in enumerate(output["frame_index"]) if output["valid"][i]}
             frames = np.array([f for f in _scored_frames(person, views[v], row) if f in rows], dtype=np.int64)
             if len(frames) < 3:
                 continue
@@ -690,6 +707,9 @@ def evaluate_recording(recording: Recording, checkpoints: list[str | Path], conf
             report.lifters[f"{checkpoint} in {outputs}"] = {**scores, "demo_output": str(outputs)}
     names = list(report.lifters)
     for name in names[1:]:
-        report.comparisons[name] = compare_lifters(report.lifters[names[0]], report.lifters[name], fps,
-                                                   config.comparison_block_s)
+        try:
+            report.comparisons[name] = compare_lifters(report.lifters[names[0]], report.lifters[name], fps,
+                                                       config.comparison_block_s)
+        except ValueError as exc:  # e.g. demo.py's output of another part of the clip: reported, not compared
+            logger.warning("%s is not compared with %s: %s", name, names[0], exc)
     return report

@@ -95,7 +95,7 @@ def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, see
 
     from pipeline.lifting import CONFIG_ENTRY, load_lifter
     from pipeline.poseformerv2 import PoseFormerV2
-    from pipeline.training.train import LAST_CHECKPOINT, plain_config, save_checkpoint
+    from pipeline.training.train import LAST_CHECKPOINT, TrainConfig, make_optimizer, plain_config, save_checkpoint
 
     source = load_lifter(weights, device="cpu", frames=model_config.frames).model
     torch.manual_seed(seed)
@@ -106,7 +106,7 @@ def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, see
         raise ValueError(f"{weights} does not fit PoseFormerV2 f={model_config.frames_kept} "
                          f"n={model_config.coeffs_kept}: tensors {mismatched[:3]} differ; pick matching --f/--n")
     model.load_state_dict({k: v.float() for k, v in source.state_dict().items()})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = make_optimizer(model, TrainConfig(run_dir=run_dir, lr=lr, weight_decay=weight_decay))
     config = plain_config(model_config)
     path = Path(run_dir) / LAST_CHECKPOINT
     save_checkpoint(path, model, optimizer, epoch=0, lr=lr, rng=np.random.RandomState(seed), extra={

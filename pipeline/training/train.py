@@ -9,7 +9,8 @@ decay the learning rate at a sensible pace. Checkpoints use the released layout 
 `train_config`, `validation`); they hold only tensors, plain Python
 values and the RandomState, so `pipeline.checkpoints.read_checkpoint` (weights_only=True + allow-list) reads them.
 A run may move between machines: a checkpoint written on a GPU resumes on a CPU and the other way round (only the
-random draws of stochastic depth then differ from an uninterrupted run).
+random draws of stochastic depth then differ from an uninterrupted run). On a GPU the CUDA generator is saved and
+restored too, but CUDA kernels need not be deterministic: bit-exact resumption is a CPU property.
 
 MPI-INF-3DHP (`--dataset mpi_inf_3dhp`) follows the 3DHP release's `run_3dhp.py` instead: Adam with amsgrad (lr 7e-4,
 no weight decay), lr x0.97 per epoch, batch 512, 79 epochs, drop path 0.1, flip augmentation with the 3DHP left/right
@@ -332,6 +333,8 @@ class Trainer:
         self.model.load_state_dict(strip_prefix(chk["model_pos"]))
         load_optimizer_state(self.optimizer, chk["optimizer"])
         torch.set_rng_state(chk["torch_rng_state"])
+        if self.device.type == "cuda" and "cuda_rng_state" in chk:
+            torch.cuda.set_rng_state(chk["cuda_rng_state"], self.device)
         progress = chk["progress"]
         self.state = TrainState(lr=chk["lr"], rng=chk["random_state"], epoch=chk["epoch"], step=progress["step"],
                                 samples_seen=progress["samples_seen"], samples_in_epoch=progress["samples_in_epoch"],
@@ -345,6 +348,8 @@ class Trainer:
         config, s = self.config, self.state
         extra = {
             "torch_rng_state": torch.get_rng_state(),
+            # stochastic depth draws on the model's device: on a GPU from its generator
+            **({"cuda_rng_state": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             "model_config": self.model_config_plain,
             # Where `pipeline.lifting.load_lifter` looks for T, the skeleton and the units.
             CONFIG_ENTRY: {**self.model_config_plain, "skeleton": config.skeleton, "units": config.units},
