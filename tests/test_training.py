@@ -263,12 +263,18 @@ def test_training_reduces_the_loss_and_writes_loadable_checkpoints(tmp_path):
     assert np.linalg.norm(pred - window.targets_3d[0], axis=-1).mean() < np.mean(result.losses[:5])
 
 
-def test_resume_continues_bit_exactly(tmp_path):
+def _straight_and_resumed(tmp_path, device: str):
+    """8 steps in one call (run a), and 4 + 4 with a resume in between (run b)."""
     data = _overfit_set(frames=30)
-    common = dict(device="cpu", batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8)
+    common = dict(device=device, batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8)
     straight = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "a", max_samples=8 * 8, **common))
     first = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "b", max_samples=8 * 4, **common))
     second = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "b", max_samples=8 * 4, resume=True, **common))
+    return straight, first, second
+
+
+def test_resume_continues_bit_exactly(tmp_path):
+    straight, first, second = _straight_and_resumed(tmp_path, "cpu")  # bit for bit: the CPU's kernels
     assert second.step == 8 and second.epoch == straight.epoch == 2
     assert first.losses + second.losses == straight.losses  # drop path and sampling resume exactly
     a = load_checkpoint(tmp_path / "a" / LAST_CHECKPOINT)["model_pos"]
@@ -344,11 +350,7 @@ def test_training_on_a_gpu_the_machine_lacks_is_a_clear_error(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_gpu_run_resumes_with_its_own_random_draws(tmp_path):
-    data = _overfit_set(frames=30)
-    common = dict(device="cuda", batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8)
-    straight = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "a", max_samples=8 * 8, **common))
-    first = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "b", max_samples=8 * 4, **common))
-    second = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "b", max_samples=8 * 4, resume=True, **common))
+    straight, first, second = _straight_and_resumed(tmp_path, "cuda")
     # CUDA kernels may round differently from run to run, but drop path must not replay the first steps' masks.
     assert np.allclose(first.losses + second.losses, straight.losses, rtol=1e-4)
 
