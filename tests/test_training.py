@@ -317,7 +317,7 @@ def test_the_training_optimizer_is_fused_and_makes_the_recipes_update(tmp_path):
             optimizer.zero_grad()
             model(inputs).square().mean().backward()
             optimizer.step()
-    moved = max(float((p - initial[name]).abs().max()) for name, p in models[0].named_parameters())
+    moved = max(float((p.detach() - initial[name]).abs().max()) for name, p in models[0].named_parameters())
     assert moved > 1e-3  # three steps of lr 1e-3 moved the weights
     # Equal to rounding, except where Adam divides rounding noise by rounding noise: the attention's key bias has a
     # zero gradient up to rounding (softmax is blind to it), and its steps differ by up to 2e-5 of the 3e-3 moved.
