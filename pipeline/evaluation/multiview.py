@@ -662,7 +662,7 @@ def evaluate_outputs(outputs: list[list[dict]], recording: Recording, views: lis
                 sequences.setdefault(str(checkpoint), []).append({"view": views[v].name, "person": p, **scores})
     if not sequences:
         raise ValueError("no demo.py output follows a triangulated person in any view; nothing to score")
-    return {checkpoint: _pooled(rows, views, len(people)) for checkpoint, rows in sequences.items()}
+    return {checkpoint: _pooled(scored, views, len(people)) for checkpoint, scored in sequences.items()}
 
 
 @dataclass
