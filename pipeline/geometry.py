@@ -57,6 +57,26 @@ def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
     ])
 
 
+def matrix_to_quaternion(matrix: np.ndarray) -> np.ndarray:
+    """3x3 rotation matrix -> unit quaternion (w, x, y, z) with w >= 0, the inverse of `quaternion_to_matrix`."""
+    m = np.asarray(matrix, dtype=np.float64)
+    # Shepperd's method: start from the largest of the four squared components, so nothing is divided by ~0.
+    squares = np.array([1 + m[0, 0] + m[1, 1] + m[2, 2], 1 + m[0, 0] - m[1, 1] - m[2, 2],
+                        1 - m[0, 0] + m[1, 1] - m[2, 2], 1 - m[0, 0] - m[1, 1] + m[2, 2]])
+    i = int(np.argmax(squares))
+    s = 2.0 * np.sqrt(squares[i])
+    if i == 0:
+        q = [s / 4, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    elif i == 1:
+        q = [(m[2, 1] - m[1, 2]) / s, s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
+    elif i == 2:
+        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s]
+    else:
+        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4]
+    q = np.array(q) / np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
 def camera_to_world(points: np.ndarray, rotation: np.ndarray = DEMO_CAMERA_TO_WORLD,
                     translation: np.ndarray | float = 0.0) -> np.ndarray:
     """Camera-space points (..., 3) -> world: rotate by the camera's orientation, then add its position; float32."""
@@ -69,10 +89,11 @@ def world_to_camera(points: np.ndarray, rotation: np.ndarray, translation: np.nd
     return quaternion_rotate(quaternion_inverse(rotation), shifted).astype(np.float32)
 
 
-def demo_world_view(camera: np.ndarray) -> np.ndarray:
-    """The released demo's world view of root-relative camera poses (T, J, 3): the fixed rotation, then each frame
-    shifted vertically so its lowest joint sits at z = 0."""
-    world = camera_to_world(camera)
+def demo_world_view(camera: np.ndarray, rotation: np.ndarray = DEMO_CAMERA_TO_WORLD) -> np.ndarray:
+    """The released demo's world view of root-relative camera poses (T, J, 3): the fixed rotation (or `rotation`, a
+    clip's levelled one: `pipeline.motion.level`), then each frame shifted vertically so its lowest joint sits at
+    z = 0."""
+    world = camera_to_world(camera, rotation)
     world[..., 2] -= world[..., 2].min(axis=-1, keepdims=True)
     return world
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.geometry import camera_to_world
+from pipeline.geometry import DEMO_CAMERA_TO_WORLD, camera_to_world
 from pipeline.motion.trajectory import world_view
 
 PERSON_HEIGHT_M = 1.7
@@ -44,29 +44,30 @@ def camera_positions(pelvis_px: np.ndarray, box_heights_px: np.ndarray, image_si
 
 
 def place_people(worlds: np.ndarray, pelvis_px: np.ndarray, box_heights_px: np.ndarray,
-                 image_size: tuple[int, int]) -> np.ndarray:
+                 image_size: tuple[int, int], rotation: np.ndarray = DEMO_CAMERA_TO_WORLD) -> np.ndarray:
     """World poses (P, T, J, 3) of P people, person 0 first -> the same with persons 1.. moved beside person 0.
 
     Every person keeps their own ground contact (lowest joint at z = 0): only horizontal offsets are applied.
     """
     worlds = np.asarray(worlds, dtype=np.float32)
     positions = camera_positions(np.asarray(pelvis_px, np.float64), np.asarray(box_heights_px, np.float64), image_size)
-    offsets = camera_to_world(positions - positions[:1])  # relative to the followed person, rotated like the poses
+    offsets = camera_to_world(positions - positions[:1], rotation)  # relative to the followed person, as the poses
     offsets[..., 2] = 0.0
     return worlds + offsets[:, :, None, :]
 
 
-def world_scene(camera_poses: np.ndarray, trajectories: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def world_scene(camera_poses: np.ndarray, trajectories: np.ndarray, valid: np.ndarray,
+                rotation: np.ndarray = DEMO_CAMERA_TO_WORLD) -> tuple[np.ndarray, np.ndarray]:
     """Root-relative camera-space poses (P, T, J, 3) of P people (the followed person first), their pelvis
     trajectories (P, T, 3) and detection masks (P, T) -> world poses (P, T, J, 3) and pelvis paths (P, T, 3) in one
-    world view: the fixed camera-to-world rotation, and the ground under the followed person's lowest foot
-    (`pipeline.motion.trajectory.world_view`)."""
+    world view: the camera-to-world `rotation` (the fixed one, or the clip's levelled one: `pipeline.motion.level`),
+    and the ground under the followed person's lowest foot (`pipeline.motion.trajectory.world_view`)."""
     camera_poses = np.asarray(camera_poses)
     if camera_poses.ndim != 4 or np.shape(trajectories) != camera_poses.shape[:2] + (3,) \
             or np.shape(valid) != camera_poses.shape[:2]:
         raise ValueError(f"expected poses (P, T, J, 3), trajectories (P, T, 3) and valid (P, T), got shapes "
                          f"{camera_poses.shape}, {np.shape(trajectories)}, {np.shape(valid)}")
-    followed = world_view(camera_poses[0], trajectories[0], valid[0])
-    views = [followed] + [world_view(poses, path, mask, ground=followed.ground)
+    followed = world_view(camera_poses[0], trajectories[0], valid[0], rotation=rotation)
+    views = [followed] + [world_view(poses, path, mask, ground=followed.ground, rotation=rotation)
                           for poses, path, mask in zip(camera_poses[1:], trajectories[1:], valid[1:], strict=True)]
     return np.stack([v.poses for v in views]), np.stack([v.root for v in views])

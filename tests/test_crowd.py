@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.app.cache import load_pose2d_cache, save_pose2d_cache
 from pipeline.app.outputs import keypoints_arrays
+from pipeline.geometry import DEMO_CAMERA_TO_WORLD
 from pipeline.imgsz import AutoImgszConfig, imgsz_for_heights, parse_imgsz, spread_sample
 from pipeline.pose2d import Pose2DConfig, Pose2DOutput, Pose2DResult
 from pipeline.render import PERSON_BGR, SideBySideRenderer, WorldLimits
@@ -91,7 +92,8 @@ def test_span_and_the_chosen_imgsz_go_through_the_cache_and_into_keypoints_npz(t
     assert back.detection == {"imgsz": 1280, "chosen": "auto"}
     np.testing.assert_array_equal(back.people[1].span, np.arange(12) // 4 == 1)
     arrays = keypoints_arrays(back.people[1], np.zeros((1, 12, 17, 3)), np.zeros((1, 12, 17, 3)),
-                              checkpoint_names=["a"], models={}, fps=30.0, first_frame=0, image_size=(640, 360))
+                              DEMO_CAMERA_TO_WORLD, checkpoint_names=["a"], models={}, fps=30.0, first_frame=0,
+                              image_size=(640, 360))
     assert arrays["span"].dtype == bool and arrays["span"].shape == (12,) and arrays["span"].sum() == 4
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.geometry import DEMO_CAMERA_TO_WORLD, camera_to_world
 from pipeline.lifting import save_lifter_checkpoint
 from pipeline.media.encode import VideoWriter
 from pipeline.media.ffmpeg import count_frames, ffmpeg_exe, probe
@@ -414,18 +415,29 @@ def test_trajectory_and_bvh_outputs_and_the_switches_that_turn_them_off(tmp_path
         assert float(npz["focal_px"]) == pytest.approx(np.hypot(width, height) / 2 / np.tan(np.radians(30)))
     run = json.loads((folder / "run.json").read_text())
     assert run["trajectory"]["focal_source"] == "fov"
+    # The world view is levelled with the camera tilt estimated from the people; keypoints.npz says how.
+    with np.load(folder / "keypoints.npz") as npz:
+        rotation = npz["camera_to_world"]
+        assert rotation.shape == (4,) and run["world"]["rotation"] == pytest.approx(rotation.tolist(), abs=1e-6)
+        world = camera_to_world(npz["pose3d_camera"], rotation)
+        world[..., 2] -= world[..., 2].min(axis=-1, keepdims=True)  # each frame's lowest joint on the ground
+        np.testing.assert_allclose(npz["pose3d_world"], world, atol=1e-5)
+    assert run["world"]["levelled"] == (not np.allclose(rotation, DEMO_CAMERA_TO_WORLD))
+    assert run["world"]["levelled"] or run["world"]["reason"]
     for name in ("two people.bvh", "two people_other_9_1_3.bvh"):
         text = (folder / name).read_text()
         assert "ROOT pelvis" in text and "Frames: 20" in text and "Frame Time: 0.040000" in text
         assert name in run["outputs"]
 
     code, out, err = _run(capsys, "--video", clip_with_audio, "--checkpoint", shipped, "--out", out_root,
-                          "--quiet", "--no-render", "--no-trajectory", "--no-bvh")
+                          "--quiet", "--no-render", "--no-trajectory", "--no-bvh", "--no-level")
     assert code == 0 and "skipped" not in out, err  # other settings: not skipped
     with np.load(folder / "keypoints.npz") as npz:
         assert "trajectory_camera" not in npz.files
         np.testing.assert_allclose(npz["pose3d_world"][..., 2].min(axis=-1), 0, atol=1e-5)  # pinned, as before
+        np.testing.assert_array_equal(npz["camera_to_world"], DEMO_CAMERA_TO_WORLD)  # --no-level: the fixed tilt
     run = json.loads((folder / "run.json").read_text())
+    assert run["world"] == {**run["world"], "levelled": False, "reason": "turned off (--no-level)"}
     assert run["trajectory"] is None and not any(name.endswith(".bvh") for name in run["outputs"])
 
 

@@ -78,7 +78,8 @@ class ClipOutputs:
             (self.folder / name).is_file() for name in previous.get("outputs", ["?"]))
 
 
-def keypoints_arrays(person, camera: np.ndarray, world: np.ndarray, *, checkpoint_names: list[str], models: dict,
+def keypoints_arrays(person, camera: np.ndarray, world: np.ndarray, world_rotation: np.ndarray, *,
+                     checkpoint_names: list[str], models: dict,
                      fps: float, first_frame: int, image_size: tuple[int, int]) -> dict[str, np.ndarray]:
     """The contents of keypoints.npz for one person (a `pipeline.pose2d.Pose2DResult` and its (K, T, 17, 3) poses)."""
     return {
@@ -87,6 +88,7 @@ def keypoints_arrays(person, camera: np.ndarray, world: np.ndarray, *, checkpoin
         "valid": person.valid, "span": person.span, "boxes": person.boxes, "track_id": np.int64(person.track_id),
         "frame_index": np.arange(first_frame, first_frame + len(person.valid), dtype=np.int64),
         "pose3d_camera": camera, "pose3d_world": world,
+        "camera_to_world": np.asarray(world_rotation, np.float32),
         "checkpoints": np.array(checkpoint_names),
         "fps": np.float64(fps), "image_size": np.array(image_size, np.int64),
         "joint_names": np.array(H36M.joints), "joint_parents": np.array(H36M.parents, np.int64),

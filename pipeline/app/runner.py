@@ -29,6 +29,7 @@ from pipeline.app.progress import StageProgress, StageTimer, progress_bar
 from pipeline.errors import SettingError
 from pipeline.geometry import demo_world_view
 from pipeline.media.ffmpeg import MediaInfo
+from pipeline.motion.level import Levelling, fixed_levelling, level_world
 from pipeline.pose2d import Pose2DConfig, Pose2DOutput
 from pipeline.render import RenderConfig
 from pipeline.skeleton import H36M
@@ -52,6 +53,9 @@ class MotionConfig:
     # Lift each person through a virtual camera turned to look at them (pipeline.virtual_camera), with the focal
     # length above; False: as the real camera sees them, as the released demo does.
     virtual_camera: bool = True
+    # Level the world view (3D panel, pose3d_world, trajectory_world, BVH) with the camera tilt estimated from the
+    # people (pipeline.motion.level); False: the released demo's fixed camera-to-world rotation.
+    level: bool = True
 
     def __post_init__(self) -> None:
         from pipeline.motion.bones import BONE_MODES
@@ -88,6 +92,7 @@ class RunConfig:
             "show_progress": self.show_progress, "bones": self.motion.bones, "trajectory": self.motion.trajectory,
             "fov": self.motion.fov_deg,
             "focal": self.motion.focal_px, "bvh": self.motion.bvh, "virtual_camera": self.motion.virtual_camera,
+            "level": self.motion.level,
             "viewer": self.viewer, "rerun": self.rerun,
         }
 
@@ -129,8 +134,9 @@ class Lifted:
     """The 3D poses of every followed person (P) by every checkpoint (K) over T frames."""
 
     camera: np.ndarray  # (P, K, T, 17, 3) root-relative camera space, metres
-    world: np.ndarray  # (P, K, T, 17, 3) the demo's world view
+    world: np.ndarray  # (P, K, T, 17, 3) the demo's world view, turned by `levelling.rotation`
     disagreement_mm: dict[str, float]  # per checkpoint after the first: mean joint distance to the first's poses
+    levelling: Levelling  # the clip's camera-to-world rotation: levelled from the people, or the fixed one
 
 
 @dataclass
@@ -253,7 +259,20 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
                     camera[p, k] = rigid_bones(camera[p, k], frames=detected)
     disagreement = {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)
                     for k, lifter in enumerate(lifters[1:], start=1)}
-    return Lifted(camera=camera, world=demo_world_view(camera), disagreement_mm=disagreement)
+    levelling = clip_levelling(job, pose2d, camera, config)
+    return Lifted(camera=camera, world=demo_world_view(camera, levelling.rotation), disagreement_mm=disagreement,
+                  levelling=levelling)
+
+
+def clip_levelling(job: ClipJob, pose2d: Pose2DOutput, camera: np.ndarray, config: MotionConfig) -> Levelling:
+    """One camera-to-world rotation for the clip, from every followed person as the first checkpoint lifts them
+    (`pipeline.motion.level`), so that all panels share one world; the fixed rotation when levelling is off."""
+    if not config.level:
+        return fixed_levelling("turned off (--no-level)")
+    levelling = level_world(camera[:, 0], pose2d.stacked("valid"))
+    if not levelling.levelled:
+        logger.warning("%s: world view not levelled: %s", job.clip.name, levelling.reason)
+    return levelling
 
 
 def mean_joint_distance_mm(a: np.ndarray, b: np.ndarray) -> float:
@@ -268,13 +287,13 @@ def place_in_world(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, config: M
     When a lifter's poses cannot be placed at all (no frame fits, e.g. a degenerate untrained checkpoint), the clip is
     still processed, pinned: a warning says so, and run.json records why."""
     if not config.trajectory:
-        return Scene(None, None, placed_worlds(pose2d, lifted.world), None, None)
+        return Scene(None, None, placed_worlds(pose2d, lifted), None, None)
     try:
         return moving_scene(job, pose2d, lifted, config)
     except ValueError as exc:
         problem = f"no trajectory, the skeleton stays pinned: {exc}"
         logger.warning("%s: %s", job.clip.name, problem)
-        return Scene(None, None, placed_worlds(pose2d, lifted.world), None, None, problem=problem)
+        return Scene(None, None, placed_worlds(pose2d, lifted), None, None, problem=problem)
 
 
 def moving_scene(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, config: MotionConfig) -> Scene:
@@ -295,7 +314,8 @@ def moving_scene(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, config: Mot
             except ValueError as exc:
                 raise ValueError(f"person {person.track_id}, checkpoint {k + 1}: {exc}") from exc
     valid = pose2d.stacked("valid")
-    poses, roots = zip(*(world_scene(lifted.camera[:, k], camera_path[:, k], valid) for k in range(lifters)),
+    rotation = lifted.levelling.rotation
+    poses, roots = zip(*(world_scene(lifted.camera[:, k], camera_path[:, k], valid, rotation) for k in range(lifters)),
                        strict=True)
     return Scene(camera_path, np.stack(roots, axis=1), np.stack(poses, axis=1), focal, source)
 
@@ -319,7 +339,7 @@ def write_keypoints(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, scene: S
     written = []
     for p, person in enumerate(pose2d.people):
         target = job.out.keypoints if p == 0 else job.out.person_keypoints(person.track_id)
-        arrays = keypoints_arrays(person, lifted.camera[p], lifted.world[p],
+        arrays = keypoints_arrays(person, lifted.camera[p], lifted.world[p], lifted.levelling.rotation,
                                   checkpoint_names=[lifter.name for lifter in models.lifters],
                                   models=models.provenance(), fps=job.info.fps, first_frame=job.first,
                                   image_size=pose2d.image_size)
@@ -418,17 +438,17 @@ def render_video(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Model
     return job.out.video.name
 
 
-def placed_worlds(pose2d: Pose2DOutput, world: np.ndarray) -> np.ndarray:
+def placed_worlds(pose2d: Pose2DOutput, lifted: Lifted) -> np.ndarray:
     """World poses (P, K, T, 17, 3) to draw: root-relative poses all stand on one spot, so with several people the
     others are moved to where their boxes put them (`pipeline.scene`; a picture aid, not saved)."""
-    people = pose2d.people
+    people, world = pose2d.people, lifted.world
     if len(people) == 1:
         return world
     from pipeline.scene import place_people
 
     pelvis = pose2d.stacked("keypoints")[:, :, H36M.index("pelvis")]
     box_heights = np.stack([p.boxes[:, 3] - p.boxes[:, 1] for p in people])
-    return np.stack([place_people(world[:, k], pelvis, box_heights, pose2d.image_size)
+    return np.stack([place_people(world[:, k], pelvis, box_heights, pose2d.image_size, lifted.levelling.rotation)
                      for k in range(world.shape[1])], axis=1)
 
 
@@ -451,6 +471,7 @@ def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Po
         "tracks": pose2d.tracks,
         "checkpoint_disagreement_mm": lifted.disagreement_mm,
         "trajectory": trajectory_record(scene),
+        "world": lifted.levelling.record(),
         "timings": {**timer.stages, "total_seconds": round(total, 3)},
         **({"ray": ray_worker} if ray_worker else {}),  # node, hostname, worker_pid, address
         "versions": package_versions(),
