@@ -80,10 +80,11 @@ def real(lifter) -> dict[str, dict[str, list]]:
         lifted = [lift_aimed(lifter, view.keypoints[p.tracks[v]], width, height, focal_length_px(width, height),
                              frames=np.flatnonzero(view.valid[p.tracks[v]])) for p in people]
         valid = np.stack([view.valid[p.tracks[v]] for p in people])
+        scores = np.stack([view.scores[p.tracks[v]] for p in people])
         rows[view.name] = {"fixed": [(fixed_up_camera(), truth)],
-                           "levelled": [(estimate_up(np.stack(lifted), valid), truth)],
-                           **{f"person {i} only": [(estimate_up(lifted[i][None], valid[i:i + 1]), truth)]
-                              for i in range(len(people))}}
+                           "levelled": [(estimate_up(np.stack(lifted), valid, scores), truth)],
+                           **{f"person {i} only": [(estimate_up(lifted[i][None], valid[i:i + 1], scores[i:i + 1]),
+                                                    truth)] for i in range(len(people))}}
     return rows
 
 

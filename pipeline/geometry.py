@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 # Camera-to-world rotation (w, x, y, z) hard-coded in the released PoseFormerV2 demo (a Human3.6M camera's
-# orientation); it looks slightly down at the subject, so a level camera's person stands upright on z = 0.
+# orientation); it looks about 11 degrees down at the subject, so the person of a camera tilted like that stands upright
+# on z = 0 (demo.py levels the world for the camera it sees: pipeline.motion.level).
 DEMO_CAMERA_TO_WORLD = np.array(
     [0.1407056450843811, -0.1500701755285263, -0.755240797996521, 0.6223280429840088], dtype=np.float32
 )

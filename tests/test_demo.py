@@ -424,6 +424,10 @@ def test_trajectory_and_bvh_outputs_and_the_switches_that_turn_them_off(tmp_path
         np.testing.assert_allclose(npz["pose3d_world"], world, atol=1e-5)
     assert run["world"]["levelled"] == (not np.allclose(rotation, DEMO_CAMERA_TO_WORLD))
     assert run["world"]["levelled"] or run["world"]["reason"]
+    with np.load(folder / "keypoints.npz") as npz:  # the trajectory is turned by the same rotation
+        shift = npz["trajectory_world"] - camera_to_world(npz["trajectory_camera"], rotation)
+        np.testing.assert_allclose(shift - shift[:, :1], 0, atol=1e-4)  # one constant shift per checkpoint
+        np.testing.assert_allclose(shift[..., :2], 0, atol=1e-4)  # and only upwards (the ground)
     for name in ("two people.bvh", "two people_other_9_1_3.bvh"):
         text = (folder / name).read_text()
         assert "ROOT pelvis" in text and "Frames: 20" in text and "Frame Time: 0.040000" in text

@@ -78,13 +78,17 @@ def test_the_fixed_rotation_is_kept_for_a_camera_tilted_like_it_and_the_heading_
     fixed_up = fixed_up_camera()
     rotation = level_rotation(fixed_up)
     assert min(np.abs(rotation - DEMO_CAMERA_TO_WORLD).max(), np.abs(rotation + DEMO_CAMERA_TO_WORLD).max()) < 1e-6
-    # Levelling a tilted camera turns the world about a horizontal axis only: the camera's forward direction keeps
-    # its compass heading.
-    tilted = _rotation("x", -20.0) @ fixed_up
-    demo, levelled = quaternion_to_matrix(DEMO_CAMERA_TO_WORLD), quaternion_to_matrix(level_rotation(tilted))
+    # Whatever the camera's pitch and roll, the camera's forward direction keeps its compass heading in the world.
+    demo = quaternion_to_matrix(DEMO_CAMERA_TO_WORLD)
     forward = np.array([0.0, 0.0, 1.0])
-    heading = [np.arctan2(*(m @ forward)[[1, 0]]) for m in (demo, levelled)]
-    assert heading[0] == pytest.approx(heading[1], abs=1e-4)  # float32 quaternions
+    for pitch, roll in ((-20.0, 0.0), (25.0, 26.0), (40.0, -20.0), (5.0, 30.0)):
+        up = _rotation("z", roll) @ _rotation("x", pitch) @ np.array([0.0, -1.0, 0.0])
+        levelled = quaternion_to_matrix(level_rotation(up))
+        assert levelled @ up == pytest.approx([0, 0, 1], abs=1e-6)
+        heading = [np.arctan2(*(m @ forward)[[1, 0]]) for m in (demo, levelled)]
+        assert heading[0] == pytest.approx(heading[1], abs=1e-4)  # float32 quaternions
+    with pytest.raises(ValueError, match="straight"):
+        level_rotation(np.array([0.0, 0.0, -1.0]))
 
 
 def test_frames_of_a_fall_are_trimmed_and_people_lying_down_keep_the_fixed_rotation():
@@ -93,7 +97,7 @@ def test_frames_of_a_fall_are_trimmed_and_people_lying_down_keep_the_fixed_rotat
     mixed = np.concatenate([poses, fallen])
     assert _angle(estimate_up(mixed[None]), up) < 0.5  # the 20 lying frames are left out
     lying = level_world(fallen[None])
-    assert not lying.levelled and "upright" in lying.reason
+    assert not lying.levelled and "upright" in lying.reason and "steeply" in lying.reason
     assert np.array_equal(lying.rotation, DEMO_CAMERA_TO_WORLD)
 
 
@@ -102,7 +106,7 @@ def test_no_estimate_without_enough_detected_frames_and_nan_bodies_are_skipped()
     valid = np.zeros((1, 10), bool)
     valid[0, :3] = True
     result = level_world(poses[None], valid)
-    assert not result.levelled and "frames" in result.reason
+    assert not result.levelled and "frames" in result.reason and "agree" in result.reason
     broken = poses.copy()
     broken[:4] = 0.0  # an untrained lifter's zero poses have no direction
     valid[0, :] = True
@@ -110,13 +114,33 @@ def test_no_estimate_without_enough_detected_frames_and_nan_bodies_are_skipped()
 
 
 def test_two_people_are_pooled_frame_by_frame():
-    a, up = _filmed(_walking_person(60), 30.0, -10.0)
-    b = a[:30] @ _rotation("x", 0.0).T
-    poses = np.zeros((2, 60, 17, 3))
-    poses[0], poses[1, :30] = a, b
+    """Neither person alone has the 5 frames an estimate needs; together they have 6."""
+    poses, up = _filmed(_walking_person(60), 30.0, -10.0)
+    both = np.stack([poses, poses[::-1]])
     valid = np.zeros((2, 60), bool)
-    valid[0], valid[1, :30] = True, True
-    assert _angle(estimate_up(poses, valid), up) < 0.5
+    valid[0, :3], valid[1, 10:13] = True, True
+    assert estimate_up(both[:1], valid[:1]) is None and estimate_up(both[1:], valid[1:]) is None
+    assert _angle(estimate_up(both, valid), up) < 0.5
+
+
+def test_legs_the_camera_did_not_see_do_not_tilt_the_world():
+    """Someone filmed from the waist up: the lifter invents the legs, here 40 degrees off; the 2D scores say so."""
+    poses, up = _filmed(_walking_person(), 15.0, 5.0)
+    invented = poses.copy()
+    legs = [J(f"{side}_{part}") for side in ("left", "right") for part in ("knee", "ankle")]
+    invented[:, legs] = invented[:, legs] @ _rotation("x", 40.0).T
+    scores = np.ones((1, len(poses), 17))
+    assert _angle(estimate_up(invented[None]), up) > 10  # the invented legs pull the vertical away
+    scores[..., legs] = 0.05  # below the score the trajectory fit trusts
+    assert _angle(estimate_up(invented[None], scores=scores), up) < 0.5
+    assert level_world(invented[None], scores=scores).levelled
+
+
+def test_an_untrained_lifters_scattered_poses_give_no_level():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(1, 60, 17, 3))
+    result = level_world(noise)
+    assert not result.levelled and "agree" in result.reason
 
 
 def test_matrix_and_quaternion_convert_both_ways():

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.geometry import camera_to_world
+from pipeline.geometry import DEMO_CAMERA_TO_WORLD, camera_to_world, matrix_to_quaternion, quaternion_to_matrix
 from pipeline.scene import camera_positions, place_people
 
 
@@ -30,3 +30,17 @@ def test_place_people_keeps_the_followed_person_and_the_ground():
     np.testing.assert_allclose(shift[:2], expected[:2], rtol=1e-4)
     # The two others are on opposite sides of the followed person.
     assert np.dot(shift[:2], (placed[2, 0, 0] - worlds[2, 0, 0])[:2]) < 0
+
+
+def test_place_people_moves_them_along_the_camera_axis_of_the_rotation_it_is_given():
+    worlds = np.zeros((2, 1, 17, 3), np.float32)
+    pelvis = np.array([[[300.0, 240.0]], [[500.0, 240.0]]])
+    heights = np.full((2, 1), 300.0)
+    c, s = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+    rolled = quaternion_to_matrix(DEMO_CAMERA_TO_WORLD) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    rotation = matrix_to_quaternion(rolled)
+    shift = place_people(worlds, pelvis, heights, (640, 480), rotation)[1, 0, 0]
+    right = camera_to_world(np.array([1.0, 0.0, 0.0]), rotation) * (200 * 1.7 / 300)
+    np.testing.assert_allclose(shift[:2], right[:2], rtol=1e-4)
+    fixed = place_people(worlds, pelvis, heights, (640, 480))[1, 0, 0]
+    assert np.linalg.norm(fixed[:2] - shift[:2]) > 0.1

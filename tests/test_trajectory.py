@@ -14,6 +14,7 @@ import pytest
 from pipeline.geometry import (
     DEMO_CAMERA_TO_WORLD,
     camera_to_world,
+    matrix_to_quaternion,
     quaternion_inverse,
     quaternion_to_matrix,
 )
@@ -247,6 +248,29 @@ def test_several_people_share_the_followed_persons_ground():
     feet = poses[:, :, [J("left_ankle"), J("right_ankle")], 2].min(axis=(1, 2))
     np.testing.assert_allclose(feet, [0.0, 0.4], atol=1e-5)  # on the step, not pulled down to the ground
     np.testing.assert_allclose(roots[1] - roots[0], b[:, 0] - a[:, 0], atol=1e-5)
+
+
+def test_a_tilted_camera_needs_its_own_rotation_to_keep_people_on_their_ground():
+    """Filmed by a camera 20 degrees steeper than the demo's and rolled 15: with that camera's rotation (what
+    `pipeline.motion.level` estimates) both people stand where they stood; with the fixed one they do not."""
+    a, b = walking_clip(30), walking_clip(30)
+    b[..., :2] += [1.5, 2.0]
+    b[..., 2] += 0.4
+    c, s = np.cos(np.radians(20.0)), np.sin(np.radians(20.0))
+    steeper = np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
+    c, s = np.cos(np.radians(15.0)), np.sin(np.radians(15.0))
+    rolled = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    rotation = quaternion_to_matrix(DEMO_CAMERA_TO_WORLD) @ steeper @ rolled  # camera -> world
+    world = np.stack([a, b])
+    camera = (world - (world.reshape(-1, 3).mean(axis=0) - 7.0 * rotation[:, 2])) @ rotation
+    pelvis = camera[:, :, J("pelvis")]
+    valid = np.ones((2, 30), bool)
+    feet = [J("left_ankle"), J("right_ankle")]
+    poses, _ = world_scene(camera - pelvis[:, :, None], pelvis, valid, matrix_to_quaternion(rotation))
+    np.testing.assert_allclose(poses[:, :, feet, 2].min(axis=(1, 2)), [0.0, 0.4], atol=1e-5)
+    np.testing.assert_allclose(poses[0] - poses[0, :1, :1], a - a[:1, :1], atol=1e-5)  # the true world, shifted
+    fixed, _ = world_scene(camera - pelvis[:, :, None], pelvis, valid)
+    assert abs(fixed[1, :, feet, 2].min() - 0.4) > 0.2
 
 
 def test_bad_input_is_one_clear_error():

@@ -269,7 +269,7 @@ def clip_levelling(job: ClipJob, pose2d: Pose2DOutput, camera: np.ndarray, confi
     (`pipeline.motion.level`), so that all panels share one world; the fixed rotation when levelling is off."""
     if not config.level:
         return fixed_levelling("turned off (--no-level)")
-    levelling = level_world(camera[:, 0], pose2d.stacked("valid"))
+    levelling = level_world(camera[:, 0], pose2d.stacked("valid"), pose2d.stacked("scores"))
     if not levelling.levelled:
         logger.warning("%s: world view not levelled: %s", job.clip.name, levelling.reason)
     return levelling

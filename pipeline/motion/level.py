@@ -4,22 +4,25 @@ Why: a single video has no calibrated camera, so the lifter returns poses in the
 view (the 3D panel, `pose3d_world`, `trajectory_world`, the BVH) needs a camera-to-world rotation. The released demo
 uses one fixed rotation, that of a Human3.6M camera looking about 11 degrees down. Real cameras are held at every
 tilt: the camera distribution the field trains on (GVHMR, WHAM) has pitch ~N(5, 22.5) and roll ~N(0, 7.5) degrees,
-and the shared 4-camera recording's cameras look 18-25 degrees down, one of them rolled 24 degrees. With the fixed
+and the shared 4-camera recording's cameras look 18-25 degrees down, one of them rolled 26 degrees. With the fixed
 rotation such a world view is tilted by the same angle: people lean, a walk goes uphill, a bystander further back
 floats a metre above the ground, and the BVH inherits all of it.
 
 How: the lifter was trained on that camera distribution, so its camera-space poses carry the camera's tilt. Standing,
 walking and most other motion keep the legs (ankles to hips) and the trunk (pelvis to thorax) close to vertical on
 average, so their mean direction over the clip, pooled over every person, estimates the world's up in the camera
-frame. Frames more than `TRIM_DEG` from the first estimate (a fall, a bend, a cartwheel) are left out and the mean is
-taken again. The world rotation is then the demo's fixed one turned by the smallest rotation that makes this
-direction vertical: for a camera tilted like a Human3.6M camera, nothing changes, and the heading stays the demo's.
+frame. Only what the camera saw counts: legs or a trunk with a joint scored under `MIN_SCORE` in 2D (someone filmed
+from the waist up, whose legs the lifter invents) are left out, and so are frames whose legs and trunk disagree by
+more than `MAX_DISAGREEMENT_DEG`. Frames more than `TRIM_DEG` from the first estimate (a fall, a bend) are left out
+and the mean is taken again; if the frames' own verticals scatter (an untrained lifter), there is no estimate. The
+world rotation then has this direction as its z and keeps the demo's heading (the camera's forward direction, made
+horizontal, points the same way): for a camera tilted like a Human3.6M camera, it is the demo's rotation.
 
 Measured (`benchmarks/bench_level.py`, the default lifter; angle between the estimated and the true vertical):
 - synthetic renderings of the CMU clips (another studio, never trained on; 93 renderings through the training camera
   distribution, with detector-like noise): fixed rotation median 17.0 / mean 18.0 / 90th percentile 29.7 degrees;
   estimated 6.0 / 6.5 / 11.1 (pitch unbiased: +1.8 on average). The same estimator on the ground-truth bodies is
-  4.5 / 5.2 / 10.4 off: the lifter's poses give nearly what a body-based estimate can;
+  4.3 / 4.9 / 10.3 off: the lifter's poses give nearly what a body-based estimate can;
 - the shared real recording, both dancers pooled, per camera (cam01-cam04, the refined calibration's vertical):
   fixed 16.4, 7.9, 13.4, 28.7 degrees; estimated 7.4, 8.3, 13.0, 12.4. The woman alone (upright, waving) gives 3-11
   degrees; the man alone (lunging forward, trunk pitched) 14-17: bodies that lean for the whole clip bias it.
@@ -40,6 +43,13 @@ from pipeline.skeleton import H36M, Skeleton
 TRIM_DEG = 35.0  # frames whose own up direction is further than this from the clip's first estimate are left out
 MAX_CORRECTION_DEG = 45.0  # a larger turn from the fixed rotation is not trusted (people lying, a camera on its side)
 MIN_FRAMES = 5  # fewer detected frames than this give no estimate
+MIN_SCORE = 0.3  # 2D joints scored below this were not seen (as the trajectory's fit): their directions do not count
+# A frame whose legs and trunk point further apart than this is not measured. The shipped lifter's poses: median 19
+# degrees apart on a real clip; an untrained one's: 135.
+MAX_DISAGREEMENT_DEG = 60.0
+# The frames' own verticals must agree: the length of their mean unit vector (1: all alike; random: about 0). An
+# untrained lifter's scatter; people who move through every orientation (a cartwheel) give no level either.
+MIN_AGREEMENT = 0.7
 
 
 @dataclass(frozen=True)
@@ -93,42 +103,68 @@ def body_up_directions(camera_poses: np.ndarray, skeleton: Skeleton = H36M) -> n
     return np.stack([_unit(hips - ankles), _unit(poses[..., j("thorax"), :] - poses[..., j("pelvis"), :])], axis=-2)
 
 
-def estimate_up(camera_poses: np.ndarray, valid: np.ndarray | None = None,
+def seen_directions(scores: np.ndarray, skeleton: Skeleton = H36M) -> np.ndarray:
+    """(..., J) 2D keypoint scores -> (..., 2) bool: the legs and the trunk were seen (every joint they are made of
+    scored >= MIN_SCORE). A lifter invents the legs of someone filmed from the waist up; invented legs must not
+    tilt the world."""
+    j = skeleton.index
+    scores = np.asarray(scores)
+    legs = [j(f"{side}_{part}") for side in ("left", "right") for part in ("hip", "knee", "ankle")]
+    trunk = [j("pelvis"), j("thorax"), j("left_hip"), j("right_hip"), j("left_shoulder"), j("right_shoulder")]
+    return np.stack([(scores[..., legs] >= MIN_SCORE).all(axis=-1), (scores[..., trunk] >= MIN_SCORE).all(axis=-1)],
+                    axis=-1)
+
+
+def estimate_up(camera_poses: np.ndarray, valid: np.ndarray | None = None, scores: np.ndarray | None = None,
                 skeleton: Skeleton = H36M) -> np.ndarray | None:
-    """The world's up direction in camera space from root-relative camera-space poses (P, T, J, 3) of P people
-    (valid (P, T): the frames each was detected in; None: all), or None when fewer than MIN_FRAMES frames have a
-    body to measure."""
+    """The world's up direction in camera space from root-relative camera-space poses (P, T, J, 3) of P people, or
+    None when fewer than MIN_FRAMES frames have a body to measure or their directions scatter (an untrained lifter).
+
+    valid (P, T): the frames each person was detected in (None: all); scores (P, T, J): their 2D keypoint scores, so
+    that legs and trunks the camera did not see are left out (None: every direction counts). A frame whose legs and
+    trunk both count but point more than MAX_DISAGREEMENT_DEG apart is left out as well."""
     directions = body_up_directions(camera_poses, skeleton)  # (P, T, 2, 3)
     frames = np.ones(directions.shape[:2], bool) if valid is None else np.asarray(valid, bool)
-    per_frame = directions[frames]  # (N, 2, 3)
-    per_frame = per_frame[np.isfinite(per_frame).all(axis=(1, 2))]
-    if len(per_frame) < MIN_FRAMES:
+    counted = np.isfinite(directions).all(axis=-1) & frames[..., None]  # (P, T, 2)
+    if scores is not None:
+        counted &= seen_directions(scores, skeleton)
+    both = counted.all(axis=-1)
+    apart = _angle_deg(np.nan_to_num(directions[..., 0, :]), np.nan_to_num(directions[..., 1, :]))
+    counted &= ~(both & (apart > MAX_DISAGREEMENT_DEG))[..., None]
+    directions, counted = directions[counted.any(axis=-1)], counted[counted.any(axis=-1)]  # (N, 2, 3), (N, 2)
+    if len(directions) < MIN_FRAMES:
         return None
-    up = _unit(per_frame.mean(axis=0).sum(axis=0))  # mean legs + mean trunk
-    kept = (_angle_deg(_unit(per_frame.sum(axis=1)), up) <= TRIM_DEG)
+    directions = np.where(counted[..., None], directions, 0.0)
+    per_frame = _unit(directions.sum(axis=1))  # each frame's own vertical: legs + trunk, or the one that counts
+
+    def mean_up(rows: np.ndarray) -> np.ndarray:  # the mean leg direction plus the mean trunk direction
+        sums, counts = directions[rows].sum(axis=0), counted[rows].sum(axis=0)[:, None]
+        return _unit((sums / np.maximum(counts, 1)).sum(axis=0))
+
+    up = mean_up(np.ones(len(directions), bool))
+    kept = _angle_deg(per_frame, up) <= TRIM_DEG
     if kept.sum() >= MIN_FRAMES:
-        up = _unit(per_frame[kept].mean(axis=0).sum(axis=0))
-    return up if np.isfinite(up).all() else None
+        up = mean_up(kept)
+    if not np.isfinite(up).all() or np.linalg.norm(per_frame.mean(axis=0)) < MIN_AGREEMENT:
+        return None
+    return up
 
 
 def level_rotation(up_camera: np.ndarray, reference: np.ndarray = DEMO_CAMERA_TO_WORLD) -> np.ndarray:
-    """The camera-to-world quaternion that makes `up_camera` the world's z: `reference` turned by the smallest
-    rotation that carries `up_camera` onto the reference's own up, so the heading stays the reference's."""
+    """The camera-to-world quaternion whose world z is `up_camera` and which keeps the heading of `reference`: the
+    camera's forward direction, made horizontal, points the same way in both worlds. For the reference's own up it
+    is the reference."""
     up = _unit(np.asarray(up_camera, np.float64))
-    target = fixed_up_camera(reference)
-    axis = np.cross(up, target)  # sin(angle) long
-    sin, cos = float(np.linalg.norm(axis)), float(up @ target)
-    if sin < 1e-12:
-        turn = np.eye(3) if cos > 0 else -np.eye(3) + 2 * np.outer(_perpendicular(up), _perpendicular(up))
-    else:
-        k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-        turn = np.eye(3) + k + k @ k * ((1.0 - cos) / sin**2)  # Rodrigues, with k = sin(angle) x the unit axis
-    return matrix_to_quaternion(quaternion_to_matrix(reference) @ turn).astype(np.float32)
-
-
-def _perpendicular(v: np.ndarray) -> np.ndarray:
-    axis = np.eye(3)[np.argmin(np.abs(v))]
-    return _unit(np.cross(v, axis))
+    forward = np.array([0.0, 0.0, 1.0])
+    if abs(forward @ up) > 0.999:
+        raise ValueError("a camera looking straight up or down has no heading to keep")
+    level_forward = _unit(forward - (forward @ up) * up)  # horizontal in the new world
+    old = quaternion_to_matrix(reference)
+    heading = old @ _unit(forward - (forward @ fixed_up_camera(reference)) * fixed_up_camera(reference))
+    c, s = heading[0], heading[1]  # horizontal in the old world: (cos h, sin h, 0)
+    camera_basis = np.stack([level_forward, np.cross(up, level_forward), up], axis=1)  # columns
+    world_basis = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])  # where those columns go
+    return matrix_to_quaternion(world_basis @ camera_basis.T).astype(np.float32)
 
 
 def fixed_levelling(reason: str) -> Levelling:
@@ -136,15 +172,17 @@ def fixed_levelling(reason: str) -> Levelling:
     return Levelling(DEMO_CAMERA_TO_WORLD, False, fixed_up_camera(), reason)
 
 
-def level_world(camera_poses: np.ndarray, valid: np.ndarray | None = None, skeleton: Skeleton = H36M) -> Levelling:
+def level_world(camera_poses: np.ndarray, valid: np.ndarray | None = None, scores: np.ndarray | None = None,
+                skeleton: Skeleton = H36M) -> Levelling:
     """The clip's world rotation from its people (`estimate_up`), or the demo's fixed one, with the reason, when the
     people give no estimate or one that turns the world more than MAX_CORRECTION_DEG."""
     fixed = fixed_up_camera()
-    up = estimate_up(camera_poses, valid, skeleton)
+    up = estimate_up(camera_poses, valid, scores, skeleton)
     if up is None:
-        return fixed_levelling(f"fewer than {MIN_FRAMES} frames with a body to measure")
+        return fixed_levelling(f"fewer than {MIN_FRAMES} frames whose seen legs or trunk agree on which way is up")
     turn = float(_angle_deg(up, fixed))
     if turn > MAX_CORRECTION_DEG:
-        return fixed_levelling(f"the people do not look upright (their vertical is {turn:.0f} degrees from the usual "
-                               f"camera's, more than {MAX_CORRECTION_DEG:.0f}): the fixed rotation is kept")
+        return fixed_levelling(f"the people do not look upright, or the camera looks steeply up or down (their "
+                               f"vertical is {turn:.0f} degrees from the usual camera's, more than "
+                               f"{MAX_CORRECTION_DEG:.0f}): the fixed rotation is kept")
     return Levelling(level_rotation(up), True, up, "")

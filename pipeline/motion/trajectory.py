@@ -283,10 +283,10 @@ def world_view(
     rotation: np.ndarray = DEMO_CAMERA_TO_WORLD,
 ) -> WorldView:
     """Root-relative camera-space poses (T, J, 3) plus the pelvis trajectory (T, 3) -> the world view the 3D panel
-    draws: the project's fixed camera-to-world rotation (`pipeline.geometry.camera_to_world`), then one vertical shift
-    for the whole clip that puts the lowest foot (ankle) of any detected frame on the ground, z = 0, so jumps and
-    steps down show. The camera stands at x = y = 0, at height -ground. `ground` given: use that height instead (to
-    put several people on one ground).
+    draws: the camera-to-world `rotation` (the released demo's fixed one by default; demo.py passes the clip's
+    levelled one, `pipeline.motion.level`), then one vertical shift for the whole clip that puts the lowest foot
+    (ankle) of any detected frame on the ground, z = 0, so jumps and steps down show. The camera stands at
+    x = y = 0, at height -ground. `ground` given: use that height instead (to put several people on one ground).
 
     trajectory None: the pinned view (every pelvis at the origin, each frame's lowest joint on the ground), which is
     `pipeline.geometry.demo_world_view`; `root` is then the pelvis of each frame.
