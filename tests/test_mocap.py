@@ -435,6 +435,34 @@ def test_noise_outliers_and_dropouts_happen_at_their_rates():
     assert 0.006 < np.mean(err > 1.0) < 0.014
 
 
+def test_glitches_put_wrists_far_off_for_stretches_far_more_often_than_hips():
+    t = np.arange(6000)
+    clean = _standing_person_px(6000)
+    clean[:, 7:, 0] += 30 * np.sin(t / 4.0)[:, None]  # the limbs move, so a held keypoint falls behind
+    config = DetectorNoiseConfig(**{**QUIET, "glitch_rate": (0.03, 0.03)})
+    off = np.linalg.norm(corrupt_keypoints(clean, np.random.default_rng(0), config) - clean, axis=-1) > 5.0
+    wrists = [COCO.index("left_wrist"), COCO.index("right_wrist")]
+    hips = [COCO.index("left_hip"), COCO.index("right_hip")]
+    # 0.03 starts a frame, 3-20 frames long (mean 11.5): a wrist is off in roughly a quarter of its frames
+    assert 0.15 < off[:, wrists].mean() < 0.45
+    assert off[:, hips].mean() < 0.25 * off[:, wrists].mean()
+    # stretches, not single frames: an off frame is mostly followed by another
+    assert np.mean(off[1:, wrists] & off[:-1, wrists]) > 0.7 * off[:, wrists].mean()
+    # none by default
+    default = DetectorNoiseConfig(**QUIET)
+    np.testing.assert_allclose(corrupt_keypoints(clean, np.random.default_rng(0), default), clean, atol=1e-3)
+
+
+def test_glitching_renderings_are_a_training_set_of_their_own():
+    extra = {"clips": 3076, "limit": None, "cameras": 4}
+    perturbed = RenderConfig(arm_mixing=0.25, upper_body_mixing=0.5, pose_perturbation=0.5)
+    glitching = RenderConfig(arm_mixing=0.25, upper_body_mixing=0.5, pose_perturbation=0.5, glitches=0.75)
+    assert settings_key("bandai_train", glitching, extra) != settings_key("bandai_train", perturbed, extra)
+    assert settings_key("bandai_val", as_recorded(glitching), extra) == settings_key("bandai_val", RenderConfig(), extra)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        RenderConfig(glitches=1.5)
+
+
 def test_hidden_limbs_are_interpolated_across_or_laid_onto_the_other_side():
     t = np.arange(3000)
     clean = _standing_person_px(3000)

@@ -106,12 +106,15 @@ def _add_mixing_flags(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--pose-perturbation", type=float, default=0.0, metavar="SHARE",
                    help="share of training renderings whose spine, neck, shoulders and hips are turned smoothly away "
                    "from the recorded angles (e.g. 0.5); drawn apart from the mixing")
+    p.add_argument("--glitches", type=float, default=0.0, metavar="SHARE",
+                   help="share of training renderings whose detections glitch as often as a real detector's (wrists "
+                   "and elbows put far off for a few frames; e.g. 0.75)")
 
 
 def _render_config(args: argparse.Namespace) -> RenderConfig:
     try:
         return RenderConfig(arm_mixing=args.arm_mixing, upper_body_mixing=args.upper_body_mixing,
-                            pose_perturbation=args.pose_perturbation)
+                            pose_perturbation=args.pose_perturbation, glitches=args.glitches)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
 
