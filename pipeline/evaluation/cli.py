@@ -243,6 +243,15 @@ def format_gap(report: dict) -> str:
     parts.append(f"{'':<{width}}" + "".join(f"{k:>{len(k) + 2}}" for k in keys))
     for name, values in report["proportions"].items():
         parts.append(f"{name:<{width}}" + "".join(f"{values[k]:>{len(k) + 2}.3f}" for k in keys))
+    if report.get("mocap_tails"):
+        parts += ["", "keypoints more than 5 % of stature off, in % (p90 in % of stature): this recording's detections "
+                  "against the triangulation, the mocap training data's against the clean points",
+                  f"{'joint':<16}{'recording':>16}" + "".join(f"{name:>24}" for name in report["mocap_tails"])]
+        for joint, real in report["residuals"].items():
+            cells = [f"{real['outliers'] * 100:.1f} ({real['p90'] * 100:.1f})"]
+            cells += [f"{t[joint]['outliers'] * 100:.1f} ({t[joint]['p90'] * 100:.1f})"
+                      for t in report["mocap_tails"].values()]
+            parts.append(f"{joint:<16}{cells[0]:>16}" + "".join(f"{c:>24}" for c in cells[1:]))
     return "\n".join(parts)
 
 

@@ -213,6 +213,51 @@ def mocap_proportions(clips: int = 20) -> dict[str, dict[str, float]]:
             "mocap H36M joints": proportions_h36m(np.concatenate(h36m))}
 
 
+def mocap_tails(clips: int = 40, cameras: int = 3, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """`detection_tails` of `clips` Bandai clips spread over the unpacked archive (python -m pipeline.mocap unpack)."""
+    from pipeline.mocap.dataset import DEFAULT_MOCAP_DIR, bandai_clip_paths, bandai_group, load_bvh_clip
+    from pipeline.mocap.h36m_joints import BANDAI
+
+    paths = bandai_clip_paths(DEFAULT_MOCAP_DIR)
+    paths = paths[:: max(1, len(paths) // clips)][:clips]
+    return detection_tails([load_bvh_clip(path, BANDAI, bandai_group(path.stem)).coco_world for path in paths],
+                           cameras, seed)
+
+
+def detection_tails(people: list[np.ndarray], cameras: int = 3, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """Per COCO joint, how far the mocap training data's synthetic detections lie from the clean projection, in
+    fractions of stature (median, 90th percentile, share beyond OUTLIER_STATURE): the training noise as it is, and as
+    a glitching rendering's (`RenderConfig.glitches`). `people`: world COCO points (T, 17, 3) in metres, Y up, each
+    seen by `cameras` random training cameras; the counterpart of `residual_statistics` for the data a lifter
+    learns from."""
+    from dataclasses import replace
+
+    from pipeline.mocap.cameras import sample_camera
+    from pipeline.mocap.dataset import GLITCH_RATE, RenderConfig
+    from pipeline.mocap.noise import corrupt_keypoints
+
+    config = RenderConfig()
+    out = {}
+    for name, noise in (("training noise", config.noise),
+                        ("glitching renderings", replace(config.noise, glitch_rate=GLITCH_RATE))):
+        rng = np.random.default_rng(seed)
+        sizes = []
+        for person in people:
+            height = stature(person)
+            for _ in range(cameras):
+                camera = sample_camera(person, rng, config.camera)
+                points = camera.to_camera(person)
+                clean = camera.project(points)
+                noisy = corrupt_keypoints(clean, rng, noise)
+                px_per_stature = camera.focal / points[..., 2].mean(axis=-1) * height
+                sizes.append(np.linalg.norm(noisy - clean, axis=-1) / px_per_stature[:, None])
+        sizes = np.concatenate(sizes)
+        out[name] = {joint: {"median": float(np.median(sizes[:, j])), "p90": float(np.percentile(sizes[:, j], 90)),
+                             "outliers": float(np.mean(sizes[:, j] > OUTLIER_STATURE))}
+                     for j, joint in enumerate(COCO.joints)}
+    return out
+
+
 def lifter_proportions(lifter, views: list[ViewTracks], people: list[TriangulatedPerson]) -> dict[str, float]:
     """The proportions of a lifter's output, lifting every person in every view that sees them (mean over those)."""
     rows = []
@@ -232,14 +277,18 @@ def lifter_proportions(lifter, views: list[ViewTracks], people: list[Triangulate
 def gap_report(cameras: list[CameraCalibration], views: list[ViewTracks], people: list[TriangulatedPerson],
                lifters: dict[str, object] | None = None, mocap_clips: int = 0) -> dict:
     """Everything docs/real_footage_gap.md reports: residual statistics per COCO joint, and proportions of the
-    triangulated people, of each lifter's output, and (mocap_clips > 0) of the mocap training data."""
+    triangulated people, of each lifter's output, and (mocap_clips > 0) of the mocap training data, with its
+    synthetic detections' distance from the clean points (`mocap_tails`)."""
     proportions = {}
     for i, person in enumerate(people):
         proportions[f"person {i}: triangulated COCO"] = proportions_coco(person.coco.points)
     for name, lifter in (lifters or {}).items():
         proportions[f"lifter {name}"] = lifter_proportions(lifter, views, people)
+    tails = {}
     if mocap_clips > 0:
         proportions.update(mocap_proportions(mocap_clips))
+        tails = mocap_tails(mocap_clips)
     return {"stature_m": [stature(p.coco.points) for p in people],
             "residuals": residual_statistics(cameras, views, people),
-            "leave_one_view_out": leave_one_view_out(cameras, views, people), "proportions": proportions}
+            "leave_one_view_out": leave_one_view_out(cameras, views, people), "proportions": proportions,
+            "mocap_tails": tails}

@@ -102,8 +102,8 @@ BANDAI_PERTURBED_JOINTS: dict[tuple[str, ...], float] = {
 }
 PERTURBATION_KEYFRAMES = (15.0, 60.0)  # frames between the perturbation's keyframes, drawn per rendering
 # Glitch starts per frame for a wrist in a glitching rendering, drawn per rendering: averaged over the range, the share
-# of keypoints more than 5 % of stature off comes out as the real recording's (wrists 29 % against 31-34 %, elbows
-# 23 % against 24-26 %, ankles 22 % against 17-23 %, measured on 120 renderings of 40 Bandai clips).
+# of keypoints more than 5 % of stature off comes out near the real recording's (wrists 28 % against 31-34 %, elbows
+# 22-23 % against 24-26 %, ankles 20-23 % against 17-23 %; `python -m pipeline.evaluation gap --mocap-clips 40`).
 GLITCH_RATE = (0.0, 0.08)
 
 

@@ -66,7 +66,8 @@ class DetectorNoiseConfig:
     dropout_frames: tuple[int, int] = (1, 8)
     # Glitches: stretches in which one keypoint is placed far off, the heavy tail of real detections (off by more
     # than 5 % of stature: real wrists 31-34 %, elbows 24-26 %, ankles 17-23 %, knees 13-16 %, shoulders 13-17 %,
-    # hips 8-10 %; this model without glitches: 8-9 % for the arms, 10-16 % elsewhere; docs/real_footage_gap.md).
+    # hips 8-10 %; this model without glitches: 6-9 % for the arms, 8-17 % elsewhere; `python -m
+    # pipeline.evaluation gap --mocap-clips 40`, docs/real_footage_gap.md).
     # Starting per frame for a wrist, drawn per sequence; other joints at GLITCH_WEIGHTS of it. 0: none.
     glitch_rate: tuple[float, float] = (0.0, 0.0)
     glitch_frames: tuple[int, int] = (3, 20)
