@@ -288,7 +288,8 @@ def render_bandai(paths: list[Path], config: RenderConfig, cameras: int) -> Sequ
                 source, known = perturb_joint_angles(source, rng), None
             rendering = config
             if config.glitches > 0 and rng.random() < config.glitches:
-                rendering = dataclasses.replace(config, noise=dataclasses.replace(config.noise, glitch_rate=GLITCH_RATE))
+                glitching = dataclasses.replace(config.noise, glitch_rate=GLITCH_RATE)
+                rendering = dataclasses.replace(config, noise=glitching)
             clip = load_bvh_clip(path, BANDAI, bandai_group(path.stem), rng if config.proportions else None,
                                  config.body_scale, BANDAI_PROPORTIONS, config.body, source, known)
             name, x2, x3 = _render_cameras(clip, 1, rng, rendering, config.speed)[0]
