@@ -453,6 +453,14 @@ def test_glitches_put_wrists_far_off_for_stretches_far_more_often_than_hips():
     np.testing.assert_allclose(corrupt_keypoints(clean, np.random.default_rng(0), default), clean, atol=1e-3)
 
 
+def test_the_default_noise_draws_what_it_drew_before_glitches_existed():
+    # Cached sets keep their key when no glitches are asked for, so their content must not change: the default noise
+    # of a fixed track and seed, pinned to the value the code before glitches gave (commit f7588ad).
+    clean = _standing_person_px(200)
+    noisy = corrupt_keypoints(clean, np.random.default_rng(0), DetectorNoiseConfig())
+    assert float(np.abs(noisy - clean).sum()) == pytest.approx(30588.461685180664, rel=1e-9)
+
+
 def test_glitching_renderings_are_a_training_set_of_their_own():
     extra = {"clips": 3076, "limit": None, "cameras": 4}
     perturbed = RenderConfig(arm_mixing=0.25, upper_body_mixing=0.5, pose_perturbation=0.5)

@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.app.process import configure_process
 from pipeline.evaluation.calibration import write_calib_toml
+from pipeline.evaluation.gap import OUTLIER_STATURE
 from pipeline.evaluation.multiview import (
     MultiviewConfig,
     MultiviewReport,
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", action="append", type=Path, default=[],
                    help="also report the body proportions of this lifter's output; repeatable")
     g.add_argument("--mocap-clips", type=int, default=0,
-                   help="also report the proportions of N Bandai mocap clips (needs python -m pipeline.mocap unpack)")
+                   help="also report the proportions of N Bandai mocap clips and how far their synthetic detections "
+                   "stray (needs python -m pipeline.mocap unpack)")
     return parser
 
 
@@ -244,8 +246,9 @@ def format_gap(report: dict) -> str:
     for name, values in report["proportions"].items():
         parts.append(f"{name:<{width}}" + "".join(f"{values[k]:>{len(k) + 2}.3f}" for k in keys))
     if report.get("mocap_tails"):
-        parts += ["", "keypoints more than 5 % of stature off, in % (p90 in % of stature): this recording's detections "
-                  "against the triangulation, the mocap training data's against the clean points",
+        parts += ["", f"keypoints more than {OUTLIER_STATURE:.0%} of stature off, in % (p90 in % of stature): this "
+                  "recording's detections against the triangulation, the mocap training data's against the clean "
+                  "points",
                   f"{'joint':<16}{'recording':>16}" + "".join(f"{name:>24}" for name in report["mocap_tails"])]
         for joint, real in report["residuals"].items():
             cells = [f"{real['outliers'] * 100:.1f} ({real['p90'] * 100:.1f})"]

@@ -16,7 +16,7 @@ about 0.78 of stature in standard anthropometric tables (shoulder height 0.818, 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -227,30 +227,29 @@ def mocap_tails(clips: int = 40, cameras: int = 3, seed: int = 0) -> dict[str, d
 def detection_tails(people: list[np.ndarray], cameras: int = 3, seed: int = 0) -> dict[str, dict[str, dict]]:
     """Per COCO joint, how far the mocap training data's synthetic detections lie from the clean projection, in
     fractions of stature (median, 90th percentile, share beyond OUTLIER_STATURE): the training noise as it is, and as
-    a glitching rendering's (`RenderConfig.glitches`). `people`: world COCO points (T, 17, 3) in metres, Y up, each
-    seen by `cameras` random training cameras; the counterpart of `residual_statistics` for the data a lifter
-    learns from."""
-    from dataclasses import replace
-
+    a glitching rendering's (`RenderConfig.glitches`). `people`: world COCO points (T, 17, 3) in metres, Y up, at the
+    recorded speed, each seen by `cameras` random training cameras; both columns see the same cameras and the same
+    noise but for the glitches. The counterpart of `residual_statistics` for the data a lifter learns from."""
     from pipeline.mocap.cameras import sample_camera
     from pipeline.mocap.dataset import GLITCH_RATE, RenderConfig
     from pipeline.mocap.noise import corrupt_keypoints
 
     config = RenderConfig()
+    camera_rng = np.random.default_rng([seed, 0])
+    renderings = []  # (clean pixels, pixels per stature) per person and camera
+    for person in people:
+        height = stature(person)
+        for _ in range(cameras):
+            camera = sample_camera(person, camera_rng, config.camera)
+            points = camera.to_camera(person)
+            renderings.append((camera.project(points), camera.focal / points[..., 2].mean(axis=-1) * height))
     out = {}
     for name, noise in (("training noise", config.noise),
                         ("glitching renderings", replace(config.noise, glitch_rate=GLITCH_RATE))):
-        rng = np.random.default_rng(seed)
         sizes = []
-        for person in people:
-            height = stature(person)
-            for _ in range(cameras):
-                camera = sample_camera(person, rng, config.camera)
-                points = camera.to_camera(person)
-                clean = camera.project(points)
-                noisy = corrupt_keypoints(clean, rng, noise)
-                px_per_stature = camera.focal / points[..., 2].mean(axis=-1) * height
-                sizes.append(np.linalg.norm(noisy - clean, axis=-1) / px_per_stature[:, None])
+        for i, (clean, px_per_stature) in enumerate(renderings):
+            noisy = corrupt_keypoints(clean, np.random.default_rng([seed, 1, i]), noise)  # glitches are drawn last
+            sizes.append(np.linalg.norm(noisy - clean, axis=-1) / px_per_stature[:, None])
         sizes = np.concatenate(sizes)
         out[name] = {joint: {"median": float(np.median(sizes[:, j])), "p90": float(np.percentile(sizes[:, j], 90)),
                              "outliers": float(np.mean(sizes[:, j] > OUTLIER_STATURE))}

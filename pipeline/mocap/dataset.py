@@ -102,8 +102,8 @@ BANDAI_PERTURBED_JOINTS: dict[tuple[str, ...], float] = {
 }
 PERTURBATION_KEYFRAMES = (15.0, 60.0)  # frames between the perturbation's keyframes, drawn per rendering
 # Glitch starts per frame for a wrist in a glitching rendering, drawn per rendering: averaged over the range, the share
-# of keypoints more than 5 % of stature off comes out near the real recording's (wrists 28 % against 31-34 %, elbows
-# 22-23 % against 24-26 %, ankles 20-23 % against 17-23 %; `python -m pipeline.evaluation gap --mocap-clips 40`).
+# of keypoints more than 5 % of stature off comes out near the real recording's (wrists 29 % against 31-34 %, elbows
+# 19-22 % against 24-26 %, ankles 20 % against 17-23 %; `python -m pipeline.evaluation gap --mocap-clips 40`).
 GLITCH_RATE = (0.0, 0.08)
 
 
@@ -343,9 +343,10 @@ def render_clips(clips: list[MocapClip], config: RenderConfig, cameras: int) -> 
 
 
 def as_recorded(config: RenderConfig) -> RenderConfig:
-    """`config` for an evaluation set: the motion as recorded (no arm or upper-body mixing, no pose perturbation);
-    cameras and detector noise stay random."""
-    return dataclasses.replace(config, arm_mixing=0.0, upper_body_mixing=0.0, pose_perturbation=0.0, glitches=0.0)
+    """`config` for an evaluation set: the motion as recorded (no arm or upper-body mixing, no pose perturbation) and
+    no glitches; cameras and detector noise stay random."""
+    return dataclasses.replace(config, arm_mixing=0.0, upper_body_mixing=0.0, pose_perturbation=0.0, glitches=0.0,
+                               noise=dataclasses.replace(config.noise, glitch_rate=(0.0, 0.0)))
 
 
 def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> str:
@@ -354,8 +355,8 @@ def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> 
     for added_later in ("arm_mixing", "upper_body_mixing", "pose_perturbation", "glitches"):  # unused, a set hashes
         if settings[added_later] == 0:  # as before: its cache stays valid
             del settings[added_later]
-    if settings["noise"]["glitch_rate"] == (0.0, 0.0):
-        for added_later in ("glitch_rate", "glitch_frames", "glitch_size"):
+    if settings["noise"]["glitch_rate"] == (0.0, 0.0) and config.glitches == 0:
+        for added_later in ("glitch_rate", "glitch_frames", "glitch_size", "glitch_hold"):
             del settings["noise"][added_later]
     if config.glitches > 0:
         settings["glitch_rate"] = GLITCH_RATE
