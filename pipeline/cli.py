@@ -197,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     try:  # from the first moment: a Ctrl-C while the flags parse gets the same one line
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+        # PyTorch sets its loggers to WARNING at the end of its import; a Ctrl-C during that import left them at the
+        # INFO above, and an exit hook of PyTorch's then printed its FakeTensor cache statistics under the one line
+        # (1 run in 3 of the startup-interrupt test, on torch 2.14.1).
+        logging.getLogger("torch").setLevel(logging.WARNING)
         configure_process()  # Ultralytics' safe loading, no auto-install, quiet; the allocator (pipeline.app.process)
         clips = resolve_clips(args.video, sample=args.sample)  # a missing video is named before the slow imports
         config = config_from_args(args)
