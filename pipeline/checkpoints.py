@@ -84,22 +84,51 @@ def read_checkpoint(path: str | Path) -> dict:
     return dict(obj)
 
 
+# What a checkpoint may hold besides containers: tensors, numbers, strings and a numpy random state.
+_PLAIN_LEAVES = (str, bytes, int, float, complex, type(None), torch.Tensor, torch.dtype, torch.device, np.ndarray,
+                 np.generic, np.dtype, np.random.RandomState, np.random.BitGenerator)
+_REFUSED = ("which is outside the allow-list of tensors, containers and numpy random states; the file may be malicious "
+            "or written by a tool this loader does not support (e.g. a whole pickled model instead of a state dict)")
+
+
 def _read_torch(path: Path):
     try:
         with torch.serialization.safe_globals(_numpy_pickle_allowlist()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refusal = _refusal_reason(str(exc))
         if refusal:
-            raise CheckpointError(
-                f"refused to load {path}: {refusal}, which is outside the allow-list of tensors, containers and numpy "
-                "random states; the file may be malicious or written by a tool this loader does not support "
-                "(e.g. a whole pickled model instead of a state dict)"
-            ) from None
+            raise CheckpointError(f"refused to load {path}: {refusal}, {_REFUSED}") from None
         raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(str(exc))}); download it again") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, struct.error, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(str(exc)) or type(exc).__name__}); "
                               "download it again") from None
+    # Other libraries widen torch's allow-list for the whole process (Ultralytics registers every torch.nn layer once it
+    # has loaded a YOLO file), so a pickled model can get through the unpickler: refuse it here all the same.
+    foreign = _foreign_object(obj)
+    if foreign:
+        raise CheckpointError(f"refused to load {path}: it holds a pickled {foreign}, {_REFUSED}")
+    return obj
+
+
+def _foreign_object(obj, depth: int = 0) -> str | None:
+    """The class name of the first object in a loaded checkpoint that is neither a container nor a _PLAIN_LEAVES
+    value; None when there is none."""
+    if isinstance(obj, _PLAIN_LEAVES):
+        return None
+    if depth > 100:
+        return "structure nested over 100 levels deep"
+    if isinstance(obj, Mapping):
+        items = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        items = obj
+    else:
+        return f"{type(obj).__module__}.{type(obj).__qualname__}"
+    for item in items:
+        found = _foreign_object(item, depth + 1)
+        if found:
+            return found
+    return None
 
 
 def _first_line(text: str) -> str:

@@ -259,6 +259,15 @@ def test_yolo_style_pickled_model_is_refused(tmp_path):
         load_lifter(path, frames=243)
 
 
+def test_a_pickled_model_is_refused_even_when_another_library_allowed_its_layers(tmp_path):
+    # Ultralytics adds every torch.nn layer of a YOLO file it loaded to torch's allow-list, for the whole process.
+    path = tmp_path / "yolo11n-pose.pt"
+    torch.save({"model": torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))}, path)
+    with torch.serialization.safe_globals([torch.nn.Sequential, torch.nn.Conv2d]):
+        with pytest.raises(CheckpointError, match="holds a pickled torch.nn.modules.container.Sequential.*malicious"):
+            load_lifter(path, frames=243)
+
+
 def test_truncated_checkpoint(tmp_path, write_released_checkpoint):
     full = write_released_checkpoint(tmp_path / "full.bin", _tiny_state_dict())
     cut = tmp_path / "9_9_50.0.bin"
