@@ -35,6 +35,7 @@ from pipeline.runtimes import (
     export_key,
     exported_model,
     heatmap_network,
+    inference_precision,
     resolve_runtime,
 )
 
@@ -278,6 +279,8 @@ def test_the_default_runtime_gives_pytorchs_keypoints_on_the_sample_clip(openvin
     default = PersonDetector(DetectorConfig(runtime="auto"), export_root=openvino_exports)
     if default.runtime == "torch":
         pytest.skip("the default runtime is PyTorch on this machine")
+    # OpenVINO computes in float32 on CPUs without native bfloat16 and in bfloat16 on CPUs with it (AVX-512 BF16, AMX)
+    bfloat16 = inference_precision(default.runtime) == "bf16"
     reference = PersonDetector(DetectorConfig(runtime="torch"))
     frames = list(itertools.islice(iter_frames(SAMPLE), 16))
     ours, theirs = [], []
@@ -288,12 +291,16 @@ def test_the_default_runtime_gives_pytorchs_keypoints_on_the_sample_clip(openvin
     for a, b in zip(ours, theirs, strict=True):
         confident = b.confidences >= 0.5
         assert (a.confidences >= 0.5).sum() == confident.sum() >= 1  # the same people, in the same order
-        np.testing.assert_allclose(a.boxes[confident], b.boxes[confident], atol=0.5)
+        # bfloat16 on an AMD EPYC with AVX-512 BF16, 64 frames: boxes a median 0.3 px off, at most 2.6
+        np.testing.assert_allclose(a.boxes[confident], b.boxes[confident], atol=5.0 if bfloat16 else 0.5)
         distances.append(np.linalg.norm(a.keypoints[confident] - b.keypoints[confident], axis=-1).ravel())
     distances = np.concatenate(distances)
     assert len(distances) >= 16 * 17
     assert np.median(distances) < 1.0  # the criterion for a default runtime
-    assert distances.max() < 1.0  # float32 exports: in fact identical to about 1e-3 px
+    if bfloat16:  # measured (64 frames): median 0.47 px, 90th percentile 2.4, a few faint keypoints up to 34
+        assert np.percentile(distances, 90) < 5.0
+    else:
+        assert distances.max() < 1.0  # float32 exports: in fact identical to about 1e-3 px
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -445,9 +445,13 @@ def test_playing_advances_video_and_3d_in_step_and_pausing_keeps_them_together(o
         if state["playing"] and state["shownVideoFrame"] is not None:
             assert state["shownVideoFrame"] == state["frame"]  # the 3D follows the presented video frame
     viewer.page.click("#play")  # pause mid-clip: both stay on the frame the video stopped on
+    # The video is paused at once, and its 'pause' event, which brings picture, time and 3D onto one frame, follows:
+    # a playing Chromium presents frames up to one ahead of currentTime, so wait for the time to agree as well.
     viewer.page.wait_for_function("!window.viewerState.playing && document.getElementById('video').paused && "
                                   "!document.getElementById('video').seeking && "
-                                  "window.viewerState.shownVideoFrame === window.viewerState.frame")
+                                  "window.viewerState.shownVideoFrame === window.viewerState.frame && "
+                                  f"Math.floor(document.getElementById('video').currentTime * {FPS} + 1e-3) === "
+                                  "window.viewerState.frame")
     state = viewer.state()
     assert 0 < state["frame"] < CLIP_FRAMES - 1, seen
     assert state["shownVideoFrame"] == state["frame"] == math.floor(state["videoTime"] * FPS + 1e-3)
