@@ -619,6 +619,41 @@ def test_init_training_run_starts_a_longer_window_from_a_lifter_files_weights(tm
         init_training_run(weights, PoseFormerV2Config(frames=27, frames_kept=9, coeffs_kept=9), tmp_path / "bad", 1e-4)
 
 
+def test_a_deeper_run_starts_as_the_same_function_and_its_added_blocks_learn(tmp_path):
+    import torch
+
+    from pipeline.lifting import load_lifter, save_lifter_checkpoint
+    from pipeline.mocap.export import export_safetensors, init_training_run, load_training_checkpoint
+    from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+
+    torch.manual_seed(0)
+    shallow = PoseFormerV2(PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3, depth=2)).eval()
+    weights = save_lifter_checkpoint(tmp_path / "shallow.safetensors", shallow)
+    deep_config = PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3, depth=3, drop_path_rate=0.1)
+    path = init_training_run(weights, deep_config, tmp_path / "run", lr=2e-4)
+    model, config, _ = load_training_checkpoint(path)
+    assert config.depth == 3 and len(model.blocks) == 3 and len(model.Spatial_blocks) == 3
+    for key, value in shallow.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    window = torch.from_numpy(np.random.default_rng(0).uniform(-0.5, 0.5, (4, 9, 17, 2)).astype(np.float32))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(window), shallow(window), rtol=0, atol=1e-6)
+    # The added blocks are not dead: the zeroed output layers get gradients (and their first layers are random).
+    model.train()
+    model(window).square().sum().backward()
+    for layer in (model.blocks[2].attn.proj, model.blocks[2].mlp1.fc2, model.blocks[2].mlp2.fc2,
+                  model.Spatial_blocks[2].attn.proj, model.Spatial_blocks[2].mlp.fc2):
+        assert not layer.weight.any() and layer.weight.grad.abs().sum() > 0
+    assert model.blocks[2].attn.qkv.weight.std() > 0.01
+    # Exported, the grown model is a lifter file whose depth the demo's loader reads from the tensor shapes.
+    exported = export_safetensors(path, tmp_path / "deep.safetensors", half=False)
+    assert load_lifter(exported).model.config.depth == 3
+    # A model shallower than the file cannot hold its weights.
+    with pytest.raises(ValueError, match="does not fit"):
+        init_training_run(exported, PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3, depth=2),
+                          tmp_path / "bad", 1e-4)
+
+
 def test_averaged_checkpoints_hold_the_mean_weights_and_export(tmp_path):
     import torch
 

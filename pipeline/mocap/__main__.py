@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--frames", type=int, default=243)
     t.add_argument("--f", dest="frames_kept", type=int, default=27)
     t.add_argument("--n", dest="coeffs_kept", type=int, default=27)
+    t.add_argument("--depth", type=int, default=4,
+                   help="spatial and temporal blocks (the released models: 4); with --init-weights of a shallower "
+                   "file the model grows: the file's blocks first, the added ones start as identities")
     t.add_argument("--run", required=True, help="run name: checkpoints in ~/.cache/poseformerv2-demo/train/<run>")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--warm-start", type=Path,
@@ -154,7 +157,7 @@ def _train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     run_dir = default_run_dir(args.run)
     model_config = PoseFormerV2Config(frames=args.frames, frames_kept=args.frames_kept, coeffs_kept=args.coeffs_kept,
-                                      drop_path_rate=0.1)
+                                      depth=args.depth, drop_path_rate=0.1)
     if args.warm_start is not None and args.init_weights is not None:
         raise SystemExit("give either --warm-start (a training checkpoint) or --init-weights (a lifter file)")
     if (args.warm_start or args.init_weights) and (run_dir / LAST_CHECKPOINT).exists():
@@ -166,7 +169,10 @@ def _train(args: argparse.Namespace) -> None:
         torch.save(chk, run_dir / LAST_CHECKPOINT)
         log.info("warm start from %s (step %d)", args.warm_start, chk["progress"]["step"])
     if args.init_weights is not None:
-        init_training_run(args.init_weights, model_config, run_dir, args.lr)
+        try:
+            init_training_run(args.init_weights, model_config, run_dir, args.lr)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
     data = build_sets(args.mocap_dir, args.data_dir, _render_config(args), with_cmu=False)
     config = TrainConfig(run_dir=run_dir, batch_size=args.batch_size, threads=args.threads,
                          lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,

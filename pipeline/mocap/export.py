@@ -7,7 +7,9 @@ takes the element-wise mean of a run's saved checkpoints (weight averaging: sing
 swung by 3-6 mm on the real recording; version 3 of the default lifter is the mean of all nine of its run's).
 
 A 27/3/3 and a 243/3/3 PoseFormerV2 have exactly the same tensors (the DCT keeps n coefficients and the f centre
-frames whatever T is), so the weights carry over unchanged.
+frames whatever T is), so the weights carry over unchanged. A deeper model (`depth` above the file's) starts as the
+same function: the file's blocks come first, and each added block's residual branches end in zeroed layers
+(`grow_depth`), so it passes its input through until training gives it something to add.
 """
 from __future__ import annotations
 
@@ -90,7 +92,8 @@ def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, see
     """Write `run_dir`/last.bin: step 0 of a training run whose model (built from `model_config`) starts from the
     weights of any lifter file `load_lifter` reads, with a fresh AdamW at `lr`. Resuming that run trains it.
 
-    Raises ValueError when the file's tensors do not fit `model_config` (another f, n, width or depth)."""
+    A `model_config.depth` above the file's grows the model (`grow_depth`): the same function, more capacity.
+    Raises ValueError when the file's tensors do not fit `model_config` (another f, n or width; a shallower depth)."""
     import torch
 
     from pipeline.lifting import CONFIG_ENTRY, load_lifter
@@ -100,12 +103,19 @@ def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, see
     source = load_lifter(weights, device="cpu", frames=model_config.frames).model
     torch.manual_seed(seed)
     model = PoseFormerV2(model_config)
-    mismatched = [k for k, v in model.state_dict().items()
-                  if k not in source.state_dict() or source.state_dict()[k].shape != v.shape]
-    if mismatched:
+    source_depth = source.config.depth
+    added = set(_added_block_keys(model.state_dict(), source_depth)) if model_config.depth > source_depth else set()
+    mismatched = [k for k, v in model.state_dict().items() if k not in added
+                  and (k not in source.state_dict() or source.state_dict()[k].shape != v.shape)]
+    if mismatched or model_config.depth < source_depth:
         raise ValueError(f"{weights} does not fit PoseFormerV2 f={model_config.frames_kept} "
-                         f"n={model_config.coeffs_kept}: tensors {mismatched[:3]} differ; pick matching --f/--n")
-    model.load_state_dict({k: v.float() for k, v in source.state_dict().items()})
+                         f"n={model_config.coeffs_kept} depth={model_config.depth}: tensors "
+                         f"{mismatched[:3] or 'of the deeper file'} differ; pick matching --f/--n/--depth")
+    if added:
+        grow_depth(model, source_depth)
+        log.info("grew the model from depth %d to %d: %d added tensors, the added blocks pass their input through",
+                 source_depth, model_config.depth, len(added))
+    model.load_state_dict({k: v.float() for k, v in source.state_dict().items()}, strict=not added)
     optimizer = make_optimizer(model, TrainConfig(run_dir=run_dir, lr=lr, weight_decay=weight_decay))
     config = plain_config(model_config)
     path = Path(run_dir) / LAST_CHECKPOINT
@@ -115,6 +125,27 @@ def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, see
         "validation": {}, "initial_weights": str(weights)})
     log.info("initialised %s from the weights of %s", path, weights)
     return path
+
+
+def _added_block_keys(state: dict, depth: int) -> list[str]:
+    """Keys of the blocks at index `depth` and above in both stacks (`Spatial_blocks.i.*`, `blocks.i.*`)."""
+    return [k for k in state if k.split(".")[0] in ("Spatial_blocks", "blocks") and int(k.split(".")[1]) >= depth]
+
+
+def grow_depth(model, depth: int) -> None:
+    """Make the blocks at index `depth` and above of both stacks identities: zero the last layer of every residual
+    branch (attention projection, MLP output; weights and biases), so each block returns its input unchanged and the
+    model computes what its first `depth` blocks do. Their other layers keep their random initialisation, so the
+    zeroed layers get non-zero gradients and the blocks learn. In place."""
+    import torch
+
+    with torch.no_grad():
+        for stack in (model.Spatial_blocks, model.blocks):
+            for block in stack[depth:]:
+                mlps = [block.mlp] if hasattr(block, "mlp") else [block.mlp1, block.mlp2]
+                for layer in (block.attn.proj, *(m.fc2 for m in mlps)):
+                    layer.weight.zero_()
+                    layer.bias.zero_()
 
 
 def load_any_lifter(path: Path, half: bool = False):
