@@ -326,6 +326,22 @@ def test_the_training_optimizer_is_fused_and_makes_the_recipes_update(tmp_path):
     assert sum(not torch.allclose(a, b, atol=1e-6) for a, b in zip(*(m.parameters() for m in models), strict=True)) <= 4
 
 
+def test_bfloat16_training_computes_in_bfloat16_learns_and_keeps_float32_weights(tmp_path):
+    data = _overfit_set()
+    common = dict(device="cpu", batch_size=16, threads=1, lr=1e-3, weight_decay=0.0, max_samples=16 * 60,
+                  samples_per_epoch=16 * 40, validation_frames=20)
+    full = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "fp32", **common))
+    half = train(TINY, data, data, TrainConfig(run_dir=tmp_path / "bf16", precision="bf16", **common))
+    # The same weights and the same first batch: the loss agrees to bfloat16's rounding, but not exactly.
+    assert half.losses[0] != full.losses[0] and half.losses[0] == pytest.approx(full.losses[0], rel=0.02)
+    assert np.mean(half.losses[-10:]) < 0.5 * np.mean(half.losses[:5])
+    chk = load_checkpoint(tmp_path / "bf16" / LAST_CHECKPOINT)
+    assert all(v.dtype == torch.float32 for v in chk["model_pos"].values())
+    assert chk["train_config"]["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(run_dir=tmp_path, precision="fp16")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile on a CPU needs a C++ compiler")
