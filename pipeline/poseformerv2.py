@@ -268,7 +268,10 @@ class PoseFormerV2(nn.Module):
         tokens = self.Temporal_norm(tokens)
         n = cfg.coeffs_kept
         pooled = torch.cat((self.weighted_mean(tokens[:, :n]), self.weighted_mean_(tokens[:, n:])), dim=-1)
-        return self.head(pooled).reshape(b, 1, cfg.num_joints, 3)
+        # The head's output is the pose in metres: under bfloat16 autocast it would come out on a 2-4 mm grid (a joint
+        # 0.9 m from the root), so the head, a small part of the cost, always computes in float32.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(pooled.float()).reshape(b, 1, cfg.num_joints, 3)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -648,10 +648,32 @@ def test_a_deeper_run_starts_as_the_same_function_and_its_added_blocks_learn(tmp
     # Exported, the grown model is a lifter file whose depth the demo's loader reads from the tensor shapes.
     exported = export_safetensors(path, tmp_path / "deep.safetensors", half=False)
     assert load_lifter(exported).model.config.depth == 3
-    # A model shallower than the file cannot hold its weights.
-    with pytest.raises(ValueError, match="does not fit"):
+    # A model shallower than the file cannot hold its weights; a narrower one is refused even while growing.
+    with pytest.raises(ValueError, match="it has 3 blocks per stack; --depth must be 3 or more"):
         init_training_run(exported, PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3, depth=2),
                           tmp_path / "bad", 1e-4)
+    with pytest.raises(ValueError, match="does not fit"):
+        init_training_run(weights, PoseFormerV2Config(frames=9, frames_kept=3, coeffs_kept=3, depth=3,
+                                                      embed_dim_ratio=16), tmp_path / "narrow", 1e-4)
+
+
+def test_resuming_a_grown_run_with_another_depth_is_refused_before_loading_data(tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.lifting import save_lifter_checkpoint
+    from pipeline.mocap import __main__ as cli
+    from pipeline.mocap.export import init_training_run
+    from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
+
+    torch.manual_seed(0)
+    weights = save_lifter_checkpoint(tmp_path / "shallow.safetensors",
+                                     PoseFormerV2(PoseFormerV2Config(frames=27, frames_kept=3, coeffs_kept=3, depth=2)))
+    monkeypatch.setattr("pipeline.training.train.default_run_dir", lambda name: tmp_path / name)
+    init_training_run(weights, PoseFormerV2Config(frames=27, frames_kept=3, coeffs_kept=3, depth=3,
+                                                  drop_path_rate=0.1), tmp_path / "grown", 1e-4)
+    with pytest.raises(SystemExit, match="was trained with --depth 3; resume it with the same flags"):
+        cli.main(["--data-dir", str(tmp_path / "no-data"), "train", "--frames", "27", "--f", "3", "--n", "3",
+                  "--run", "grown", "--resume", "--depth", "2", "--threads", "1"])
 
 
 def test_averaged_checkpoints_hold_the_mean_weights_and_export(tmp_path):

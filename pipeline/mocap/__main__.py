@@ -154,7 +154,14 @@ def _train(args: argparse.Namespace) -> None:
 
     from pipeline.mocap.export import init_training_run
     from pipeline.poseformerv2 import PoseFormerV2Config
-    from pipeline.training.train import LAST_CHECKPOINT, TrainConfig, default_run_dir, load_checkpoint, train
+    from pipeline.training.train import (
+        LAST_CHECKPOINT,
+        TrainConfig,
+        default_run_dir,
+        load_checkpoint,
+        plain_config,
+        train,
+    )
 
     torch.set_num_threads(args.threads)
     run_dir = default_run_dir(args.run)
@@ -175,6 +182,8 @@ def _train(args: argparse.Namespace) -> None:
             init_training_run(args.init_weights, model_config, run_dir, args.lr)
         except ValueError as exc:
             raise SystemExit(f"error: {exc}") from None
+    if args.resume and (run_dir / LAST_CHECKPOINT).exists():
+        _check_resumed_architecture(run_dir / LAST_CHECKPOINT, plain_config(model_config))
     data = build_sets(args.mocap_dir, args.data_dir, _render_config(args), with_cmu=False)
     config = TrainConfig(run_dir=run_dir, batch_size=args.batch_size, threads=args.threads,
                          lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
@@ -187,6 +196,17 @@ def _train(args: argparse.Namespace) -> None:
     result = train(model_config, data.train, data.validation, config)
     log.info("stopped at step %d, epoch %d; validation %s; checkpoints in %s", result.step, result.epoch,
              json.dumps({k: round(v * 1000, 1) for k, v in result.validation.items()}), result.run_dir)
+
+
+def _check_resumed_architecture(path: Path, wanted: dict) -> None:
+    """Refuse, before the data is loaded, to resume a run whose model the flags describe differently."""
+    from pipeline.training.train import load_checkpoint
+
+    saved = load_checkpoint(path).get("model_config") or {}
+    flags = {"frames": "--frames", "frames_kept": "--f", "coeffs_kept": "--n", "depth": "--depth"}
+    differ = [f"{flags.get(k, k)} {saved[k]}" for k in saved if k in wanted and saved[k] != wanted[k]]
+    if differ:
+        raise SystemExit(f"error: {path} was trained with {', '.join(differ)}; resume it with the same flags")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

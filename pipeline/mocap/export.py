@@ -8,8 +8,10 @@ swung by 3-6 mm on the real recording; version 3 of the default lifter is the me
 
 A 27/3/3 and a 243/3/3 PoseFormerV2 have exactly the same tensors (the DCT keeps n coefficients and the f centre
 frames whatever T is), so the weights carry over unchanged. A deeper model (`depth` above the file's) starts as the
-same function: the file's blocks come first, and each added block's residual branches end in zeroed layers
-(`grow_depth`), so it passes its input through until training gives it something to add.
+same function (in eval mode): the file's blocks come first, and each added block's residual branches end in zeroed
+layers (`grow_depth`), so it passes its input through until training gives it something to add. In training the
+stochastic-depth rates are spread over the new depth (linspace(0, rate, depth)), so the file's own blocks are dropped
+a little less often than in their first run (depth 4 -> 6 at rate 0.1: 0.033 / 0.067 / 0.1 -> 0.02 / 0.04 / 0.06).
 """
 from __future__ import annotations
 
@@ -104,18 +106,23 @@ def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, see
     torch.manual_seed(seed)
     model = PoseFormerV2(model_config)
     source_depth = source.config.depth
-    added = set(_added_block_keys(model.state_dict(), source_depth)) if model_config.depth > source_depth else set()
+    if model_config.depth < source_depth:
+        raise ValueError(f"{weights} does not fit a depth-{model_config.depth} PoseFormerV2: it has "
+                         f"{source_depth} blocks per stack; --depth must be {source_depth} or more")
+    added = set(_added_block_keys(model.state_dict(), source_depth))
     mismatched = [k for k, v in model.state_dict().items() if k not in added
                   and (k not in source.state_dict() or source.state_dict()[k].shape != v.shape)]
-    if mismatched or model_config.depth < source_depth:
+    extra = sorted(set(source.state_dict()) - set(model.state_dict()))
+    if mismatched or extra:
         raise ValueError(f"{weights} does not fit PoseFormerV2 f={model_config.frames_kept} "
-                         f"n={model_config.coeffs_kept} depth={model_config.depth}: tensors "
-                         f"{mismatched[:3] or 'of the deeper file'} differ; pick matching --f/--n/--depth")
+                         f"n={model_config.coeffs_kept} embed_dim_ratio={model_config.embed_dim_ratio}: tensors "
+                         f"{(mismatched or extra)[:3]} differ; pick matching --f/--n")
     if added:
         grow_depth(model, source_depth)
         log.info("grew the model from depth %d to %d: %d added tensors, the added blocks pass their input through",
                  source_depth, model_config.depth, len(added))
-    model.load_state_dict({k: v.float() for k, v in source.state_dict().items()}, strict=not added)
+    loaded = model.load_state_dict({k: v.float() for k, v in source.state_dict().items()}, strict=False)
+    assert set(loaded.missing_keys) == added and not loaded.unexpected_keys
     optimizer = make_optimizer(model, TrainConfig(run_dir=run_dir, lr=lr, weight_decay=weight_decay))
     config = plain_config(model_config)
     path = Path(run_dir) / LAST_CHECKPOINT
@@ -136,7 +143,8 @@ def grow_depth(model, depth: int) -> None:
     """Make the blocks at index `depth` and above of both stacks identities: zero the last layer of every residual
     branch (attention projection, MLP output; weights and biases), so each block returns its input unchanged and the
     model computes what its first `depth` blocks do. Their other layers keep their random initialisation, so the
-    zeroed layers get non-zero gradients and the blocks learn. In place."""
+    zeroed layers get non-zero gradients and the blocks learn. The same function in eval mode (stochastic depth
+    draws in training). In place."""
     import torch
 
     with torch.no_grad():
