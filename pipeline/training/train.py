@@ -90,9 +90,9 @@ class TrainConfig:
     compile: bool = False
     # "bf16": the forward and backward passes under bfloat16 autocast (matrix products in bfloat16; weights, optimizer
     # state, loss and validation stay float32). 27/3/3, batch 64, one thread on an AMD EPYC with AVX-512 BF16 beside
-    # two training runs: 186 -> 238 samples/s (`--benchmark`), compiled 195 -> 245 (a one-off script); the network's
-    # output then differs from float32's by 1.7 mm on average (p99 7 mm, held-out Bandai; measured before the head
-    # was kept in float32). GPUs with bfloat16 gain more; CPUs without it emulate it: measure with
+    # two training runs: 186-188 -> 238-243 samples/s (`--benchmark`), compiled 195 -> 245 (a one-off script); the
+    # network's output then differs from float32's by 1.5 mm on average (p99 7 mm, held-out Bandai; 1.7 mm before the
+    # head was kept in float32). GPUs with bfloat16 gain more; CPUs without it emulate it: measure with
     # `--benchmark --precision bf16` before choosing it.
     precision: str = "fp32"
     units: str = "m"  # unit of the 3D targets ("m" or "mm"), stored in the checkpoints
