@@ -1,4 +1,4 @@
-"""Command line for the mocap data path: `python -m pipeline.mocap {unpack,build,train,evaluate,export}`.
+"""Command line for the mocap data path: `python -m pipeline.mocap {unpack,build,train,evaluate,average,export}`.
 
     python -m pipeline.mocap unpack     # archives from ../shared/data/mocap -> ~/.cache/poseformerv2-demo/mocap
     python -m pipeline.mocap build      # render + cache train/validation/CMU sets
