@@ -479,7 +479,8 @@ def measure_throughput(model_config: PoseFormerV2Config, batch_size: int, thread
     try:
         torch.manual_seed(seed)
         model = build_model(model_config).to(device).train()
-        optimizer = make_optimizer(model, TrainConfig(run_dir=Path("."), lr=1e-4))
+        config = TrainConfig(run_dir=Path("."), lr=1e-4, precision=precision)  # checks the precision
+        optimizer = make_optimizer(model, config)
         gen = torch.Generator().manual_seed(seed)
         inputs = torch.randn(batch_size, model_config.frames, model_config.num_joints, 2, generator=gen).to(device)
         targets = torch.randn(batch_size, model_config.num_joints, 3, generator=gen).to(device)
@@ -488,7 +489,7 @@ def measure_throughput(model_config: PoseFormerV2Config, batch_size: int, thread
                 _synchronize(device)
                 t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision):
+            with autocast(device, config.precision):
                 predicted = model(inputs)[:, 0]
             mpjpe_torch(predicted.float(), targets).backward()
             optimizer.step()
@@ -499,9 +500,8 @@ def measure_throughput(model_config: PoseFormerV2Config, batch_size: int, thread
 
 
 def autocast(device: torch.device, precision: str):
-    """The training passes' precision: float32 as it is, or bfloat16 autocast on the device ("fp32" / "bf16")."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    """The training passes' precision (`TrainConfig.precision`, checked there): float32 as it is, or bfloat16
+    autocast on the device."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
