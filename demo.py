@@ -2,10 +2,10 @@
 import sys
 
 try:
-    from pipeline.cli import main  # light (PyTorch comes after the flags parse); Ctrl-C gets the usual line
+    from pipeline.cli import run  # light (PyTorch comes after the flags parse); Ctrl-C gets the usual line
 except KeyboardInterrupt:
     print("interrupted: no partial output was kept", file=sys.stderr)
     raise SystemExit(130) from None
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

@@ -8,10 +8,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.app.inputs import PROJECT_ROOT, ClipRange, UserError, resolve_clips
-from pipeline.app.process import configure_process
+from pipeline.app.process import configure_process, quick_exit
 from pipeline.errors import SettingError
 
 if TYPE_CHECKING:
@@ -190,6 +190,12 @@ def error_message(exc: BaseException) -> str:
     if not isinstance(exc, (UserError, ValueError, FileNotFoundError, RuntimeError, OSError)):
         message = f"unexpected {type(exc).__name__}: {message} (run with --debug for the traceback)"
     return message
+
+
+def run() -> NoReturn:
+    """The command (`demo.py`, the `poseformerv2-demo` script): main() on the process's arguments, then the process
+    ends without the interpreter's slow teardown (`pipeline.app.process.quick_exit`)."""
+    quick_exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,6 +136,21 @@ def load_yolo(weights: str | Path | None = None):
     return YOLO(str(path))
 
 
+def exported_task(path: Path) -> str | None:
+    """The task ("pose", "detect", ...) of the model behind a cached export: from the cache's export.json, or from
+    the metadata.yaml an OpenVINO export carries; None when neither says (an ONNX export made before export.json
+    recorded it)."""
+    import yaml
+
+    folder = Path(path).parent
+    for record_file in (folder / "export.json", Path(path) / "metadata.yaml"):
+        if record_file.is_file():
+            record = yaml.safe_load(record_file.read_text(encoding="utf-8"))  # JSON is YAML
+            if isinstance(record, dict) and record.get("task"):
+                return str(record["task"])
+    return None
+
+
 @dataclass
 class FrameDetections:
     """The people found in one frame, highest confidence first."""
@@ -202,8 +217,7 @@ class PersonDetector:
         """`model`: an already loaded ultralytics.YOLO (runs in PyTorch); else config.weights is loaded.
         `export_root`: where exports are cached (default ~/.cache/poseformerv2-demo/exports)."""
         self.config = config or DetectorConfig()
-        self.model = model if model is not None else load_yolo(self.config.weights)
-        self._check_model()
+        self.model = model
         device = resolve_device(self.config.device)
         exportable = model is None and str(self.config.weights or ".pt").endswith(".pt")
         choice = resolve_runtime(self.config.runtime, device, exportable=exportable)
@@ -212,7 +226,11 @@ class PersonDetector:
             self._use_export(choice.runtime, export_root)
         elif self.config.runtime == "auto":
             logger.info("detector runs in PyTorch: %s", choice.reason)
-        if self.runtime != "torch" and device.type != "cpu":
+        if self.runtime == "torch":
+            if self.model is None:
+                self.model = load_yolo(self.config.weights)
+            self._check_model(self.model.task, getattr(self.model.model, "kpt_shape", None), self.model.names)
+        elif device.type != "cpu":
             logger.info("the %s detector runs on the CPU, not %s", self.runtime, device)
         self.device = ultralytics_device(device) if self.runtime == "torch" else "cpu"
         self.precision = inference_precision(self.runtime)  # "f32", or "bf16" for OpenVINO on bfloat16 CPUs
@@ -220,14 +238,26 @@ class PersonDetector:
             self._predictor = predictor_class(self.model, on_cpu=self.device == "cpu")
 
     def _use_export(self, runtime: str, export_root: Path | None) -> None:
-        """Swap the PyTorch model for its export (made now if not cached); "auto" falls back to PyTorch on failure."""
+        """Run the export instead of the PyTorch model (exported now if not cached); "auto" falls back to PyTorch on
+        failure. A cached export is loaded without the .pt: unpickling it (with the safety check) took 0.56 s of
+        every run's start-up. The .pt is loaded, checked and exported only when the export is not cached yet (its
+        cache key is the .pt's hash, so a cached export comes from a file that passed those checks)."""
         from ultralytics import YOLO
 
         weights = detector_weights_file(self.config.weights)
+
+        def load_checked(path: Path):  # the .pt, refused unless safe and a person model, for exporting
+            loaded = load_yolo(path)
+            self._check_model(loaded.task, getattr(loaded.model, "kpt_shape", None), loaded.names)
+            return loaded
+
         try:
-            path = exported_model(weights, sha256_of(weights), runtime, self.config.imgsz, load=load_yolo,
+            path = exported_model(weights, sha256_of(weights), runtime, self.config.imgsz, load=load_checked,
                                   cache_root=export_root)
-            exported = YOLO(str(path), task=self.model.task)
+            task = exported_task(path)
+            if task is None:  # an older cache entry: the .pt says
+                task = load_checked(weights).task
+            exported = YOLO(str(path), task=task)
             predictor = predictor_class(exported, on_cpu=True)  # the same class later, or Ultralytics reloads it
             try:  # loads and compiles it now, so that a broken export shows here rather than mid-clip
                 exported.predict([np.zeros((32, 32, 3), np.uint8)], imgsz=self.config.imgsz, device="cpu",
@@ -241,22 +271,22 @@ class PersonDetector:
                 raise
             logger.warning("the detector runs in PyTorch instead of %s: %s", runtime, exc.message)
             return
+        backend = exported.predictor.model  # Ultralytics' AutoBackend: the export's metadata
+        self._check_model(exported.task, getattr(backend, "kpt_shape", None), getattr(backend, "names", {}))
         logger.info("detector runs in %s (%s)", runtime, path.parent.name)
         self.model, self.runtime, self._predictor = exported, runtime, predictor
 
-    def _check_model(self) -> None:
+    def _check_model(self, task: str | None, kpt_shape, names: dict | None) -> None:
         """A detection, segmentation or pose model whose class 0 is a person; pose models with COCO-17 keypoints."""
-        task = getattr(self.model, "task", None)
         if task not in ("pose", "detect", "segment"):  # segmentation models give boxes too (masks are ignored)
             raise DetectorError(f"the detector must be an Ultralytics detection, segmentation or pose model, "
                                 f"not a {task!r} model")
         self.has_keypoints = task == "pose"
         if self.has_keypoints:
-            kpt_shape = tuple(self.model.model.kpt_shape) if hasattr(self.model.model, "kpt_shape") else None
+            kpt_shape = tuple(kpt_shape) if kpt_shape is not None else None
             if kpt_shape is None or kpt_shape[0] != COCO.num_joints:
                 raise DetectorError(f"the pose model gives keypoints of shape {kpt_shape}, not COCO-17 (17, 3)")
-        names = getattr(self.model, "names", {}) or {}
-        label = str(names.get(PERSON_CLASS, "person"))
+        label = str((names or {}).get(PERSON_CLASS, "person"))
         if label != "person" and not label.isdigit():  # untrained models from a .yaml name classes "0", "1", ...
             raise DetectorError(f"class {PERSON_CLASS} of the detector is {label!r}, not 'person': "
                                 "use a COCO-trained Ultralytics model")

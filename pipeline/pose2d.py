@@ -349,6 +349,16 @@ def probe_sample(frames: Callable[[], Iterable[np.ndarray]], count: int) -> list
     return spread_sample(frames(), count)
 
 
+def start_probe(frames: FrameSource, config: Pose2DConfig) -> None:
+    """Start reading the frames the detector input size probe will use (`probe_sample`), in the background, when
+    the size is chosen per clip and the source can prefetch (`pipeline.media.decode.VideoFrames.prefetch`): the
+    caller loads the detector meanwhile. Nothing changes in what the probe gets."""
+    prefetch = getattr(frames, "prefetch", None)
+    if config.imgsz == AUTO and isinstance(frames, SeekableFrames) and callable(prefetch):
+        count = config.auto_imgsz.probe_frames
+        prefetch(lambda total: spread_indices(total, count))
+
+
 def assemble_person(track: TrackSequence, kp: np.ndarray | None, sc: np.ndarray | None,
                     num_frames: int, gap: int, detected_conf: float) -> Pose2DResult:
     """One person's per-frame arrays. Every linked detection gives its keypoints and box; only those at least

@@ -317,6 +317,12 @@ class SideBySideRenderer:
             for j in range(skeleton.num_joints)
         ]
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) at which the input frame is drawn: `render` takes frames of this size as they are (decode
+        them so, `pipeline.media.decode.iter_frames(size=...)`) and resizes frames of the input size to it."""
+        return self.left_width, self.height
+
     @classmethod
     def for_clip(
         cls,
@@ -344,8 +350,9 @@ class SideBySideRenderer:
         shown: np.ndarray | None = None,
         labels: Sequence[str] | None = None,
     ) -> np.ndarray:
-        """frame (H, W, 3) uint8 BGR of the input size, keypoints (J, 2) input pixels, scores (J,) or None,
-        valid = the target was detected in this frame, worlds = one (J, 3) pose per panel -> (h, w, 3) uint8 BGR.
+        """frame (H, W, 3) uint8 BGR of the input size or of `frame_size`, keypoints (J, 2) input pixels, scores
+        (J,) or None, valid = the target was detected in this frame, worlds = one (J, 3) pose per panel -> (h, w, 3)
+        uint8 BGR.
 
         Several people: keypoints (P, J, 2), scores (P, J), valid (P,), worlds = one (P, J, 3) array per panel, the
         followed person first (the "no detection" banner is about that person).
@@ -358,8 +365,10 @@ class SideBySideRenderer:
         left out. labels: one short text per person (e.g. the track id): each person is outlined in the 2D panel
         and labelled in both panels in their own colour, PERSON_BGR[p]."""
         in_w, in_h = self.input_size
-        if frame_bgr.shape != (in_h, in_w, 3) or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"expected a {in_w}x{in_h} BGR uint8 frame, got shape {frame_bgr.shape} {frame_bgr.dtype}")
+        shapes = {(in_h, in_w, 3), (self.height, self.left_width, 3)}
+        if frame_bgr.shape not in shapes or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"expected a {in_w}x{in_h} or {self.left_width}x{self.height} BGR uint8 frame, got shape "
+                             f"{frame_bgr.shape} {frame_bgr.dtype}")
         if len(worlds) != self.num_panels:
             raise ValueError(f"got {len(worlds)} world poses for {self.num_panels} 3D panels")
         if trails is not None and len(trails) != self.num_panels:
@@ -374,7 +383,7 @@ class SideBySideRenderer:
                              f"keypoints for {len(people_2d)}")
         out = np.empty((self.height, self.output_size[0], 3), dtype=np.uint8)
         left = out[:, : self.left_width]
-        if (in_w, in_h) == (self.left_width, self.height):
+        if frame_bgr.shape[:2] == (self.height, self.left_width):
             left[:] = frame_bgr
         else:
             # INTER_LINEAR: 2 ms for 1768x994 -> 1280x720 where INTER_AREA takes 13 ms (benchmarks/bench_render.py);

@@ -179,12 +179,14 @@ def exported_model(weights: Path, weights_sha256: str, runtime: str, imgsz: int,
     def make(folder: Path) -> dict:
         copy = folder / f"{MODEL_STEM}.pt"  # Ultralytics writes the export next to the .pt it loaded
         shutil.copyfile(weights, copy)
-        path = export(load(copy), runtime, imgsz)
+        loaded = load(copy)
+        path = export(loaded, runtime, imgsz)
         if path.resolve() != (folder / EXPORTED_NAME[runtime]).resolve() or not path.exists():
             raise RuntimeError(f"the exporter wrote {path}, not {folder / EXPORTED_NAME[runtime]}")
         copy.unlink()
         return {"weights": str(weights), "sha256": weights_sha256, "runtime": runtime, "imgsz": imgsz,
-                "precision": EXPORT_PRECISION, "dynamic": True, "versions": _versions(runtime)}
+                "task": getattr(loaded, "task", None), "precision": EXPORT_PRECISION, "dynamic": True,
+                "versions": _versions(runtime)}
 
     return cached_export(export_key(weights_sha256, runtime, imgsz), EXPORTED_NAME[runtime], make,
                          f"{weights.name} for {runtime}", cache_root)

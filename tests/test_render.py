@@ -204,10 +204,24 @@ def test_missing_joints_are_skipped_and_bad_input_is_rejected(frame):
     holes[J("left_wrist")] = np.nan
     out = renderer.render(frame, np.full((17, 2), np.nan), None, True, [holes])
     assert count_color(panels(renderer, out)[0], LEFT_BGR) == 0  # no 2D keypoints: nothing drawn on the frame
-    with pytest.raises(ValueError, match="1768x994 BGR uint8 frame"):
+    with pytest.raises(ValueError, match="1768x994 or 1280x720 BGR uint8 frame"):
         renderer.render(frame[:-2], keypoints, None, True, [pose])
     with pytest.raises(ValueError, match="2 world poses for 1 3D panels"):
         renderer.render(frame, keypoints, None, True, [pose, pose])
+
+
+def test_a_frame_decoded_at_the_panel_size_is_drawn_as_the_full_frame_shrunk(frame):
+    """The demo decodes the frames for rendering at `frame_size` (ffmpeg scales them): the keypoints stay in the
+    input's pixels and land on the same spots; a full-size frame is shrunk by the renderer itself."""
+    pose = star_pose()
+    renderer = SideBySideRenderer((1768, 994), ["a.bin"], WorldLimits.from_worlds([pose]))
+    assert renderer.frame_size == (1280, 720) == (renderer.left_width, renderer.height)
+    keypoints = image_points(pose, (1768, 994))
+    small = cv2.resize(frame, renderer.frame_size, interpolation=cv2.INTER_LINEAR)
+    full = renderer.render(frame, keypoints, None, True, [pose])
+    shrunk = renderer.render(small, keypoints, None, True, [pose])
+    np.testing.assert_array_equal(full, shrunk)
+    assert count_color(panels(renderer, shrunk)[0], LEFT_BGR) > 0
 
 
 def test_panel_titles_are_drawn(frame):

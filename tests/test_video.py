@@ -330,3 +330,39 @@ def test_files_where_seeking_cannot_be_trusted_say_so_and_are_read_in_order(seek
     gap = FrameTimes(times.times[:5] + times.times[6:], times.keyframes)
     with pytest.raises(InexactSeek, match="seeking to frame 5"):
         frames_at(seek_clips["base"], [5], times=gap, method="seek")
+
+
+def test_frames_decoded_at_a_size_are_the_upright_frames_scaled(clips):
+    """`size` scales in ffmpeg, after the rotation and the frame range: the renderer's frames come at the size it
+    draws them, close to the full frames shrunk by an area average."""
+    import cv2
+
+    full = list(iter_frames(clips["rotated"], start=2, end=9))  # upright: 90x160
+    small = list(iter_frames(clips["rotated"], start=2, end=9, size=(45, 80)))
+    assert len(small) == len(full) == 7 and small[0].shape == (80, 45, 3) and small[0].dtype == np.uint8
+    for a, b in zip(small, full, strict=True):
+        shrunk = cv2.resize(b, (45, 80), interpolation=cv2.INTER_AREA)
+        assert np.abs(a.astype(int) - shrunk).mean() < 4  # testsrc's sharp edges: different filters, same picture
+    with pytest.raises(ValueError, match="frame size must be positive"):
+        next(iter_frames(clips["base"], size=(0, 10)))
+
+
+def test_prefetched_seeks_give_the_frames_seeking_gives_and_other_numbers_still_work(seek_clips):
+    """`VideoFrames.prefetch` reads the probe's frames in the background while the detector loads; frames_at of the
+    same numbers returns them, other numbers are read as before, and a file that cannot seek still says None."""
+    from pipeline.media.decode import VideoFrames
+
+    path = seek_clips["late"]
+    everything = list(iter_frames(path, 2, 25))
+    source = VideoFrames(path, 2, 25)
+    picked = []
+    source.prefetch(lambda total: picked.append(total) or [0, total // 2, total - 1])
+    frames = source.frames_at([0, 11, 22])
+    assert picked == [23]
+    for number, frame in zip([0, 11, 22], frames, strict=True):
+        np.testing.assert_array_equal(frame, everything[number])
+    source.prefetch(lambda total: [1, 2])  # a prefetch of other numbers is read again, rightly
+    np.testing.assert_array_equal(source.frames_at([3])[0], everything[3])
+    unseekable = VideoFrames(seek_clips["no_timestamps"])
+    unseekable.prefetch(lambda total: [0])
+    assert unseekable.frames_at([0]) is None and unseekable.count() is None

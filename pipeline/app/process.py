@@ -8,6 +8,7 @@
   import is not enough).
 - glibc's malloc: memory flat in the length of a video, and no page faults for every frame's buffers
   (`tune_allocator`).
+- The end: once the outputs are written the command's process ends without tearing its modules down (`quick_exit`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import sys
+from typing import NoReturn
 
 ULTRALYTICS_ENVIRONMENT = {"ULTRALYTICS_SAFE_LOAD": "1", "YOLO_AUTOINSTALL": "false", "YOLO_VERBOSE": "false"}
 # PyTorch's CPU tensors of 2 MB and more on transparent huge pages (read by PyTorch at its first allocation): one
@@ -71,3 +74,21 @@ def tune_allocator() -> None:
         if variable not in os.environ and tunable not in tunables:
             libc.mallopt(parameter, value)
 
+
+
+def quick_exit(code: int) -> NoReturn:
+    """End the command's process with `code` once its work is done, skipping the interpreter's teardown.
+
+    Why: by then every output is written, closed and renamed into place, and all Python would still do is tear down
+    its modules: PyTorch, OpenVINO and Ultralytics took 0.55 s of a 14 s `demo.py` run on the sample clip (main()
+    returning to the process ending: 0.65 s, against 0.1 s this way; measured 30 November). The exit handlers still
+    run (logging's flush, joining idle worker threads: 13 ms there); only the module teardown is skipped."""
+    import atexit
+
+    atexit._run_exitfuncs()  # the handlers a normal exit runs first (there is no public name for this)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can reach it anyway
+            pass
+    os._exit(code)

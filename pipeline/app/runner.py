@@ -30,7 +30,7 @@ from pipeline.errors import SettingError
 from pipeline.geometry import demo_world_view
 from pipeline.media.ffmpeg import MediaInfo
 from pipeline.motion.level import Levelling, fixed_levelling, level_world
-from pipeline.pose2d import Pose2DConfig, Pose2DOutput
+from pipeline.pose2d import Pose2DConfig, Pose2DOutput, start_probe
 from pipeline.render import RenderConfig
 from pipeline.skeleton import H36M
 
@@ -117,10 +117,13 @@ class ClipJob:
 
         return VideoFrames(self.clip, self.first, self.stop, self.info)
 
-    def frames(self) -> Iterator[np.ndarray]:
+    def frames(self, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
         """A fresh iterator over the frames to process (rendering reads them once more), decoded ahead in a
-        background thread while the caller works on the previous ones."""
-        return self.frame_source()()
+        background thread while the caller works on the previous ones; scaled by the decoder to `size` (width,
+        height) when given."""
+        from pipeline.media.decode import iter_frames, prefetched
+
+        return prefetched(iter_frames(self.clip, self.first, self.stop, self.info, size=size))
 
     def expected_frames(self) -> int:
         """The frame count for the progress bars (packets: ~0.1 s, exact for undamaged files)."""
@@ -227,7 +230,9 @@ def estimate_2d(job: ClipJob, models: Models, timer: StageTimer, show_progress: 
         return load_pose2d_cache(cache_file)
     with timer.stage("pose2d") as entry, \
             progress_bar(show_progress, f"{job.clip.name} 2D", job.expected_frames()) as bar:
-        pose2d = models.pose2d().run(job.frame_source(), progress=StageProgress(bar), fps=job.info.fps)
+        frames = job.frame_source()
+        start_probe(frames, models.pose2d_config)  # its frames are read while the detector loads (first clip)
+        pose2d = models.pose2d().run(frames, progress=StageProgress(bar), fps=job.info.fps)
         entry["frames"] = pose2d.num_frames
     save_pose2d_cache(cache_file, pose2d)
     return pose2d
@@ -426,7 +431,7 @@ def render_video(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Model
             progress_bar(config.show_progress, f"{job.clip.name} render", num_frames) as bar, \
             VideoWriter(job.out.video, renderer.output_size, info.fps, frame_count=num_frames,
                         audio_source=job.clip if info.has_audio else None, audio_start=job.first / info.fps) as writer:
-        for t, frame in enumerate(job.frames()):
+        for t, frame in enumerate(job.frames(size=renderer.frame_size)):  # decoded at the size it is drawn
             if t >= num_frames:
                 raise RuntimeError(f"{job.clip.name} gave more frames on the second read than on the first")
             trails = None if roots is None else [roots[:, k, : t + 1] for k in range(roots.shape[1])]
