@@ -1,6 +1,6 @@
 """Frames per second of the side-by-side renderer and the H.264 encoder, alone and together.
 
-    python benchmarks/bench_render.py [--frames 150] [--panels 1] [--max-height 720] [--preset veryfast] [--crf 20]
+    python benchmarks/bench_render.py [--frames 150] [--panels 1] [--max-height 720] [--preset superfast] [--crf 23]
 
 Input: real frames of the sample clip (../shared/data/videos/sports2d_demo.mp4, 1768x994) when present, otherwise
 synthetic 1768x994 frames; a walking skeleton that moves every frame (2D and 3D). The frames are decoded before timing

@@ -162,6 +162,12 @@ class FrameDetections:
     def __len__(self) -> int:
         return len(self.boxes)
 
+    def scaled(self, factor: float) -> FrameDetections:
+        """The same detections with boxes and keypoints multiplied by `factor` (pixels of a scaled frame)."""
+        return FrameDetections(self.boxes * np.float32(factor), self.confidences,
+                               None if self.keypoints is None else self.keypoints * np.float32(factor),
+                               self.keypoint_scores)
+
     @classmethod
     def empty(cls, with_keypoints: bool) -> FrameDetections:
         k = COCO.num_joints
@@ -186,13 +192,18 @@ class DetectorConfig:
 
 
 def predictor_class(model, on_cpu: bool) -> type:
-    """Ultralytics' predictor class for the model's task; on a CPU, one that skips Ultralytics' warm-up.
+    """Ultralytics' predictor class for the model's task; on a CPU, one that skips Ultralytics' warm-up and converts
+    the letterboxed frames into the network's input in one pass, into a buffer kept for the next batch.
 
-    Why: on a CPU the warm-up runs no network; all it does is `import torchvision`, so that NMS uses
+    Why the warm-up: on a CPU it runs no network; all it does is `import torchvision`, so that NMS uses
     `torchvision.ops.nms` instead of Ultralytics' own `TorchNMS` (documented to match it exactly; the 2D tests check
     the keypoints of both on the sample clip). That import costs 3.3 s of start-up here, because torchvision's ops
     import `torch._dynamo` (2.9 s, `python -X importtime`), about 7% of a whole default demo.py run on the sample clip.
-    On a GPU the warm-up also runs the network once, and is kept."""
+    On a GPU the warm-up also runs the network once, and is kept.
+
+    Why the conversion (`frames_to_input`): Ultralytics' own makes four full copies of a batch (stack, permute,
+    flip, float), each in fresh memory that the process's 1 MB mmap threshold (`pipeline.app.process`) hands back
+    and faults in again: 16-28 CPU ms per batch of eight 640x384 frames, against 5 here, the same values to the bit."""
     base = model.task_map[model.task]["predictor"]
     if not on_cpu:
         return base
@@ -201,8 +212,29 @@ def predictor_class(model, on_cpu: bool) -> type:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.done_warmup = True
+            self._input_buffers: dict[tuple[int, ...], np.ndarray] = {}
+
+        def preprocess(self, im):
+            if not isinstance(im, list) or getattr(self.model, "fp16", False):
+                return super().preprocess(im)
+            letterboxed = self.pre_transform(im)
+            shape = (len(letterboxed), 3, *letterboxed[0].shape[:2])
+            if shape not in self._input_buffers:
+                self._input_buffers = {shape: np.empty(shape, np.float32)}  # one size per clip: keep the last
+            return frames_to_input(letterboxed, self._input_buffers[shape])
 
     return CPUPredictor
+
+
+def frames_to_input(frames: Sequence[np.ndarray], out: np.ndarray):
+    """Letterboxed BGR uint8 frames (H, W, 3) -> the network's input in `out` (N, 3, H, W): RGB float32 in [0, 1],
+    as a torch tensor sharing `out`'s memory; the values are Ultralytics' (`x / 255` in float32)."""
+    import torch
+
+    for i, frame in enumerate(frames):
+        for channel in range(3):  # BGR -> RGB
+            np.divide(frame[:, :, 2 - channel], np.float32(255), out=out[i, channel], casting="unsafe")
+    return torch.from_numpy(out)
 
 
 class PersonDetector:
@@ -260,7 +292,7 @@ class PersonDetector:
             exported = YOLO(str(path), task=task)
             predictor = predictor_class(exported, on_cpu=True)  # the same class later, or Ultralytics reloads it
             try:  # loads and compiles it now, so that a broken export shows here rather than mid-clip
-                exported.predict([np.zeros((32, 32, 3), np.uint8)], imgsz=self.config.imgsz, device="cpu",
+                exported.predict([np.zeros((32, 32, 3), np.uint8)], imgsz=32, device="cpu",  # 32 px: a 1 ms pass
                                  verbose=False, predictor=predictor)
             except Exception as exc:
                 raise RuntimeUnavailable(f"the {runtime} export {path} does not run ({type(exc).__name__}: "

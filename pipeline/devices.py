@@ -5,6 +5,9 @@ without it is a clear error instead of a crash deep inside a forward pass.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 
@@ -32,3 +35,18 @@ def ultralytics_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{device.index or 0}"
     return device.type
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to `count` for the body, then put back.
+
+    Why: Ultralytics sets the process-wide count to the number of cores minus one (1 on two cores) when it sets up
+    a model (its `select_device`), so a lifter that runs after the detector has loaded would otherwise run on one
+    core: 0.72 s against 0.45 s for the sample clip's 230 frames on two."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

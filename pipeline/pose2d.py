@@ -65,6 +65,25 @@ class SeekableFrames(Protocol):
     def frames_at(self, numbers: Sequence[int]) -> list[np.ndarray] | None: ...
 
 
+@runtime_checkable
+class ScalableFrames(Protocol):
+    """A frame source whose frames can also be decoded at another size (by the decoder, not the caller)."""
+
+    @property
+    def size(self) -> tuple[int, int]: ...
+
+    def at_size(self, size: tuple[int, int]) -> Callable[[], Iterable[np.ndarray]]: ...
+
+
+def letterbox_scale(size: tuple[int, int], imgsz: int) -> tuple[float, tuple[int, int]]:
+    """Ultralytics' letterbox for a (width, height) frame at input size `imgsz`: the scale r and the frame's size
+    scaled by it, rounded, before padding (`ultralytics.data.augment.LetterBox`; boxes and keypoints map back as
+    x / r)."""
+    width, height = size
+    r = min(imgsz / height, imgsz / width)
+    return r, (max(round(width * r), 1), max(round(height * r), 1))
+
+
 @dataclass
 class Pose2DConfig:
     detector: str | Path | None = None  # Ultralytics model name or path; None = bundled, sha256-checked yolo11n-pose
@@ -79,6 +98,12 @@ class Pose2DConfig:
     auto_imgsz: AutoImgszConfig = field(default_factory=AutoImgszConfig)
     detector_conf: float = 0.1  # raw detections kept for the tracker (it starts tracks only at new_track_conf)
     batch_size: int = 8  # frames per detector call (and boxes per HRNet call)
+    # The detector's frames decoded at the size the letterbox shrinks them to (ffmpeg scales them, an area average),
+    # not at full size and then shrunk by Ultralytics (cv2 INTER_LINEAR). Only for sources that can
+    # (`ScalableFrames`) and the yolo backend. Measured on the sample clip (1768x994 -> 640x360): 0.9 CPU s less
+    # (the pipe carries 8x fewer bytes, no resize in Python); keypoints a median 0.9 px from the full-size path's,
+    # without bias (mean 0.1 / 0.2 px): two resampling filters, not an offset (README, Performance).
+    decode_at_input_size: bool = True
     person: int | None = None  # follow this track id instead of the main subject
     all_people: bool = False  # every track detected in >= min_track_frames frames, main subject first
     # Frame counts below are for 30 frames/s; `run(..., fps=...)` scales them to the clip's frame rate.
@@ -247,10 +272,12 @@ class Pose2DEstimator:
         return size, record, frames
 
     def track(self, frames: Iterable[np.ndarray], progress: Progress | None = None,
-              tracker_config: TrackerConfig | None = None,
-              imgsz: int | None = None) -> tuple[list[TrackSequence], int, tuple[int, int]]:
+              tracker_config: TrackerConfig | None = None, imgsz: int | None = None,
+              scaled_from: tuple[float, tuple[int, int]] | None = None) -> tuple[list[TrackSequence], int,
+                                                                                   tuple[int, int]]:
         """Detect (at `imgsz`, None: the detector's own setting) and track every person: (tracks, number of frames,
-        (width, height))."""
+        (width, height)). `scaled_from` (r, (width, height)): the frames were decoded scaled by r from frames of that
+        size, and the boxes and keypoints are mapped back to those frames' pixels as Ultralytics maps them (x / r)."""
         tracker = PersonTracker(tracker_config or self.config.tracker)
         size: tuple[int, int] | None = None
         for batch in batched(frames, self.config.batch_size):
@@ -262,12 +289,23 @@ class Pose2DEstimator:
                     raise ValueError(f"frame {tracker.num_frames} is {shape[0]}x{shape[1]}, "
                                      f"the first frame was {size[0]}x{size[1]}")
             for detections in self.detector(batch, imgsz=imgsz):
-                tracker.update(detections)
+                tracker.update(detections if scaled_from is None else detections.scaled(1 / scaled_from[0]))
             if progress is not None:
                 progress("detect", tracker.num_frames)
         if size is None:
             raise ValueError("the video gave no frames")
-        return tracker.tracks(), tracker.num_frames, size
+        return tracker.tracks(), tracker.num_frames, size if scaled_from is None else scaled_from[1]
+
+    def detector_frames(self, frames: FrameSource, imgsz: int) -> tuple[Iterable[np.ndarray],
+                                                                        tuple[float, tuple[int, int]] | None]:
+        """The frames to detect on, and how they were scaled (None: as the source gives them): decoded at the
+        letterbox size when the source can (`decode_at_input_size`), for the yolo backend, when it shrinks them."""
+        c = self.config
+        if c.decode_at_input_size and c.backend == "yolo" and isinstance(frames, ScalableFrames):
+            r, scaled = letterbox_scale(frames.size, imgsz)
+            if r < 1:
+                return frames.at_size(scaled)(), (r, frames.size)
+        return (frames() if callable(frames) else frames), None
 
     def run(self, frames: FrameSource, progress: Progress | None = None, fps: float | None = None) -> Pose2DOutput:
         """Process one clip. `frames` is a callable returning a fresh frame iterator (needed for the hrnet
@@ -278,7 +316,8 @@ class Pose2DEstimator:
             raise TypeError("the hrnet backend reads the frames twice: pass a function that returns a new frame "
                             "iterator (e.g. lambda: iter_frames(path)), not an iterator")
         imgsz, detection, frames = self.input_size(frames)
-        tracks, num_frames, size = self.track(frames() if callable(frames) else frames, progress, c.tracker, imgsz)
+        stream, scaled_from = self.detector_frames(frames, imgsz)
+        tracks, num_frames, size = self.track(stream, progress, c.tracker, imgsz, scaled_from)
         chosen = select_tracks(tracks, num_frames, person=c.person, all_people=c.all_people,
                                min_track_frames=c.min_track_frames, max_gap=c.max_gap)
         logger.info("%d frames, %d track(s); following %s", num_frames, len(tracks),
@@ -335,15 +374,34 @@ class Pose2DEstimator:
         return results
 
 
+def probe_numbers(total: int, count: int, keyframes: Sequence[int] = ()) -> list[int]:
+    """The frames the input size probe reads from a clip of `total` frames that can seek: for each of the `count`
+    frames `spread_sample` would pick, the nearest keyframe (ties: the earlier), once each, when that leaves at least
+    half of `count` frames; else the spread frames themselves.
+
+    Why keyframes: a seek decodes from the keyframe before its frame, so the six spread frames of the sample clip
+    cost 2.4-2.5 CPU s (most of a decoding pass) and keyframes one decoded frame each. Spread frames and their
+    nearest keyframes sample the clip alike (every 1-2 s in phone and camera videos; the sample clip's keyframes are
+    frames 0, 60, 120 and 180 of 230); a clip with too few keyframes keeps the exact spread frames."""
+    spread = spread_indices(total, count)
+    keys = sorted(set(int(k) for k in keyframes))
+    if not keys:
+        return spread
+    nearest = sorted({min(keys, key=lambda k: (abs(k - n), k)) for n in spread})
+    return nearest if len(nearest) >= max(1, (count + 1) // 2) else spread
+
+
 def probe_sample(frames: Callable[[], Iterable[np.ndarray]], count: int) -> list[np.ndarray]:
-    """`count` frames spread over the clip, those `spread_sample` picks: read by seeking when the source can
-    (`SeekableFrames`), else by one extra decoding pass over the whole clip."""
+    """About `count` frames spread over the clip: read by seeking when the source can (`SeekableFrames`, the frames
+    `probe_numbers` picks), else by one extra decoding pass over the whole clip (those `spread_sample` picks)."""
     # Measured on the 230-frame 1768x994 sample (VideoFrames vs spread_sample over it, 2 runs each, busy 2-core
-    # machine): seeking 2.8-2.9 s wall, 2.4-2.5 s CPU; the extra pass 3.5-3.6 s wall, 4.1-4.3 s CPU. The seeks cost
-    # the same on a longer clip (each decodes from the keyframe before its frame); the pass grows with the clip.
+    # machine): seeking to the spread frames 2.8-2.9 s wall, 2.4-2.5 s CPU; the extra pass 3.5-3.6 s wall, 4.1-4.3 s
+    # CPU; seeking to their nearest keyframes (30 November) well under 1 CPU s.
     if isinstance(frames, SeekableFrames):
         total = frames.count()
-        sample = frames.frames_at(spread_indices(total, count)) if total is not None else None
+        keyframes = getattr(frames, "keyframes", lambda: None)()
+        numbers = probe_numbers(total, count, keyframes or []) if total is not None else None
+        sample = frames.frames_at(numbers) if numbers is not None else None
         if sample is not None:
             return sample
     return spread_sample(frames(), count)
@@ -356,7 +414,7 @@ def start_probe(frames: FrameSource, config: Pose2DConfig) -> None:
     prefetch = getattr(frames, "prefetch", None)
     if config.imgsz == AUTO and isinstance(frames, SeekableFrames) and callable(prefetch):
         count = config.auto_imgsz.probe_frames
-        prefetch(lambda total: spread_indices(total, count))
+        prefetch(lambda total, keyframes: probe_numbers(total, count, keyframes))
 
 
 def assemble_person(track: TrackSequence, kp: np.ndarray | None, sc: np.ndarray | None,

@@ -460,8 +460,10 @@ def test_real_recording_scores_of_the_shipped_lifter_are_finite_and_plausible(re
     scores = multiview.evaluate_lifter(load_lifter(SHIPPED_LIFTER), real["recording"], real["views"], real["people"],
                                        bones="free")
     overall = scores["overall"]
-    assert overall["frames"] == sum(p.complete.sum() for p in real["people"]) * 4 == \
-        sum(s["frames"] for s in scores["views"].values())
+    # Each view scores the reference's complete frames on which it detected the person (all but a few).
+    complete = sum(p.complete.sum() for p in real["people"])
+    assert overall["frames"] == sum(s["frames"] for s in scores["views"].values())
+    assert all(0.95 * complete <= s["frames"] <= complete for s in scores["views"].values())
     # The baseline cannot be trivially zero: the people move their limbs by decimetres.
     assert 0.05 < overall["constant_p_mpjpe_limbs"] < 0.25 and 0.03 < overall["constant_p_mpjpe"] < 0.2
     for s in [*scores["views"].values(), overall]:

@@ -397,9 +397,10 @@ class RememberingDetector:
         return [self.answers[k] for k in keys]
 
 
-def test_sample_clip_probe_by_seeking_chooses_the_same_size_from_the_same_frames():
-    """The runner's frame source seeks to the probe frames; one more decoding pass (spread_sample) picked them
-    before. The same frames, pixel for pixel, and so the same input size and run.json record."""
+def test_sample_clip_probe_by_seeking_reads_keyframes_and_chooses_the_same_size():
+    """The runner's frame source seeks to the keyframes nearest the spread frames (one decoded frame each: the
+    sample's are frames 0, 60, 120 and 180); a source that cannot seek gives the spread frames in one more decoding
+    pass. The frames the probe gets are the clip's, and the size chosen is the same."""
     if not SAMPLE.exists():
         pytest.skip("../shared sample clip not present")
     from pipeline.media.decode import VideoFrames
@@ -408,9 +409,58 @@ def test_sample_clip_probe_by_seeking_chooses_the_same_size_from_the_same_frames
     estimator = Pose2DEstimator(Pose2DConfig(), detector=detector)
     size, record, _ = estimator.input_size(lambda: iter_frames(SAMPLE))  # a plain function: one more pass
     seek_size, seek_record, _ = estimator.input_size(VideoFrames(SAMPLE))
-    assert (seek_size, seek_record) == (size, record) and record["probe_frames"] == 6
-    before, after = detector.calls
-    assert len(before) == len(after) == 6
-    for a, b in zip(before, after, strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert len(detector.answers) == 6  # the seek's frames were all answered from the first probe's
+    assert seek_size == size == 640 and record["probe_frames"] == 6 and seek_record["probe_frames"] == 4
+    _, seeked = detector.calls
+    wanted = {0: None, 60: None, 120: None, 180: None}
+    for number, frame in enumerate(iter_frames(SAMPLE, end=181)):  # keeps only the wanted frames
+        if number in wanted:
+            wanted[number] = frame
+    for got, number in zip(seeked, wanted, strict=True):
+        np.testing.assert_array_equal(got, wanted[number])
+
+
+def test_the_probe_reads_the_keyframes_nearest_the_spread_frames_unless_too_few():
+    from pipeline.pose2d import probe_numbers
+
+    assert probe_numbers(230, 6) == [0, 32, 96, 128, 192, 224]  # no keyframes known: the spread frames
+    assert probe_numbers(230, 6, [0, 60, 120, 180]) == [0, 60, 120, 180]
+    assert probe_numbers(230, 6, range(0, 230, 30)) == [0, 30, 90, 120, 180, 210]  # ties go to the earlier
+    assert probe_numbers(230, 6, [0, 200]) == [0, 32, 96, 128, 192, 224]  # 2 of 6: too few, spread frames kept
+    assert probe_numbers(4, 6, [0, 2]) == [0, 1, 2, 3]  # a 4-frame clip: its frames, whatever its keyframes
+
+
+@pytest.mark.parametrize("size,imgsz", [((1768, 994), 640), ((1088, 1920), 640), ((1080, 1920), 960),
+                                        ((640, 480), 640), ((33, 1999), 1280)])
+def test_letterbox_scale_is_ultralytics_letterbox(size, imgsz):
+    """The size the detector's frames are decoded at is the one Ultralytics' letterbox resizes them to."""
+    from ultralytics.data.augment import LetterBox
+
+    from pipeline.pose2d import letterbox_scale
+
+    r, scaled = letterbox_scale(size, imgsz)
+    params = LetterBox((imgsz, imgsz)).get_params({"img": np.zeros((size[1], size[0], 3), np.uint8)})
+    assert params["ratio"] == (r, r) and tuple(params["new_unpad"]) == scaled
+
+
+def test_frames_decoded_at_the_letterbox_size_give_the_full_size_keypoints():
+    """`decode_at_input_size`: the detector's frames come from ffmpeg already shrunk, and the keypoints are mapped
+    back to the clip's pixels. On the sample clip they land a median 0.9 px from the full-size path's (two resampling
+    filters; no offset), for the same people in the same frames."""
+    if not SAMPLE.exists():
+        pytest.skip("../shared sample clip not present")
+    from pipeline.media.decode import VideoFrames
+
+    detector = PersonDetector(DetectorConfig())
+    runs = {}
+    for scaled in (True, False):
+        estimator = Pose2DEstimator(Pose2DConfig(imgsz=640, decode_at_input_size=scaled), detector=detector)
+        runs[scaled] = estimator.run(VideoFrames(SAMPLE, 0, 60), fps=30)
+    small, full = runs[True], runs[False]
+    assert small.image_size == full.image_size == (1768, 994) and small.num_frames == full.num_frames == 60
+    a, b = small.people[0], full.people[0]
+    assert a.track_id == b.track_id
+    both = a.valid & b.valid & (a.scores > 0.5).all(axis=1) & (b.scores > 0.5).all(axis=1)
+    assert both.sum() >= 30
+    distance = np.linalg.norm(a.keypoints[both] - b.keypoints[both], axis=-1)
+    assert np.median(distance) < 1.5
+    assert np.abs((a.keypoints[both] - b.keypoints[both]).reshape(-1, 2).mean(axis=0)).max() < 0.5  # no offset

@@ -356,13 +356,13 @@ def test_prefetched_seeks_give_the_frames_seeking_gives_and_other_numbers_still_
     everything = list(iter_frames(path, 2, 25))
     source = VideoFrames(path, 2, 25)
     picked = []
-    source.prefetch(lambda total: picked.append(total) or [0, total // 2, total - 1])
+    source.prefetch(lambda total, keyframes: picked.append((total, keyframes)) or [0, total // 2, total - 1])
     frames = source.frames_at([0, 11, 22])
-    assert picked == [23]
+    assert picked == [(23, source.keyframes())] and source.keyframes() == [5, 12, 19]  # -g 7, from frame 2 on
     for number, frame in zip([0, 11, 22], frames, strict=True):
         np.testing.assert_array_equal(frame, everything[number])
-    source.prefetch(lambda total: [1, 2])  # a prefetch of other numbers is read again, rightly
+    source.prefetch(lambda total, keyframes: [1, 2])  # a prefetch of other numbers is read again, rightly
     np.testing.assert_array_equal(source.frames_at([3])[0], everything[3])
     unseekable = VideoFrames(seek_clips["no_timestamps"])
-    unseekable.prefetch(lambda total: [0])
+    unseekable.prefetch(lambda total, keyframes: [0])
     assert unseekable.frames_at([0]) is None and unseekable.count() is None

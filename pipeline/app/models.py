@@ -37,6 +37,7 @@ class Models:
     lifters: list  # pipeline.lifting.Lifter, one per checkpoint
     pose2d_config: Pose2DConfig  # with the detector path and the HRNet weights resolved
     pose2d_identity: dict  # what decides the 2D result: part of the cache key and of the provenance
+    lifter_threads: int = 1  # PyTorch's thread count before the detector loads (Ultralytics changes it)
     _pose2d: object = None
 
     def pose2d(self):
@@ -118,10 +119,14 @@ def pose2d_identity(config: Pose2DConfig) -> dict:
         "auto_imgsz": dataclasses.asdict(config.auto_imgsz) if config.imgsz == "auto" else None,
         "person": config.person,
         "all_people": config.all_people,
+        "decode_at_input_size": config.decode_at_input_size,
     }
 
 
 def load_models(lifting: LiftingConfig, pose2d: Pose2DConfig) -> Models:
+    import torch
+
     lifters = load_lifters(lifting)
     pose2d = resolve_pose2d_config(pose2d)
-    return Models(lifters=lifters, pose2d_config=pose2d, pose2d_identity=pose2d_identity(pose2d))
+    return Models(lifters=lifters, pose2d_config=pose2d, pose2d_identity=pose2d_identity(pose2d),
+                  lifter_threads=torch.get_num_threads())

@@ -164,30 +164,52 @@ def process_clips(clips: list[Path], config: RunConfig,
         from pipeline.app.distributed import RayConfig, process_clips_on_ray
 
         return process_clips_on_ray(clips, config, RayConfig(address=ray_address), describe_error)
+    early = early_frame_source(clips[0], config) if clips else None
     models = load_models(config.lifting, config.pose2d)
     if len(clips) == 1:
-        print(process_clip(clips[0], config, models), flush=True)
+        print(process_clip(clips[0], config, models, frames=early), flush=True)
         return 0
     failures = 0
-    for clip in clips:
+    for k, clip in enumerate(clips):
         try:
-            print(process_clip(clip, config, models), flush=True)
+            print(process_clip(clip, config, models, frames=early if k == 0 else None), flush=True)
         except Exception as exc:  # KeyboardInterrupt still stops the whole run
             failures += 1
             print(f"error: {clip.name}: {describe_error(exc)}", file=sys.stderr, flush=True)
     return 1 if failures else 0
 
 
-def process_clip(clip: Path, config: RunConfig, models: Models, ray_worker: dict | None = None) -> str:
+def early_frame_source(clip: Path, config: RunConfig) -> VideoFrames | None:
+    """The clip's frame source, already reading the detector input size probe's frames in the background
+    (`pipeline.pose2d.start_probe`): started before the models load, ffmpeg's seeks run beside the imports (0.7-0.9 s
+    of reading on the sample clip). None when the clip cannot be opened: processing it reports why."""
+    from pipeline.media.decode import VideoFrames
+    from pipeline.media.ffmpeg import probe
+
+    try:
+        info = probe(clip)
+        first, stop = config.clip_range.frames(info.fps)
+    except Exception:  # the same error comes again, in its place, when the clip is processed
+        return None
+    source = VideoFrames(clip, first, stop, info)
+    start_probe(source, config.pose2d)
+    return source
+
+
+def process_clip(clip: Path, config: RunConfig, models: Models, ray_worker: dict | None = None,
+                 frames: VideoFrames | None = None) -> str:
     """Run every stage for one clip and write its outputs; returns the one-line summary. `ray_worker`: where Ray ran
-    it (pipeline.app.distributed), recorded in run.json."""
+    it (pipeline.app.distributed), recorded in run.json. `frames`: the clip's frame source when one was opened early
+    (`early_frame_source`)."""
     t_start = time.perf_counter()
-    job = plan_clip(clip, config, models)
+    job = plan_clip(clip, config, models, info=None if frames is None else frames.info)
     if not config.force and job.out.complete(job.fingerprint):
         return f"{clip.name}: outputs in {job.out.folder} are complete, skipped (--force redoes them)"
     timer = StageTimer()
-    pose2d = estimate_2d(job, models, timer, config.show_progress)
-    lifted = lift_people(job, pose2d, models.lifters, timer, config.show_progress, config.motion)
+    if frames is not None and (frames.first, frames.stop) != (job.first, job.stop):
+        frames = None  # not this plan's frames
+    pose2d = estimate_2d(job, models, timer, config.show_progress, frames)
+    lifted = lift_people(job, pose2d, models.lifters, timer, config.show_progress, config.motion, models.lifter_threads)
     scene = place_in_world(job, pose2d, lifted, config.motion)
     written = write_keypoints(job, pose2d, lifted, scene, models)
     if config.motion.bvh:
@@ -203,11 +225,12 @@ def process_clip(clip: Path, config: RunConfig, models: Models, ray_worker: dict
     return clip_summary(job, pose2d, timer, total, lifted.disagreement_mm)
 
 
-def plan_clip(clip: Path, config: RunConfig, models: Models) -> ClipJob:
-    """Probe the clip, choose its frames and compute the keys that decide caching and skipping."""
+def plan_clip(clip: Path, config: RunConfig, models: Models, info: MediaInfo | None = None) -> ClipJob:
+    """Probe the clip (unless `info` is its probe already), choose its frames and compute the keys that decide
+    caching and skipping."""
     from pipeline.media.ffmpeg import probe
 
-    info = probe(clip)
+    info = info or probe(clip)
     first, stop = config.clip_range.frames(info.fps)
     clip_identity = {"clip": file_fingerprint(clip), "first": first, "stop": stop}
     pose2d_key = short_hash({**clip_identity, **models.pose2d_identity})
@@ -222,16 +245,18 @@ def plan_clip(clip: Path, config: RunConfig, models: Models) -> ClipJob:
                    pose2d_key=pose2d_key, fingerprint=short_hash(settings))
 
 
-def estimate_2d(job: ClipJob, models: Models, timer: StageTimer, show_progress: bool) -> Pose2DOutput:
-    """The 2D stage, cached per clip and 2D settings: a new lifter, view or --no-render does not redo detection."""
+def estimate_2d(job: ClipJob, models: Models, timer: StageTimer, show_progress: bool,
+                frames: VideoFrames | None = None) -> Pose2DOutput:
+    """The 2D stage, cached per clip and 2D settings: a new lifter, view or --no-render does not redo detection.
+    `frames`: the clip's frame source if one is open already (default: `job.frame_source()`)."""
     cache_file = job.out.cache / f"pose2d-{job.pose2d_key}.npz"
     if cache_file.is_file():
         timer.stages["pose2d"] = {"cached": cache_file.name}
         return load_pose2d_cache(cache_file)
+    frames = frames or job.frame_source()
+    start_probe(frames, models.pose2d_config)  # its frames are read while the detector loads, if not already
     with timer.stage("pose2d") as entry, \
-            progress_bar(show_progress, f"{job.clip.name} 2D", job.expected_frames()) as bar:
-        frames = job.frame_source()
-        start_probe(frames, models.pose2d_config)  # its frames are read while the detector loads (first clip)
+            progress_bar(show_progress, f"{job.clip.name} 2D", frames.count() or job.expected_frames()) as bar:
         pose2d = models.pose2d().run(frames, progress=StageProgress(bar), fps=job.info.fps)
         entry["frames"] = pose2d.num_frames
     save_pose2d_cache(cache_file, pose2d)
@@ -239,17 +264,18 @@ def estimate_2d(job: ClipJob, models: Models, timer: StageTimer, show_progress: 
 
 
 def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageTimer, show_progress: bool,
-                config: MotionConfig) -> Lifted:
+                config: MotionConfig, lifter_threads: int) -> Lifted:
     """Every followed person through every checkpoint, each through a virtual camera aimed at them (unless
     config.virtual_camera is off; `pipeline.virtual_camera`); bones="rigid" gives each person one length per bone
     for the clip, measured on the frames they were detected in (`pipeline.motion.bones`)."""
+    from pipeline.devices import torch_threads
     from pipeline.motion.bones import rigid_bones
     from pipeline.virtual_camera import lift_aimed
 
     width, height = pose2d.image_size
     focal = camera_focal(job.info, width, height, config)[0] if config.virtual_camera else None
     camera = np.zeros((len(pose2d.people), len(lifters), pose2d.num_frames, 17, 3), np.float32)
-    with timer.stage("lift") as entry, \
+    with timer.stage("lift") as entry, torch_threads(lifter_threads), \
             progress_bar(show_progress, f"{job.clip.name} 3D", camera[..., 0, 0].size) as bar:
         entry["frames"] = camera[..., 0, 0].size  # frames x people x checkpoints
         for p, person in enumerate(pose2d.people):

@@ -48,6 +48,9 @@ def _recording_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (detector and lifter)")
     p.add_argument("--detector", help="Ultralytics pose model (default: the bundled yolo11n-pose)")
     p.add_argument("--imgsz", help="detector input size in pixels (640, 1280) or auto (default: the 2D stage's)")
+    p.add_argument("--full-size-frames", action="store_true",
+                   help="decode the detector's frames at full size and let Ultralytics shrink them (before 1 December "
+                   "the only way; default: decoded at the letterbox size, as demo.py does)")
     p.add_argument("--min-views", type=int, default=3,
                    help="people seen by fewer views are left out (default 3, capped at the number of views)")
     p.add_argument("--smooth-hz", type=float,
@@ -191,6 +194,7 @@ def _imgsz(text: str) -> int | str:
 def _config(args: argparse.Namespace) -> MultiviewConfig:
     return MultiviewConfig(
         pose2d=Pose2DConfig(detector=args.detector, device=args.device, all_people=True,
+                            decode_at_input_size=not args.full_size_frames,
                             **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
         min_person_views=args.min_views, smoothing_hz=args.smooth_hz, bones=getattr(args, "bones", "rigid"),
         min_joint_views=getattr(args, "min_joint_views", 0), refine_extrinsics=args.refine_extrinsics,

@@ -190,7 +190,7 @@ def _view_from_output(name: str, output, fps: float) -> ViewTracks:
 
 def detect_views(recording: Recording, config: MultiviewConfig | None = None) -> list[ViewTracks]:
     """The 2D stage on every view (all people), read from the cache when the video and settings are unchanged."""
-    from pipeline.media.decode import iter_frames
+    from pipeline.media.decode import VideoFrames
     from pipeline.media.ffmpeg import probe
 
     config = config or MultiviewConfig()
@@ -206,7 +206,7 @@ def detect_views(recording: Recording, config: MultiviewConfig | None = None) ->
             logger.info("%s: 2D keypoints from the cache %s", cam.name, cache)
             continue
         estimator = estimator or Pose2DEstimator(config.pose2d)
-        output = estimator.run(lambda video=video: iter_frames(video), fps=info.fps)
+        output = estimator.run(VideoFrames(video, info=info), fps=info.fps)  # read as demo.py reads a clip
         view = _view_from_output(cam.name, output, info.fps)
         if cache is not None:
             _save_view(cache, view)

@@ -269,11 +269,20 @@ class VideoFrames:
         self.first, self.stop = first, stop
         self._times: FrameTimes | None = None
         self._problem: str | None = None  # why seeking is not trusted in this file, once found
-        self._lock = threading.Lock()  # count and frames_at may run in the prefetch thread and the caller's
+        self._lock = threading.Lock()  # the packet list is read once, by the prefetch thread or the caller's
         self._prefetch: tuple[threading.Thread, dict] | None = None
 
     def __call__(self) -> Iterator[np.ndarray]:
         return prefetched(iter_frames(self.info.path, self.first, self.stop, self.info))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames, upright."""
+        return self.info.width, self.info.height
+
+    def at_size(self, size: tuple[int, int]) -> Callable[[], Iterator[np.ndarray]]:
+        """The same frames scaled by ffmpeg to `size` (width, height), as a function that opens a fresh iterator."""
+        return lambda: prefetched(iter_frames(self.info.path, self.first, self.stop, self.info, size=size))
 
     def _cannot_seek(self, problem: str) -> None:
         self._problem = problem
@@ -300,17 +309,25 @@ class VideoFrames:
             return None
         return count
 
+    def keyframes(self) -> list[int] | None:
+        """The numbers (0 is frame `first`) of the keyframes in the range: frames a seek decodes alone, without the
+        frames before them. None when seeking cannot be trusted in this file."""
+        with self._lock:
+            count = self._count()
+            if count is None:
+                return None
+            return [k - self.first for k in self._times.keyframes if 0 <= k - self.first < count]
+
     def frames_at(self, numbers: Sequence[int]) -> list[np.ndarray] | None:
         """The frames `numbers` (0 is frame `first`), exactly as iterating gives them; see `frames_at`. Frames that
         `prefetch` is reading are waited for instead of read again."""
         ready = self._prefetched(numbers)
         if ready is not None:
             return ready["frames"]
-        with self._lock:
-            return self._frames_at(numbers)
+        return self._frames_at(numbers)
 
     def _frames_at(self, numbers: Sequence[int]) -> list[np.ndarray] | None:
-        if self._count() is None:
+        if self.count() is None:
             return None
         try:
             return frames_at(self.info.path, numbers, self.first, self.stop, self.info, self._times)
@@ -318,20 +335,19 @@ class VideoFrames:
             self._cannot_seek(str(exc))
             return None
 
-    def prefetch(self, pick: Callable[[int], Sequence[int]]) -> None:
-        """Start reading the frames `pick(count())` in a background thread (seeks run in ffmpeg processes, so they
-        take little of this process); a later `frames_at` of the same numbers waits for them. Measured on the
-        sample clip: the probe's six frames take 0.7-0.9 s to reach, which the detector's loading now hides."""
+    def prefetch(self, pick: Callable[[int, list[int]], Sequence[int]]) -> None:
+        """Start reading the frames `pick(count(), keyframes())` in a background thread (seeks run in ffmpeg
+        processes, so they take little of this process); a later `frames_at` of the same numbers waits for them,
+        while the caller loads its models."""
         if self._prefetch is not None:
             return
         result: dict = {}
 
         def read() -> None:
             try:
-                with self._lock:
-                    total = self._count()
-                    result["numbers"] = None if total is None else [int(n) for n in pick(total)]
-                    result["frames"] = None if total is None else self._frames_at(result["numbers"])
+                total, keyframes = self.count(), self.keyframes()
+                result["numbers"] = None if total is None else [int(n) for n in pick(total, keyframes or [])]
+                result["frames"] = None if total is None else self._frames_at(result["numbers"])
             except BaseException as exc:  # raised in the caller's frames_at
                 result["error"] = exc
 
