@@ -14,7 +14,8 @@ PyTorch detection with confidence >= 0.5 is matched to the runtime's detection w
 17 keypoints' distances are pooled (px); "unmatched" counts PyTorch detections without a counterpart (IoU < 0.5).
 
 End to end: fresh `demo.py` processes, one after the other (torch, default, torch, default, ...), each into its own
-output folder (so nothing is cached), and their run.json per-stage timings.
+output folder (so nothing is cached), their run.json per-stage timings, and how far the default's 2D keypoints (the
+followed person's, keypoints.npz) are from the torch run's.
 
 HRNet: our PyTorch HRNet (seeded random weights: speed and agreement do not depend on the values) against its
 `torch.onnx.export` run by ONNX Runtime and by OpenVINO, on crops of the size the network takes, all with the same
@@ -26,6 +27,7 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +38,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# The environment the demo.py runs get: this process's as it started. Importing Ultralytics (the in-process 2D
+# comparison) sets OMP_NUM_THREADS=1 when it is unset, which a child would inherit: PyTorch on one thread.
+DEMO_ENVIRONMENT = dict(os.environ)
 SAMPLE_CANDIDATES = (REPO.parent / "shared" / "data" / "videos" / "sports2d_demo.mp4",
                      REPO / "videos" / "sports2d_demo.mp4")
 
@@ -121,13 +126,21 @@ def run_demo(clip: Path, out: Path, runtime: str | None) -> dict:
     cmd = [sys.executable, str(REPO / "demo.py"), "--video", str(clip), "--out", str(out), "--force", "--quiet",
            *extra]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=DEMO_ENVIRONMENT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"demo failed ({' '.join(extra) or 'default'}): {proc.stderr.strip().splitlines()[-2:]}")
     run = json.loads((out / clip.stem / "run.json").read_text())
+    with np.load(out / clip.stem / "keypoints.npz") as arrays:
+        keypoints = {name: arrays[name] for name in ("keypoints_2d_coco", "scores_2d_coco")}
     return {"wall_s": wall, "frames": run["video"]["frames"], "timings": run["timings"],
-            "runtime": run["models"]["pose2d"].get("detector_runtime", "?")}
+            "runtime": run["models"]["pose2d"].get("detector_runtime", "?"), **keypoints}
+
+
+def output_deviation(a: dict, b: dict, min_score: float = 0.5) -> np.ndarray:
+    """Distances (px) between two runs' followed-person COCO keypoints (keypoints.npz), where both scored them."""
+    both = (a["scores_2d_coco"] >= min_score) & (b["scores_2d_coco"] >= min_score)
+    return np.linalg.norm(a["keypoints_2d_coco"] - b["keypoints_2d_coco"], axis=-1)[both]
 
 
 def bench_end_to_end(clip: Path, repeats: int) -> None:
@@ -136,16 +149,22 @@ def bench_end_to_end(clip: Path, repeats: int) -> None:
     print(f"{'run':<14} {'runtime':<9} {'wall s':>7} {'clip s':>7} {'clip fps':>9} "
           + " ".join(f"{s + ' fps':>17}" for s in stages))
     walls: dict[str, list[float]] = {"torch": [], "default": []}
+    last: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rep, name in itertools.product(range(repeats), ("torch", "default")):
             r = run_demo(clip, Path(tmp) / f"{name}{rep}", "torch" if name == "torch" else None)
             t = r["timings"]
             walls[name].append(r["wall_s"])
+            last[name] = r
             fps = " ".join(f"{t.get(s, {}).get('frames_per_second') or float('nan'):>17.1f}" for s in stages)
             print(f"{name + ' #' + str(rep + 1):<14} {r['runtime']:<9} {r['wall_s']:>7.1f} {t['total_seconds']:>7.1f} "
                   f"{r['frames'] / t['total_seconds']:>9.1f} {fps}", flush=True)
     torch_s, default_s = statistics.median(walls["torch"]), statistics.median(walls["default"])
     print(f"median wall time: torch {torch_s:.1f} s, default {default_s:.1f} s: {torch_s / default_s:.2f}x")
+    distances = output_deviation(last["torch"], last["default"])
+    print(f"the followed person's 2D keypoints in keypoints.npz, default against torch (both scored >= 0.5): median "
+          f"{np.median(distances):.2f} px, 90th percentile {np.percentile(distances, 90):.2f}, "
+          f"{len(distances)} keypoints")
 
 
 def bench_hrnet(preset: str, crops: int, batch: int, repeats: int, threads: int) -> None:

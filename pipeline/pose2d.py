@@ -407,14 +407,29 @@ def probe_sample(frames: Callable[[], Iterable[np.ndarray]], count: int) -> list
     return spread_sample(frames(), count)
 
 
-def start_probe(frames: FrameSource, config: Pose2DConfig) -> None:
-    """Start reading the frames the detector input size probe will use (`probe_sample`), in the background, when
-    the size is chosen per clip and the source can prefetch (`pipeline.media.decode.VideoFrames.prefetch`): the
-    caller loads the detector meanwhile. Nothing changes in what the probe gets."""
+# Frames of the detector's input size decoded ahead while the models load (`start_reading`): at 640x360 (the sample
+# clip's letterbox) 96 frames are 66 MB, at most 118 MB for any clip at imgsz 640 (a 640x640 letterbox).
+READ_AHEAD_FRAMES = 96
+
+
+def start_reading(frames: FrameSource, config: Pose2DConfig) -> None:
+    """Start reading, in the background, what the 2D stage will read first, so that it is there when the caller has
+    loaded the detector: the input size probe's frames (`probe_sample`) when the size is chosen per clip, and the
+    detector's frames at the smallest input size it can choose (`detector_frames`: decoded at the letterbox size),
+    `READ_AHEAD_FRAMES` of them ahead. Only for a source that can (`pipeline.media.decode.VideoFrames`); nothing
+    changes in what the stage gets. Measured on the sample clip (whole demo.py runs): the probe's frames and the first
+    detector frames were 1-1.5 s of decoding on the critical path, now done on the core the start-up leaves idle."""
     prefetch = getattr(frames, "prefetch", None)
     if config.imgsz == AUTO and isinstance(frames, SeekableFrames) and callable(prefetch):
         count = config.auto_imgsz.probe_frames
         prefetch(lambda total, keyframes: probe_numbers(total, count, keyframes))
+    read_ahead = getattr(frames, "read_ahead", None)
+    if config.decode_at_input_size and config.backend == "yolo" and isinstance(frames, ScalableFrames) and \
+            callable(read_ahead):
+        imgsz = config.auto_imgsz.min_imgsz if config.imgsz == AUTO else int(config.imgsz)
+        r, scaled = letterbox_scale(frames.size, imgsz)
+        if r < 1 and READ_AHEAD_FRAMES > 0:
+            read_ahead(scaled, READ_AHEAD_FRAMES)
 
 
 def assemble_person(track: TrackSequence, kp: np.ndarray | None, sc: np.ndarray | None,

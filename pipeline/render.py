@@ -349,6 +349,7 @@ class SideBySideRenderer:
         trails: Sequence[np.ndarray] | None = None,
         shown: np.ndarray | None = None,
         labels: Sequence[str] | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """frame (H, W, 3) uint8 BGR of the input size or of `frame_size`, keypoints (J, 2) input pixels, scores
         (J,) or None, valid = the target was detected in this frame, worlds = one (J, 3) pose per panel -> (h, w, 3)
@@ -363,7 +364,8 @@ class SideBySideRenderer:
 
         shown (P,) bool: the people drawn on this frame (None: everyone); the others, their trails included, are
         left out. labels: one short text per person (e.g. the track id): each person is outlined in the 2D panel
-        and labelled in both panels in their own colour, PERSON_BGR[p]."""
+        and labelled in both panels in their own colour, PERSON_BGR[p]. out: a (h, w, 3) uint8 array to draw into
+        (every pixel is overwritten) instead of a new one, e.g. `pipeline.media.encode.VideoWriter.frame_buffer()`."""
         in_w, in_h = self.input_size
         shapes = {(in_h, in_w, 3), (self.height, self.left_width, 3)}
         if frame_bgr.shape not in shapes or frame_bgr.dtype != np.uint8:
@@ -381,7 +383,11 @@ class SideBySideRenderer:
         if len(people_shown) != len(people_2d) or (labels is not None and len(labels) != len(people_2d)):
             raise ValueError(f"got shown/labels for {len(people_shown)}/{len(labels or [])} people, "
                              f"keypoints for {len(people_2d)}")
-        out = np.empty((self.height, self.output_size[0], 3), dtype=np.uint8)
+        shape = (self.height, self.output_size[0], 3)
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)
+        elif out.shape != shape or out.dtype != np.uint8:
+            raise ValueError(f"out must be a {shape} uint8 array, got {out.shape} {out.dtype}")
         left = out[:, : self.left_width]
         if frame_bgr.shape[:2] == (self.height, self.left_width):
             left[:] = frame_bgr

@@ -288,3 +288,20 @@ def _stream_seconds(path: Path, stream: str) -> float:
     hours, minutes, seconds = proc.stderr.rsplit("time=", 1)[1].split()[0].split(":")
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
+
+
+def test_frames_drawn_into_the_writers_buffers_are_encoded_in_order_and_the_buffers_reused(tmp_path):
+    """`frame_buffer()` hands out arrays the writer has finished with: a few for a whole clip, and every frame
+    written into one comes out as it was drawn, although the array is drawn into again for a later frame."""
+    path = tmp_path / "pooled.mp4"
+    seen: set[int] = set()
+    with VideoWriter(path, SIZE, 25, frame_count=40) as writer:
+        for i in range(40):
+            buffer = writer.frame_buffer()
+            seen.add(id(buffer))
+            buffer[:] = pattern(i)
+            writer.write(buffer)
+    frames, _ = decoded_frames(path)
+    assert len(frames) == 40 and len(seen) <= 8  # the queue's frames, the pump's and the one being drawn
+    for i, frame in enumerate(frames):
+        assert abs(int(frame[5, 5, 0]) - int(pattern(i)[5, 5, 0])) <= 3, f"frame {i}"

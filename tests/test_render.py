@@ -222,6 +222,12 @@ def test_a_frame_decoded_at_the_panel_size_is_drawn_as_the_full_frame_shrunk(fra
     shrunk = renderer.render(small, keypoints, None, True, [pose])
     np.testing.assert_array_equal(full, shrunk)
     assert count_color(panels(renderer, shrunk)[0], LEFT_BGR) > 0
+    # Drawn into a given array (the encoder's reused buffers): every pixel is overwritten, the same picture.
+    out = np.full_like(full, 77)
+    assert renderer.render(small, keypoints, None, True, [pose], out=out) is out
+    np.testing.assert_array_equal(out, full)
+    with pytest.raises(ValueError, match="out must be a"):
+        renderer.render(small, keypoints, None, True, [pose], out=out[:, :-2])
 
 
 def test_panel_titles_are_drawn(frame):

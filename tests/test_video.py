@@ -366,3 +366,32 @@ def test_prefetched_seeks_give_the_frames_seeking_gives_and_other_numbers_still_
     unseekable = VideoFrames(seek_clips["no_timestamps"])
     unseekable.prefetch(lambda total, keyframes: [0])
     assert unseekable.frames_at([0]) is None and unseekable.count() is None
+
+
+def test_a_read_ahead_is_the_first_iterator_at_its_size_and_an_unused_one_ends_its_ffmpeg(clips, monkeypatch):
+    """`VideoFrames.read_ahead` starts decoding before anyone iterates (the demo's start-up); the first `at_size`
+    iterator of that size takes those frames, the same as a fresh decode; `close` ends one nobody took."""
+    from pipeline.media.decode import VideoFrames
+
+    started = []
+
+    class RecordingPopen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if "rawvideo" in self.args:
+                started.append(self)
+
+    monkeypatch.setattr("pipeline.media.decode.subprocess.Popen", RecordingPopen)
+    expected = list(iter_frames(clips["rotated"], 1, 10, size=(46, 80)))
+    started.clear()
+    source = VideoFrames(clips["rotated"], 1, 10)
+    source.read_ahead((46, 80), depth=3)
+    got = list(source.at_size((46, 80))())
+    assert len(started) == 1 and len(got) == len(expected) == 9
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(list(source.at_size((46, 80))())) == 9 and len(started) == 2  # a second iterator decodes again
+    unused = VideoFrames(clips["base"])
+    unused.read_ahead((80, 45), depth=1)
+    unused.close()
+    assert len(started) == 3 and started[2].returncode is not None

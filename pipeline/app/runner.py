@@ -30,7 +30,7 @@ from pipeline.errors import SettingError
 from pipeline.geometry import demo_world_view
 from pipeline.media.ffmpeg import MediaInfo
 from pipeline.motion.level import Levelling, fixed_levelling, level_world
-from pipeline.pose2d import Pose2DConfig, Pose2DOutput, start_probe
+from pipeline.pose2d import Pose2DConfig, Pose2DOutput, start_reading
 from pipeline.render import RenderConfig
 from pipeline.skeleton import H36M
 
@@ -165,24 +165,28 @@ def process_clips(clips: list[Path], config: RunConfig,
 
         return process_clips_on_ray(clips, config, RayConfig(address=ray_address), describe_error)
     early = early_frame_source(clips[0], config) if clips else None
-    models = load_models(config.lifting, config.pose2d)
-    if len(clips) == 1:
-        print(process_clip(clips[0], config, models, frames=early), flush=True)
-        return 0
-    failures = 0
-    for k, clip in enumerate(clips):
-        try:
-            print(process_clip(clip, config, models, frames=early if k == 0 else None), flush=True)
-        except Exception as exc:  # KeyboardInterrupt still stops the whole run
-            failures += 1
-            print(f"error: {clip.name}: {describe_error(exc)}", file=sys.stderr, flush=True)
-    return 1 if failures else 0
+    try:
+        models = load_models(config.lifting, config.pose2d)
+        if len(clips) == 1:
+            print(process_clip(clips[0], config, models, frames=early), flush=True)
+            return 0
+        failures = 0
+        for k, clip in enumerate(clips):
+            try:
+                print(process_clip(clip, config, models, frames=early if k == 0 else None), flush=True)
+            except Exception as exc:  # KeyboardInterrupt still stops the whole run
+                failures += 1
+                print(f"error: {clip.name}: {describe_error(exc)}", file=sys.stderr, flush=True)
+        return 1 if failures else 0
+    finally:
+        if early is not None:
+            early.close()  # what it read ahead and nobody used (a skipped clip, a cached 2D stage, an error)
 
 
 def early_frame_source(clip: Path, config: RunConfig) -> VideoFrames | None:
-    """The clip's frame source, already reading the detector input size probe's frames in the background
-    (`pipeline.pose2d.start_probe`): started before the models load, ffmpeg's seeks run beside the imports (0.7-0.9 s
-    of reading on the sample clip). None when the clip cannot be opened: processing it reports why."""
+    """The clip's frame source, already reading what the 2D stage reads first in the background
+    (`pipeline.pose2d.start_reading`): started before the models load, ffmpeg decodes beside the imports. None when
+    the clip cannot be opened: processing it reports why."""
     from pipeline.media.decode import VideoFrames
     from pipeline.media.ffmpeg import probe
 
@@ -192,7 +196,7 @@ def early_frame_source(clip: Path, config: RunConfig) -> VideoFrames | None:
     except Exception:  # the same error comes again, in its place, when the clip is processed
         return None
     source = VideoFrames(clip, first, stop, info)
-    start_probe(source, config.pose2d)
+    start_reading(source, config.pose2d)
     return source
 
 
@@ -254,11 +258,14 @@ def estimate_2d(job: ClipJob, models: Models, timer: StageTimer, show_progress: 
         timer.stages["pose2d"] = {"cached": cache_file.name}
         return load_pose2d_cache(cache_file)
     frames = frames or job.frame_source()
-    start_probe(frames, models.pose2d_config)  # its frames are read while the detector loads, if not already
-    with timer.stage("pose2d") as entry, \
-            progress_bar(show_progress, f"{job.clip.name} 2D", frames.count() or job.expected_frames()) as bar:
-        pose2d = models.pose2d().run(frames, progress=StageProgress(bar), fps=job.info.fps)
-        entry["frames"] = pose2d.num_frames
+    start_reading(frames, models.pose2d_config)  # read while the detector loads, if not started already
+    try:
+        with timer.stage("pose2d") as entry, \
+                progress_bar(show_progress, f"{job.clip.name} 2D", frames.count() or job.expected_frames()) as bar:
+            pose2d = models.pose2d().run(frames, progress=StageProgress(bar), fps=job.info.fps)
+            entry["frames"] = pose2d.num_frames
+    finally:
+        frames.close()  # a read-ahead the stage did not take
     save_pose2d_cache(cache_file, pose2d)
     return pose2d
 
@@ -463,7 +470,7 @@ def render_video(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Model
             trails = None if roots is None else [roots[:, k, : t + 1] for k in range(roots.shape[1])]
             writer.write(renderer.render(frame, keypoints_2d[:, t], scores_2d[:, t], valid[:, t],
                                          list(shown[:, :, t].swapaxes(0, 1)), trails=trails, shown=present[:, t],
-                                         labels=labels))
+                                         labels=labels, out=writer.frame_buffer()))
             bar.update(1)
         entry["frames"] = writer.frames_written
     return job.out.video.name

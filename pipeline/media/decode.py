@@ -15,6 +15,7 @@ Seeking goes by time and frame numbers count decoded frames, so the frames' time
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -271,6 +272,7 @@ class VideoFrames:
         self._problem: str | None = None  # why seeking is not trusted in this file, once found
         self._lock = threading.Lock()  # the packet list is read once, by the prefetch thread or the caller's
         self._prefetch: tuple[threading.Thread, dict] | None = None
+        self._ahead: _ReadAhead | None = None
 
     def __call__(self) -> Iterator[np.ndarray]:
         return prefetched(iter_frames(self.info.path, self.first, self.stop, self.info))
@@ -281,8 +283,34 @@ class VideoFrames:
         return self.info.width, self.info.height
 
     def at_size(self, size: tuple[int, int]) -> Callable[[], Iterator[np.ndarray]]:
-        """The same frames scaled by ffmpeg to `size` (width, height), as a function that opens a fresh iterator."""
-        return lambda: prefetched(iter_frames(self.info.path, self.first, self.stop, self.info, size=size))
+        """The same frames scaled by ffmpeg to `size` (width, height), as a function that opens a fresh iterator;
+        the first one opened at the size `read_ahead` reads is that read-ahead."""
+        size = (int(size[0]), int(size[1]))
+
+        def open_frames() -> Iterator[np.ndarray]:
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and ahead.size == size:
+                return ahead.frames()
+            if ahead is not None:
+                ahead.close()
+            return prefetched(iter_frames(self.info.path, self.first, self.stop, self.info, size=size))
+
+        return open_frames
+
+    def read_ahead(self, size: tuple[int, int], depth: int) -> None:
+        """Start decoding the frames at `size` now, up to `depth` of them ahead of the caller, for the first iterator
+        `at_size(size)` opens: ffmpeg decodes them on a core that the caller's start-up (importing PyTorch, loading
+        the detector) leaves idle. `close` stops a read-ahead nobody took."""
+        if self._ahead is None:
+            self._ahead = _ReadAhead((int(size[0]), int(size[1])),
+                                     prefetched(iter_frames(self.info.path, self.first, self.stop, self.info,
+                                                            size=size), depth=depth))
+
+    def close(self) -> None:
+        """Stop a read-ahead that was not used (its ffmpeg ends); frames already handed out are unaffected."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.close()
 
     def _cannot_seek(self, problem: str) -> None:
         self._problem = problem
@@ -366,6 +394,36 @@ class VideoFrames:
         if "error" in result:
             raise result["error"]
         return result if result["numbers"] == [int(n) for n in numbers] else None
+
+
+class _ReadAhead:
+    """A `prefetched` iterator started at once: a thread takes its first frame, which starts its reader thread
+    (and ffmpeg) without waiting for the consumer. `frames()` hands it over, the first frame put back in front."""
+
+    def __init__(self, size: tuple[int, int], frames: Iterator[np.ndarray]):
+        self.size = size
+        self._frames = frames
+        self._first: list = []
+        self._thread = threading.Thread(target=self._take_first, name="frame-read-ahead", daemon=True)
+        with interrupts_deferred():  # Ctrl-C inside Thread.start() can leave the new thread unable to start
+            self._thread.start()
+
+    def _take_first(self) -> None:
+        try:
+            self._first.append(next(self._frames, _DONE))
+        except BaseException as exc:  # a decoding error: raised to the consumer at the first frame
+            self._first.append(exc)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        self._thread.join()
+        first = self._first[0]
+        if isinstance(first, BaseException):
+            raise first
+        return self._frames if first is _DONE else itertools.chain([first], self._frames)
+
+    def close(self) -> None:
+        self._thread.join()
+        self._frames.close()  # started by the first frame, so its reader and ffmpeg stop
 
 
 _DONE = object()

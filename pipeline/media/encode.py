@@ -12,6 +12,7 @@ file, so the destination is never half-written.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -96,6 +97,13 @@ class VideoWriter:
         self._queue: Handoff | None = None
         self._pump: threading.Thread | None = None
         self._pipe_error: BaseException | None = None
+        # Frame buffers handed out by frame_buffer() and back from the pump once converted, and the pump's one YUV
+        # buffer: the same few arrays for every frame. A fresh 4.3 MB frame and 2.2 MB YUV array per frame each
+        # cost a new mapping and its page faults (the process maps every allocation of 1 MB or more on its own,
+        # `pipeline.app.process`): 0.4 CPU s over the sample clip's 230 frames.
+        self._free_buffers: collections.deque[np.ndarray] = collections.deque()
+        self._pooled: dict[int, np.ndarray] = {}  # the buffers frame_buffer() made, by id (kept: ids stay unique)
+        self._yuv: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -151,13 +159,28 @@ class VideoWriter:
             try:
                 # BT.601, limited range: (h * 3 / 2, w) planes. Converted here, beside the caller's drawing of the
                 # next frame (OpenCV releases the GIL): 1.1 ms a 2000x720 frame that the renderer no longer waits for.
-                process.stdin.write(cv2.cvtColor(data, cv2.COLOR_BGR2YUV_I420).data)
+                if self._yuv is None:
+                    self._yuv = np.empty((self.height * 3 // 2, self.width), np.uint8)
+                cv2.cvtColor(data, cv2.COLOR_BGR2YUV_I420, dst=self._yuv)
+                if id(data) in self._pooled:
+                    self._free_buffers.append(data)  # drawn into again by the caller
+                process.stdin.write(self._yuv.data)
             except (BrokenPipeError, ValueError, OSError) as exc:
                 self._pipe_error = exc
 
+    def frame_buffer(self) -> np.ndarray:
+        """A (height, width, 3) uint8 array to draw the next frame into and `write`: one the writer has finished
+        with, or a new one (at most a few exist: the queue's, and those being drawn)."""
+        try:
+            return self._free_buffers.popleft()
+        except IndexError:
+            buffer = np.empty((self.height, self.width, 3), np.uint8)
+            self._pooled[id(buffer)] = buffer
+            return buffer
+
     def write(self, frame_bgr: np.ndarray) -> None:
         """Queue one frame. It is converted and piped later, in the pump thread: do not change the array afterwards
-        (give a new array per frame, as the renderer does)."""
+        (a new array per frame, or one from `frame_buffer`, which the writer hands out again once it is done)."""
         if self._process is None:
             raise RuntimeError("VideoWriter is not open: use it as a context manager or call open()")
         if frame_bgr.shape != (self.height, self.width, 3) or frame_bgr.dtype != np.uint8:
