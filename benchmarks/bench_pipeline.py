@@ -23,18 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CANDIDATES = (REPO.parent / "shared" / "data" / "videos" / "sports2d_demo.mp4",
                      REPO / "videos" / "sports2d_demo.mp4")
 
-# Runs the demo in this process and prints its peak RSS: the child's own figure, not the max over all children.
+# Runs the demo in this process and prints its peak RSS: the child's own figure, not the max over all children. An
+# exit handler, because demo.py ends its process without returning (pipeline.app.process.quick_exit runs them).
 _MEASURE = """
-import resource, sys, runpy
+import atexit, resource, sys, runpy
+atexit.register(lambda: print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))
 sys.argv = [{demo!r}] + sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit as exit:
-    code = exit.code or 0
-else:
-    code = 0
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-sys.exit(code)
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
