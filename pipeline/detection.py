@@ -286,7 +286,11 @@ class PersonDetector:
         try:
             path = exported_model(weights, sha256_of(weights), runtime, self.config.imgsz, load=load_checked,
                                   cache_root=export_root)
-            task = exported_task(path)
+            try:
+                task = exported_task(path)
+            except Exception as exc:  # a damaged export.json or metadata.yaml
+                raise RuntimeUnavailable(f"the {runtime} export {path} has unreadable metadata ({type(exc).__name__}); "
+                                         f"delete {path.parent} to export it again, or use the torch runtime") from exc
             if task is None:  # an older cache entry: the .pt says
                 task = load_checked(weights).task
             exported = YOLO(str(path), task=task)

@@ -6,11 +6,12 @@ the default 640 a 768x576 street clip with 50-140 px pedestrians loses most of t
 confidence 0.7-0.9. But 1280 costs about 4x the compute of 640 (the cost follows the number of input pixels), which
 a clip of large people does not need.
 
-How: a few frames spread over the clip (`spread_sample`; a source that can seek reads just those, `spread_indices`)
-are run once at a high resolution (`probe_imgsz`); the box heights of the people found there say how small the
-smallest people are; the input size is the smallest one (in steps of `step`) that brings them (a low percentile of
-the heights, so one stray tiny box does not decide) to `target_height` pixels at the detector's input, between
-`min_imgsz` and `max_imgsz`. A clip of large people keeps the fast 640, a crowd of small ones gets up to 1280.
+How: a few frames spread over the clip (`spread_sample`; a source that can seek reads the keyframes nearest them,
+`pipeline.pose2d.probe_numbers`) are run once at a high resolution (`probe_imgsz`); the box heights of the people
+found there say how small the smallest people are; the input size is the smallest one (in steps of `step`) that
+brings them (a low percentile of the heights, so one stray tiny box does not decide) to `target_height` pixels at the
+detector's input, between `min_imgsz` and `max_imgsz`.
+A clip of large people keeps the fast 640, a crowd of small ones gets up to 1280.
 
 The size is chosen once per clip and only from a short list of values (multiples of `step`), so that an exported
 model with a fixed input size can be cached per size.

@@ -407,16 +407,16 @@ def probe_sample(frames: Callable[[], Iterable[np.ndarray]], count: int) -> list
     return spread_sample(frames(), count)
 
 
-# Frames of the detector's input size decoded ahead while the models load (`start_reading`): at 640x360 (the sample
-# clip's letterbox) 96 frames are 66 MB, at most 118 MB for any clip at imgsz 640 (a 640x640 letterbox).
-READ_AHEAD_FRAMES = 96
+# Bytes of detector frames decoded ahead while the models load (`start_reading`), and kept ahead for the rest of the
+# pass (the same iterator): 92 frames of the sample clip's 640x360 letterbox, 4 at the least whatever the size.
+READ_AHEAD_BYTES = 64 << 20
 
 
 def start_reading(frames: FrameSource, config: Pose2DConfig) -> None:
     """Start reading, in the background, what the 2D stage will read first, so that it is there when the caller has
     loaded the detector: the input size probe's frames (`probe_sample`) when the size is chosen per clip, and the
     detector's frames at the smallest input size it can choose (`detector_frames`: decoded at the letterbox size),
-    `READ_AHEAD_FRAMES` of them ahead. Only for a source that can (`pipeline.media.decode.VideoFrames`); nothing
+    `READ_AHEAD_BYTES` of them ahead. Only for a source that can (`pipeline.media.decode.VideoFrames`); nothing
     changes in what the stage gets. Measured on the sample clip (whole demo.py runs): the probe's frames and the first
     detector frames were 1-1.5 s of decoding on the critical path, now done on the core the start-up leaves idle."""
     prefetch = getattr(frames, "prefetch", None)
@@ -428,8 +428,8 @@ def start_reading(frames: FrameSource, config: Pose2DConfig) -> None:
             callable(read_ahead):
         imgsz = config.auto_imgsz.min_imgsz if config.imgsz == AUTO else int(config.imgsz)
         r, scaled = letterbox_scale(frames.size, imgsz)
-        if r < 1 and READ_AHEAD_FRAMES > 0:
-            read_ahead(scaled, READ_AHEAD_FRAMES)
+        if r < 1:
+            read_ahead(scaled, max(4, READ_AHEAD_BYTES // (scaled[0] * scaled[1] * 3)))
 
 
 def assemble_person(track: TrackSequence, kp: np.ndarray | None, sc: np.ndarray | None,

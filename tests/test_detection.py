@@ -174,3 +174,21 @@ def test_the_cpu_detector_skips_the_torchvision_import_and_finds_the_same_people
                           timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.split()[-1]) >= 23
+
+
+def test_the_cpu_predictor_gives_ultralytics_own_network_input_to_the_bit():
+    """`frames_to_input` replaces Ultralytics' preprocessing on a CPU (one pass into a reused buffer instead of four
+    copies): the same letterboxed, RGB, [0, 1] float32 batch, bit for bit, batch after batch."""
+    from ultralytics.engine.predictor import BasePredictor
+
+    detector = PersonDetector(DetectorConfig(runtime="torch", imgsz=320))
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (180, 300, 3), dtype=np.uint8) for _ in range(3)]
+    detector(frames)  # sets the predictor up
+    predictor = detector.model.predictor
+    ours = predictor.preprocess(frames).clone()
+    theirs = BasePredictor.preprocess(predictor, frames)
+    assert ours.shape == theirs.shape == (3, 3, 192, 320) and ours.dtype == theirs.dtype == torch.float32
+    assert torch.equal(ours, theirs)
+    other = [rng.integers(0, 256, (180, 300, 3), dtype=np.uint8) for _ in range(3)]
+    assert torch.equal(predictor.preprocess(other), BasePredictor.preprocess(predictor, other))

@@ -26,3 +26,16 @@ def test_ultralytics_gets_an_indexed_cuda_device():
     assert ultralytics_device(torch.device("cuda", 1)) == "cuda:1"
     assert ultralytics_device(torch.device("cpu")) == "cpu"
     assert ultralytics_device(torch.device("mps")) == "mps"
+
+
+def test_torch_threads_sets_the_count_for_its_body_and_puts_it_back():
+    """The demo lifts under the thread count PyTorch had before Ultralytics set it to cores - 1."""
+    from pipeline.devices import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("a failing lift")
+    assert torch.get_num_threads() == before

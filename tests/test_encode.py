@@ -305,3 +305,20 @@ def test_frames_drawn_into_the_writers_buffers_are_encoded_in_order_and_the_buff
     assert len(frames) == 40 and len(seen) <= 8  # the queue's frames, the pump's and the one being drawn
     for i, frame in enumerate(frames):
         assert abs(int(frame[5, 5, 0]) - int(pattern(i)[5, 5, 0])) <= 3, f"frame {i}"
+
+
+def test_a_frame_the_pump_cannot_convert_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """The BGR-to-YUV conversion runs in the pump thread: when it fails, the next write or the close raises and
+    nothing is kept, instead of the writer waiting forever on a pump that died."""
+    import pipeline.media.encode as encode
+
+    def broken(*args, **kwargs):
+        raise cv2.error("conversion failed")
+
+    monkeypatch.setattr(encode.cv2, "cvtColor", broken)
+    path = tmp_path / "broken.mp4"
+    with pytest.raises(RuntimeError, match="converting a frame for broken.mp4 failed"):
+        with VideoWriter(path, SIZE, 25, frame_count=30) as writer:
+            for i in range(30):
+                writer.write(pattern(i))
+    assert not path.exists() and leftovers(tmp_path) == []

@@ -463,7 +463,7 @@ def test_real_recording_scores_of_the_shipped_lifter_are_finite_and_plausible(re
     # Each view scores the reference's complete frames on which it detected the person (all but a few).
     complete = sum(p.complete.sum() for p in real["people"])
     assert overall["frames"] == sum(s["frames"] for s in scores["views"].values())
-    assert all(0.95 * complete <= s["frames"] <= complete for s in scores["views"].values())
+    assert all(0.99 * complete <= s["frames"] <= complete for s in scores["views"].values())  # measured: 1 missed
     # The baseline cannot be trivially zero: the people move their limbs by decimetres.
     assert 0.05 < overall["constant_p_mpjpe_limbs"] < 0.25 and 0.03 < overall["constant_p_mpjpe"] < 0.2
     for s in [*scores["views"].values(), overall]:

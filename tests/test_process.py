@@ -63,3 +63,33 @@ def test_an_allocator_setting_the_user_made_in_the_environment_is_kept():
 def test_configured_process_puts_pytorch_tensors_on_huge_pages_unless_the_user_said_otherwise():
     assert _faults("configure")["thp"] == "1"
     assert _faults("configure", THP_MEM_ALLOC_ENABLE="0")["thp"] == "0"
+
+
+# Registers an exit handler that writes a file, prints without a newline, then ends through quick_exit(3).
+_QUICK_EXIT = """
+import atexit, sys
+from pathlib import Path
+from pipeline.app.process import quick_exit
+atexit.register(lambda: Path(sys.argv[1]).write_text("handled"))
+print("written before the end", end="")
+quick_exit(3)
+"""
+
+
+def test_quick_exit_runs_the_exit_handlers_flushes_and_keeps_the_exit_code(tmp_path):
+    marker = tmp_path / "marker.txt"
+    result = subprocess.run([sys.executable, "-c", _QUICK_EXIT, str(marker)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 3 and result.stdout == "written before the end"
+    assert marker.read_text() == "handled"
+
+
+def test_quick_exit_under_a_profiler_ends_the_usual_way_so_the_profile_is_written(tmp_path):
+    script = tmp_path / "ends_quickly.py"
+    script.write_text(_QUICK_EXIT)
+    profile = tmp_path / "out.prof"
+    result = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), str(script),
+                             str(tmp_path / "marker.txt")], capture_output=True, text=True, timeout=60)
+    # cProfile's runner swallows SystemExit (its exit code is its own): what matters is that it could write.
+    assert result.returncode == 0, result.stderr
+    assert profile.is_file() and profile.stat().st_size > 0 and (tmp_path / "marker.txt").read_text() == "handled"

@@ -395,3 +395,7 @@ def test_a_read_ahead_is_the_first_iterator_at_its_size_and_an_unused_one_ends_i
     unused.read_ahead((80, 45), depth=1)
     unused.close()
     assert len(started) == 3 and started[2].returncode is not None
+    seeking = VideoFrames(clips["base"])
+    seeking.prefetch(lambda total, keyframes: [0])
+    seeking.close()  # also drops prefetched frames nobody asked for: asked for again, they are read again
+    assert seeking._prefetch is None and len(seeking.frames_at([0])) == 1

@@ -17,7 +17,8 @@ from pipeline.app.outputs import save_npz
 
 # Bump when the 2D stage's output changes meaning, so that old caches are not reused.
 # 2: every person's `span`, the detector input size (`detection`), tracks linked by predicted motion.
-POSE2D_CACHE_VERSION = 2
+# 3: the probe reads keyframes; the detector's frames decoded at the letterbox size (decode_at_input_size).
+POSE2D_CACHE_VERSION = 3
 _PERSON_ARRAYS = ("keypoints_coco", "scores_coco", "keypoints", "scores", "valid", "boxes", "span")
 
 

@@ -86,7 +86,7 @@ def quick_exit(code: int) -> NoReturn:
     profiler, tracer or coverage tool the process exits the usual way, so that they can write their results."""
     import atexit
 
-    if sys.getprofile() is not None or sys.gettrace() is not None:
+    if _observed():
         raise SystemExit(code)
 
     atexit._run_exitfuncs()  # the handlers a normal exit runs first (there is no public name for this)
@@ -96,3 +96,12 @@ def quick_exit(code: int) -> NoReturn:
         except (OSError, ValueError):  # a closed or broken pipe: nothing more can reach it anyway
             pass
     os._exit(code)
+
+
+def _observed() -> bool:
+    """Whether a profiler, tracer, debugger or coverage tool watches this process: the old hooks, or (Python 3.12 on,
+    where cProfile uses them) a `sys.monitoring` tool."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)
+    return monitoring is not None and any(monitoring.get_tool(tool) is not None for tool in range(6))

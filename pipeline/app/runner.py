@@ -187,16 +187,18 @@ def early_frame_source(clip: Path, config: RunConfig) -> VideoFrames | None:
     """The clip's frame source, already reading what the 2D stage reads first in the background
     (`pipeline.pose2d.start_reading`): started before the models load, ffmpeg decodes beside the imports. None when
     the clip cannot be opened: processing it reports why."""
+    from pipeline.app.models import resolve_pose2d_config
     from pipeline.media.decode import VideoFrames
     from pipeline.media.ffmpeg import probe
 
     try:
         info = probe(clip)
         first, stop = config.clip_range.frames(info.fps)
+        pose2d = resolve_pose2d_config(config.pose2d)  # the keypoint backend "auto" resolves to (HRNet weights?)
     except Exception:  # the same error comes again, in its place, when the clip is processed
         return None
     source = VideoFrames(clip, first, stop, info)
-    start_reading(source, config.pose2d)
+    start_reading(source, pose2d)
     return source
 
 
@@ -207,11 +209,14 @@ def process_clip(clip: Path, config: RunConfig, models: Models, ray_worker: dict
     (`early_frame_source`)."""
     t_start = time.perf_counter()
     job = plan_clip(clip, config, models, info=None if frames is None else frames.info)
+    if frames is not None and (frames.first, frames.stop) != (job.first, job.stop):
+        frames.close()
+        frames = None  # not this plan's frames
     if not config.force and job.out.complete(job.fingerprint):
+        if frames is not None:
+            frames.close()  # what it read ahead is not needed
         return f"{clip.name}: outputs in {job.out.folder} are complete, skipped (--force redoes them)"
     timer = StageTimer()
-    if frames is not None and (frames.first, frames.stop) != (job.first, job.stop):
-        frames = None  # not this plan's frames
     pose2d = estimate_2d(job, models, timer, config.show_progress, frames)
     lifted = lift_people(job, pose2d, models.lifters, timer, config.show_progress, config.motion, models.lifter_threads)
     scene = place_in_world(job, pose2d, lifted, config.motion)
@@ -255,6 +260,8 @@ def estimate_2d(job: ClipJob, models: Models, timer: StageTimer, show_progress: 
     `frames`: the clip's frame source if one is open already (default: `job.frame_source()`)."""
     cache_file = job.out.cache / f"pose2d-{job.pose2d_key}.npz"
     if cache_file.is_file():
+        if frames is not None:
+            frames.close()  # what it read ahead is not needed
         timer.stages["pose2d"] = {"cached": cache_file.name}
         return load_pose2d_cache(cache_file)
     frames = frames or job.frame_source()

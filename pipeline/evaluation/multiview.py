@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 CALIBRATION_PATTERNS = ("*.qca.txt", "Calib*.toml", "calib*.toml", "calibration/*.qca.txt", "calibration/Calib*.toml")
-CACHE_VERSION = 1  # bump when the cached arrays or the 2D stage's meaning change
+CACHE_VERSION = 2  # bump when the cached arrays or the 2D stage's meaning change (2: frames read as demo.py reads)
 
 
 def default_cache_dir() -> Path:

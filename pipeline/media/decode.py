@@ -15,7 +15,6 @@ Seeking goes by time and frame numbers count decoded frames, so the frames' time
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import re
@@ -307,8 +306,10 @@ class VideoFrames:
                                                             size=size), depth=depth))
 
     def close(self) -> None:
-        """Stop a read-ahead that was not used (its ffmpeg ends); frames already handed out are unaffected."""
+        """Stop a read-ahead that was not used (its ffmpeg ends) and drop prefetched frames nobody asked for (their
+        seeks end on their own); frames already handed out are unaffected."""
         ahead, self._ahead = self._ahead, None
+        self._prefetch = None
         if ahead is not None:
             ahead.close()
 
@@ -419,7 +420,14 @@ class _ReadAhead:
         first = self._first[0]
         if isinstance(first, BaseException):
             raise first
-        return self._frames if first is _DONE else itertools.chain([first], self._frames)
+        return self._frames if first is _DONE else self._with_first(first)
+
+    def _with_first(self, first: np.ndarray) -> Iterator[np.ndarray]:
+        try:
+            yield first
+            yield from self._frames
+        finally:  # closing this closes the reader and its ffmpeg, as closing a `prefetched` iterator does
+            self._frames.close()
 
     def close(self) -> None:
         self._thread.join()

@@ -165,7 +165,7 @@ class VideoWriter:
                 if id(data) in self._pooled:
                     self._free_buffers.append(data)  # drawn into again by the caller
                 process.stdin.write(self._yuv.data)
-            except (BrokenPipeError, ValueError, OSError) as exc:
+            except Exception as exc:  # a broken pipe, or a conversion that failed: write() and close() raise it
                 self._pipe_error = exc
 
     def frame_buffer(self) -> np.ndarray:
@@ -193,7 +193,10 @@ class VideoWriter:
         self.frames_written += 1
 
     def _raise_if_ffmpeg_stopped(self) -> None:
-        if self._pipe_error is not None:
+        error = self._pipe_error
+        if error is not None and not isinstance(error, (BrokenPipeError, ValueError, OSError)):
+            raise RuntimeError(f"converting a frame for {self.path.name} failed: {type(error).__name__}: {error}")
+        if error is not None:
             self._process.wait()
             raise RuntimeError(f"ffmpeg stopped while encoding {self.path.name}: {self._ffmpeg_message()}")
 
