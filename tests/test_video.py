@@ -237,9 +237,9 @@ def test_prefetched_frames_are_the_same_frames_and_errors_reach_the_consumer(cli
     assert len(got) == 1
 
 
-def test_stopping_a_prefetched_read_early_ends_its_ffmpeg(clips, monkeypatch):
-    from pipeline.media.decode import prefetched
-
+@pytest.fixture
+def decoders_started(monkeypatch) -> list[subprocess.Popen]:
+    """The ffmpeg decoding processes that pipeline.media.decode starts from now on (those that pipe raw frames)."""
     started = []
 
     class RecordingPopen(subprocess.Popen):
@@ -249,6 +249,13 @@ def test_stopping_a_prefetched_read_early_ends_its_ffmpeg(clips, monkeypatch):
                 started.append(self)
 
     monkeypatch.setattr("pipeline.media.decode.subprocess.Popen", RecordingPopen)
+    return started
+
+
+def test_stopping_a_prefetched_read_early_ends_its_ffmpeg(clips, decoders_started):
+    from pipeline.media.decode import prefetched
+
+    started = decoders_started
     frames = prefetched(iter_frames(clips["base"]), depth=1)
     next(frames)
     frames.close()
@@ -368,20 +375,13 @@ def test_prefetched_seeks_give_the_frames_seeking_gives_and_other_numbers_still_
     assert unseekable.frames_at([0]) is None and unseekable.count() is None
 
 
-def test_a_read_ahead_is_the_first_iterator_at_its_size_and_an_unused_one_ends_its_ffmpeg(clips, monkeypatch):
+def test_a_read_ahead_is_the_first_iterator_at_its_size_and_an_unused_one_ends_its_ffmpeg(clips,
+                                                                                           decoders_started):
     """`VideoFrames.read_ahead` starts decoding before anyone iterates (the demo's start-up); the first `at_size`
     iterator of that size takes those frames, the same as a fresh decode; `close` ends one nobody took."""
     from pipeline.media.decode import VideoFrames
 
-    started = []
-
-    class RecordingPopen(subprocess.Popen):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            if "rawvideo" in self.args:
-                started.append(self)
-
-    monkeypatch.setattr("pipeline.media.decode.subprocess.Popen", RecordingPopen)
+    started = decoders_started
     expected = list(iter_frames(clips["rotated"], 1, 10, size=(46, 80)))
     started.clear()
     source = VideoFrames(clips["rotated"], 1, 10)
