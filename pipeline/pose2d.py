@@ -396,7 +396,7 @@ def probe_sample(frames: Callable[[], Iterable[np.ndarray]], count: int) -> list
     `probe_numbers` picks), else by one extra decoding pass over the whole clip (those `spread_sample` picks)."""
     # Measured on the 230-frame 1768x994 sample (VideoFrames vs spread_sample over it, 2 runs each, busy 2-core
     # machine): seeking to the spread frames 2.8-2.9 s wall, 2.4-2.5 s CPU; the extra pass 3.5-3.6 s wall, 4.1-4.3 s
-    # CPU; seeking to their nearest keyframes (30 November) well under 1 CPU s.
+    # CPU; seeking to their nearest keyframes (1 December) well under 1 CPU s.
     if isinstance(frames, SeekableFrames):
         total = frames.count()
         keyframes = getattr(frames, "keyframes", lambda: None)()
