@@ -157,6 +157,25 @@ def test_two_checkpoints_side_by_side_and_disagreement(tmp_path, capsys, clip_wi
     assert media.width > media.height * 2  # the input panel plus two square 3D panels
 
 
+def test_the_first_clip_is_read_ahead_while_the_models_load_unless_its_2d_stage_is_cached(tmp_path, capsys,
+                                                                                           clip_with_audio,
+                                                                                           tiny_lifter):
+    """Before the models load, the first clip's probe frames and first detector frames start decoding
+    (`early_frame_source`); a clip whose 2D stage is cached already is not read."""
+    from pipeline.app.runner import early_frame_source
+    from pipeline.cli import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--video", str(clip_with_audio), "--checkpoint",
+                                                         str(tiny_lifter), "--out", str(tmp_path), "--quiet"]))
+    source = early_frame_source(clip_with_audio, config)
+    assert source is not None and source.count() == 20
+    source.close()
+    code, _, err = _run(capsys, "--video", clip_with_audio, "--checkpoint", tiny_lifter, "--out", tmp_path, "--quiet",
+                        "--no-render")
+    assert code == 0, err
+    assert early_frame_source(clip_with_audio, config) is None  # its 2D stage is in the cache now
+
+
 def test_no_render_and_portrait_clip(tmp_path, capsys, tiny_lifter):
     clip = _write_clip(tmp_path / "portrait.mp4", _panning(_photo("bus.jpg"), 8, (270, 360)), fps=30)
     code, out, err = _run(capsys, "--video", clip, "--checkpoint", tiny_lifter, "--out", tmp_path / "out", "--quiet",

@@ -186,11 +186,14 @@ def process_clips(clips: list[Path], config: RunConfig,
 def early_frame_source(clip: Path, config: RunConfig) -> VideoFrames | None:
     """The clip's frame source, already reading what the 2D stage reads first in the background
     (`pipeline.pose2d.start_reading`): started before the models load, ffmpeg decodes beside the imports. None when
-    the clip cannot be opened: processing it reports why."""
+    the clip cannot be opened (processing it reports why), or when its 2D stage was cached before (another lifter
+    or view: most likely nothing to read)."""
     from pipeline.app.models import resolve_pose2d_config
     from pipeline.media.decode import VideoFrames
     from pipeline.media.ffmpeg import probe
 
+    if any(ClipOutputs.for_clip(config.out_root, clip).cache.glob("pose2d-*.npz")):
+        return None
     try:
         info = probe(clip)
         first, stop = config.clip_range.frames(info.fps)
