@@ -121,9 +121,8 @@ class ClipJob:
         """A fresh iterator over the frames to process (rendering reads them once more), decoded ahead in a
         background thread while the caller works on the previous ones; scaled by the decoder to `size` (width,
         height) when given."""
-        from pipeline.media.decode import iter_frames, prefetched
-
-        return prefetched(iter_frames(self.clip, self.first, self.stop, self.info, size=size))
+        source = self.frame_source()
+        return source() if size is None else source.at_size(size)()
 
     def expected_frames(self) -> int:
         """The frame count for the progress bars (packets: ~0.1 s, exact for undamaged files)."""

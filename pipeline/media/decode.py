@@ -274,7 +274,11 @@ class VideoFrames:
         self._ahead: _ReadAhead | None = None
 
     def __call__(self) -> Iterator[np.ndarray]:
-        return prefetched(iter_frames(self.info.path, self.first, self.stop, self.info))
+        return self._open()
+
+    def _open(self, size: tuple[int, int] | None = None, depth: int = 4) -> Iterator[np.ndarray]:
+        """A fresh iterator over the frames (scaled to `size` when given), decoded up to `depth` ahead."""
+        return prefetched(iter_frames(self.info.path, self.first, self.stop, self.info, size=size), depth=depth)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -292,7 +296,7 @@ class VideoFrames:
                 return ahead.frames()
             if ahead is not None:
                 ahead.close()
-            return prefetched(iter_frames(self.info.path, self.first, self.stop, self.info, size=size))
+            return self._open(size)
 
         return open_frames
 
@@ -301,9 +305,7 @@ class VideoFrames:
         `at_size(size)` opens: ffmpeg decodes them on a core that the caller's start-up (importing PyTorch, loading
         the detector) leaves idle. `close` stops a read-ahead nobody took."""
         if self._ahead is None:
-            self._ahead = _ReadAhead((int(size[0]), int(size[1])),
-                                     prefetched(iter_frames(self.info.path, self.first, self.stop, self.info,
-                                                            size=size), depth=depth))
+            self._ahead = _ReadAhead((int(size[0]), int(size[1])), self._open(size, depth))
 
     def close(self) -> None:
         """Stop a read-ahead that was not used (its ffmpeg ends) and drop prefetched frames nobody asked for (their
