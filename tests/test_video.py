@@ -303,6 +303,32 @@ def test_frames_reached_by_seeking_are_the_frames_decoding_in_order_gives(seek_c
         frames_at(path, [stop - first], first, stop)
 
 
+@pytest.mark.parametrize("name", ["base", "rotated", "late", "vfr"])
+def test_keyframes_read_alone_are_the_frames_decoding_in_order_gives(seek_clips, name):
+    """The probe's frames are keyframes where it can: one pass that decodes keyframes only gives each exactly as
+    decoding every frame does, in a stream with B-frames, rotated, or starting after its audio. Where the decoder
+    gives some keyframes other times (the variable-frame-rate clip), the time check refuses them and seeks are made
+    instead: never another frame."""
+    from pipeline.media.decode import InexactSeek, frame_times, frames_at
+
+    path = seek_clips[name]
+    everything = list(iter_frames(path))
+    keyframes = list(frame_times(probe(path)).keyframes)
+    assert len(keyframes) >= 3, f"{name} needs keyframes after the first"
+    numbers = keyframes[::-1] + keyframes[1:2]  # any order, repeats allowed
+    for number, frame in zip(numbers, frames_at(path, numbers), strict=True):
+        np.testing.assert_array_equal(frame, everything[number], err_msg=f"{name} keyframe {number}")
+    try:
+        alone = frames_at(path, numbers, method="keyframes")
+    except InexactSeek:
+        assert name == "vfr", f"{name}: its keyframes should decode alone"
+    else:
+        for number, frame in zip(numbers, alone, strict=True):
+            np.testing.assert_array_equal(frame, everything[number], err_msg=f"{name} keyframe {number} alone")
+    with pytest.raises(ValueError, match="not keyframes"):
+        frames_at(path, [keyframes[1] + 1], method="keyframes")
+
+
 def test_sample_clip_frames_reached_by_seeking_are_the_decoded_frames():
     if not SAMPLE.exists():
         pytest.skip("../shared sample clip not present")
@@ -313,10 +339,13 @@ def test_sample_clip_frames_reached_by_seeking_are_the_decoded_frames():
     numbers = [0, 1, 32, 59, 60, 96, 128, 181, 224, 229]  # the first and last, around keyframes, the probe's
     wanted = {}
     for number, frame in enumerate(iter_frames(SAMPLE)):  # keeps only the wanted frames: 230 would take 1.2 GB
-        if number in numbers:
+        if number in numbers or number in (120, 180):
             wanted[number] = frame
     for number, frame in zip(numbers, frames_at(SAMPLE, numbers, times=times), strict=True):
         np.testing.assert_array_equal(frame, wanted[number], err_msg=f"frame {number}")
+    keyframes = [0, 60, 120, 180]  # what the input size probe reads: one pass over the keyframes alone
+    for number, frame in zip(keyframes, frames_at(SAMPLE, keyframes, times=times, method="keyframes"), strict=True):
+        np.testing.assert_array_equal(frame, wanted[number], err_msg=f"keyframe {number}")
 
 
 def test_files_where_seeking_cannot_be_trusted_say_so_and_are_read_in_order(seek_clips, caplog):

@@ -222,6 +222,29 @@ def _select_frames(info: MediaInfo, numbers: list[int]) -> list[np.ndarray]:
     return list(frames)
 
 
+def _keyframes_only(info: MediaInfo, times: FrameTimes, numbers: list[int]) -> list[np.ndarray]:
+    """Keyframes `numbers` (sorted, distinct, counted from the file's first frame) in one pass that hands the
+    decoder only keyframe packets (`-discard nokey`): a seek cannot do that cheaply, since ffmpeg seeks 3/23 s before
+    the asked time in a stream with B-frames and lands on the keyframe before, decoding a whole GOP (0.3 CPU s a
+    frame on the sample). The frames are picked by their time (`select`, timestamps kept as in the packets,
+    `-copyts`), so the few non-keyframes ffmpeg decodes while it probes the file are not mistaken for keyframes, and
+    each frame's time is checked against the packets' (`showinfo`)."""
+    gaps = [b - a for a, b in zip(times.times, times.times[1:], strict=False)]
+    margin = min(gaps) / 4 if gaps else Fraction(1, 1000)
+    wanted = [times.times[n] for n in numbers]
+    pick = "+".join(f"between(t\\,{float(t - margin):.9f}\\,{float(t + margin):.9f})" for t in wanted)
+    cmd = decode_command(info, [f"select={pick}", "showinfo"], ["-copyts", "-discard", "nokey"],
+                         loglevel="level+info", max_frames=len(numbers))
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    messages = proc.stderr.decode("utf-8", errors="replace")
+    got = [Fraction(t) for t in re.findall(r"\] \[info\] n:\s*\d+\s+pts:\s*-?\d+\s+pts_time:(\S+)", messages)]
+    frame_bytes = info.width * info.height * 3
+    if (proc.returncode != 0 or len(proc.stdout) != frame_bytes * len(numbers) or len(got) != len(numbers)
+            or any(abs(g - t) >= margin for g, t in zip(got, wanted, strict=True))):
+        raise InexactSeek(f"keyframes {numbers} do not all decode alone ({last_error_line(messages)})")
+    return list(np.frombuffer(proc.stdout, dtype=np.uint8).reshape(len(numbers), info.height, info.width, 3))
+
+
 def frames_at(path: str | Path, numbers: Sequence[int], start: int = 0, end: int | None = None,
               info: MediaInfo | None = None, times: FrameTimes | None = None, method: str = "auto") -> list[np.ndarray]:
     """The frames `numbers` of the range [start, end) (0 is frame `start`), as `iter_frames(path, start, end)` would
@@ -229,7 +252,8 @@ def frames_at(path: str | Path, numbers: Sequence[int], start: int = 0, end: int
 
     Each frame is reached by a seek that decodes from the keyframe before it (the seeks run in parallel); when the
     keyframes are so sparse that this would decode more than one pass up to the last wanted frame, that one pass is
-    made instead (`method`: "auto" chooses so, "seek" or "pass" force one). Raises InexactSeek when seeking cannot be
+    made instead; when every frame asked for is a keyframe, one pass that decodes keyframes only (`method`: "auto"
+    chooses so, "seek", "pass" or "keyframes" force one). Raises InexactSeek when seeking cannot be
     trusted in this file (`frame_times`, or a seek that gives a frame of another time) and IndexError for a number
     outside the range."""
     info = info or probe(path)
@@ -242,12 +266,23 @@ def frames_at(path: str | Path, numbers: Sequence[int], start: int = 0, end: int
     distinct = sorted(set(absolute))
     if not distinct:
         return []
-    if method not in ("auto", "seek", "pass"):
-        raise ValueError(f"method must be 'auto', 'seek' or 'pass', not {method!r}")
+    if method not in ("auto", "seek", "pass", "keyframes"):
+        raise ValueError(f"method must be 'auto', 'seek', 'pass' or 'keyframes', not {method!r}")
+    if method == "keyframes" and not set(distinct) <= set(times.keyframes):
+        raise ValueError(f"frames {sorted(set(distinct) - set(times.keyframes))} are not keyframes")
     if method == "auto":
         seeks = sum(n - times.keyframe_before(n) + 1 + SEEK_OVERHEAD_FRAMES for n in distinct)
         method = "pass" if seeks > distinct[-1] + 1 + SEEK_OVERHEAD_FRAMES else "seek"
-    if method == "pass":
+        keyframes_read = sum(1 for k in times.keyframes if k <= distinct[-1]) + SEEK_OVERHEAD_FRAMES
+        if set(distinct) <= set(times.keyframes) and keyframes_read < seeks:
+            try:
+                found = dict(zip(distinct, _keyframes_only(info, times, distinct), strict=True))
+                return [found[n] for n in absolute]
+            except InexactSeek as exc:  # seen in a variable-frame-rate stream with B-frames: some keyframes
+                logger.debug("%s: %s; seeking to them instead", info.path.name, exc)  # come out with other times
+    if method == "keyframes":
+        found = dict(zip(distinct, _keyframes_only(info, times, distinct), strict=True))
+    elif method == "pass":
         found = dict(zip(distinct, _select_frames(info, distinct), strict=True))
     else:
         # Ctrl-C waits for these few seeks (5 full-HD frames: 2.1 s with both cores busy): the executor's locks are
