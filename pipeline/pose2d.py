@@ -380,7 +380,8 @@ def probe_numbers(total: int, count: int, keyframes: Sequence[int] = ()) -> list
     half of `count` frames; else the spread frames themselves.
 
     Why keyframes: a seek decodes from the keyframe before its frame, so the six spread frames of the sample clip
-    cost 2.4-2.5 CPU s (most of a decoding pass) and keyframes one decoded frame each. Spread frames and their
+    cost 2.4-2.5 CPU s (most of a decoding pass), and keyframes can be read in one pass that decodes nothing else
+    (`pipeline.media.decode.frames_at`: 0.2 CPU s). Spread frames and their
     nearest keyframes sample the clip alike (every 1-2 s in phone and camera videos; the sample clip's keyframes are
     frames 0, 60, 120 and 180 of 230); a clip with too few keyframes keeps the exact spread frames."""
     spread = spread_indices(total, count)
@@ -396,7 +397,7 @@ def probe_sample(frames: Callable[[], Iterable[np.ndarray]], count: int) -> list
     `probe_numbers` picks), else by one extra decoding pass over the whole clip (those `spread_sample` picks)."""
     # Measured on the 230-frame 1768x994 sample (VideoFrames vs spread_sample over it, 2 runs each, busy 2-core
     # machine): seeking to the spread frames 2.8-2.9 s wall, 2.4-2.5 s CPU; the extra pass 3.5-3.6 s wall, 4.1-4.3 s
-    # CPU; seeking to their nearest keyframes (1 December) well under 1 CPU s.
+    # CPU; their nearest keyframes (1 December) 1.0 CPU s by seeks, 0.2 in one keyframes-only pass.
     if isinstance(frames, SeekableFrames):
         total = frames.count()
         keyframes = getattr(frames, "keyframes", lambda: None)()

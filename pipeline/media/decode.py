@@ -8,7 +8,8 @@ Frame counts in container headers are not trusted: `iter_frames` yields what act
 exactly once (`-fps_mode passthrough`: no duplicated or dropped frames for variable-frame-rate phone clips).
 
 A few frames out of a whole clip (the detector input size probe's six, `pipeline.imgsz`) are reached by seeking
-(`frames_at`) instead of decoding the clip once more: each seek decodes from the keyframe before the frame only.
+(`frames_at`) instead of decoding the clip once more: each seek decodes from the keyframe before the frame only,
+and keyframes alone are read in one pass that hands the decoder keyframes only.
 Seeking goes by time and frame numbers count decoded frames, so the frames' times come from the packets (no decoding,
 `frame_times`), each seek checks the time of the frame it got, and a file where that cannot be trusted raises
 `InexactSeek` (the caller reads the frames in order instead).
