@@ -274,11 +274,14 @@ def seek_clips(clips, tmp_path_factory) -> dict[str, Path]:
     vfr = make_clip(d / "vfr.mp4", 40, extra=("-vf", "setpts='if(lt(N,20),N*2,40+(N-20)*5)/50/TB'", "-fps_mode",
                                               "passthrough", "-g", "6"))
     one_keyframe = make_clip(d / "one_keyframe.mp4", 30, extra=("-g", "600"))
+    offset = d / "offset.mp4"  # a container whose timestamps start 10 s in
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x90:rate=25", "-frames:v", "30", "-pix_fmt", "yuv420p", "-c:v",
+           "libx264", "-g", "7", "-output_ts_offset", "10", str(offset))
     no_timestamps = d / "mpeg4.avi"  # AVI packets carry no presentation times
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x90:rate=25", "-frames:v", "30", "-c:v", "mpeg4", "-bf", "2",
            str(no_timestamps))
     return {"base": clips["base"], "rotated": clips["rotated"], "audio": clips["audio"], "late": late, "vfr": vfr,
-            "one_keyframe": one_keyframe, "no_timestamps": no_timestamps}
+            "one_keyframe": one_keyframe, "offset": offset, "no_timestamps": no_timestamps}
 
 
 @pytest.mark.parametrize("method", ["seek", "pass"])
@@ -303,12 +306,14 @@ def test_frames_reached_by_seeking_are_the_frames_decoding_in_order_gives(seek_c
         frames_at(path, [stop - first], first, stop)
 
 
-@pytest.mark.parametrize("name", ["base", "rotated", "late", "vfr"])
-def test_keyframes_read_alone_are_the_frames_decoding_in_order_gives(seek_clips, name):
+@pytest.mark.parametrize("name", ["base", "rotated", "late", "offset", "vfr"])
+def test_keyframes_read_alone_are_the_frames_decoding_in_order_gives(seek_clips, name, monkeypatch):
     """The probe's frames are keyframes where it can: one pass that decodes keyframes only gives each exactly as
-    decoding every frame does, in a stream with B-frames, rotated, or starting after its audio. Where the decoder
-    gives some keyframes other times (the variable-frame-rate clip), the time check refuses them and seeks are made
-    instead: never another frame."""
+    decoding every frame does, in a stream with B-frames, rotated, starting after its audio or with timestamps that
+    start 10 s in, and "auto" takes that pass (no seek, no whole pass). Where the decoder gives some keyframes other
+    times (the variable-frame-rate clip), the time check refuses them and they are read another way: never another
+    frame."""
+    import pipeline.media.decode as decode
     from pipeline.media.decode import InexactSeek, frame_times, frames_at
 
     path = seek_clips[name]
@@ -316,8 +321,14 @@ def test_keyframes_read_alone_are_the_frames_decoding_in_order_gives(seek_clips,
     keyframes = list(frame_times(probe(path)).keyframes)
     assert len(keyframes) >= 3, f"{name} needs keyframes after the first"
     numbers = keyframes[::-1] + keyframes[1:2]  # any order, repeats allowed
+    other_ways = []  # seeks and whole passes "auto" made
+    for way in ("_seek_frame", "_select_frames"):
+        original = getattr(decode, way)
+        monkeypatch.setattr(decode, way, lambda *args, way=way, original=original: other_ways.append(way)
+                            or original(*args))
     for number, frame in zip(numbers, frames_at(path, numbers), strict=True):
         np.testing.assert_array_equal(frame, everything[number], err_msg=f"{name} keyframe {number}")
+    assert name == "vfr" or not other_ways, f"{name}: read by {other_ways}"
     try:
         alone = frames_at(path, numbers, method="keyframes")
     except InexactSeek:

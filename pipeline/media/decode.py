@@ -227,22 +227,27 @@ def _keyframes_only(info: MediaInfo, times: FrameTimes, numbers: list[int]) -> l
     """Keyframes `numbers` (sorted, distinct, counted from the file's first frame) in one pass that hands the
     decoder only keyframe packets (`-discard nokey`): a seek cannot do that cheaply, since ffmpeg seeks 3/23 s before
     the asked time in a stream with B-frames and lands on the keyframe before, decoding a whole GOP (0.3 CPU s a
-    frame on the sample). The frames are picked by their time (`select`, timestamps kept as in the packets,
-    `-copyts`), so the few non-keyframes ffmpeg decodes while it probes the file are not mistaken for keyframes, and
-    each frame's time is checked against the packets' (`showinfo`)."""
+    frame on the sample). The frames are picked by their time (`select`; `-copyts -start_at_zero` keeps the
+    packets' times counted from the file's start, the origin `frame_times` uses), so the few non-keyframes ffmpeg
+    decodes while it probes the file are not mistaken for keyframes, and each frame's time is checked against the
+    packets' (`showinfo`). MP4 and MOV hand the decoder keyframes only; some demuxers (Matroska, MPEG-TS) ignore
+    `-discard` and every frame up to the last one asked for is decoded, as the "pass" method does."""
     gaps = [b - a for a, b in zip(times.times, times.times[1:], strict=False)]
     margin = min(gaps) / 4 if gaps else Fraction(1, 1000)
     wanted = [times.times[n] for n in numbers]
     pick = "+".join(f"between(t\\,{float(t - margin):.9f}\\,{float(t + margin):.9f})" for t in wanted)
-    cmd = decode_command(info, [f"select={pick}", "showinfo"], ["-copyts", "-discard", "nokey"],
+    cmd = decode_command(info, [f"select={pick}", "showinfo"], ["-copyts", "-start_at_zero", "-discard", "nokey"],
                          loglevel="level+info", max_frames=len(numbers))
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     messages = proc.stderr.decode("utf-8", errors="replace")
     got = [Fraction(t) for t in re.findall(r"\] \[info\] n:\s*\d+\s+pts:\s*-?\d+\s+pts_time:(\S+)", messages)]
     frame_bytes = info.width * info.height * 3
-    if (proc.returncode != 0 or len(proc.stdout) != frame_bytes * len(numbers) or len(got) != len(numbers)
+    if proc.returncode != 0:
+        raise InexactSeek(f"keyframes {numbers} do not decode alone ({last_error_line(messages)})")
+    if (len(proc.stdout) != frame_bytes * len(numbers) or len(got) != len(numbers)
             or any(abs(g - t) >= margin for g, t in zip(got, wanted, strict=True))):
-        raise InexactSeek(f"keyframes {numbers} do not all decode alone ({last_error_line(messages)})")
+        raise InexactSeek(f"keyframes {numbers} (at {', '.join(f'{float(t):.3f}' for t in wanted)} s) decode alone "
+                          f"as frames at {', '.join(f'{float(g):.3f}' for g in got) or 'no time'} s")
     return list(np.frombuffer(proc.stdout, dtype=np.uint8).reshape(len(numbers), info.height, info.width, 3))
 
 
@@ -276,11 +281,13 @@ def frames_at(path: str | Path, numbers: Sequence[int], start: int = 0, end: int
         method = "pass" if seeks > distinct[-1] + 1 + SEEK_OVERHEAD_FRAMES else "seek"
         keyframes_read = sum(1 for k in times.keyframes if k <= distinct[-1]) + SEEK_OVERHEAD_FRAMES
         if set(distinct) <= set(times.keyframes) and keyframes_read < seeks:
+            # Seen in a variable-frame-rate stream with B-frames: some keyframes come out with other times, which
+            # the time check refuses; the frames are then reached by seeking.
             try:
                 found = dict(zip(distinct, _keyframes_only(info, times, distinct), strict=True))
                 return [found[n] for n in absolute]
-            except InexactSeek as exc:  # seen in a variable-frame-rate stream with B-frames: some keyframes
-                logger.debug("%s: %s; seeking to them instead", info.path.name, exc)  # come out with other times
+            except InexactSeek as exc:
+                logger.debug("%s: %s; seeking to them instead", info.path.name, exc)
     if method == "keyframes":
         found = dict(zip(distinct, _keyframes_only(info, times, distinct), strict=True))
     elif method == "pass":
