@@ -56,6 +56,10 @@ RELEASED_3DHP_CONFIG = {"frames": 81, "frames_kept": 9, "coeffs_kept": 9}
 # Human3.6M checkpoints predict metres, the MPI-INF-3DHP one millimetres (its targets are `univ_annot3` in mm).
 UNITS_TO_METRES = {"m": 1.0, "mm": 0.001}
 DEFAULT_UNITS = {"h36m": "m", "mpi_inf_3dhp": "mm"}
+# A safetensors file may hold a second network of the same configuration for the flip test's mirrored pass (a
+# cross-flip ensemble): its tensors are named with this prefix, and the metadata entry MIRROR_ENTRY names the prefix.
+MIRROR_PREFIX = "mirror."
+MIRROR_ENTRY = "mirror_network"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -96,6 +100,10 @@ class Lifter:
     `lift` and `lift_normalized` take and return Human3.6M-17 joints in metres whatever the checkpoint; `skeleton` and
     `units` say what `model` itself works in (an MPI-INF-3DHP checkpoint: 3DHP joint order, millimetres), and the
     lifting reorders, mirrors with that skeleton's left/right lists and rescales on the way in and out.
+
+    `mirror_model`: a second network of the same configuration that the flip test runs on the mirrored windows in
+    `model`'s place (a cross-flip ensemble: two networks' errors average out, for the compute of one network's flip
+    test); without the flip test only `model` runs.
     """
 
     model: PoseFormerV2
@@ -105,12 +113,15 @@ class Lifter:
     batch_size: int | None = None  # windows per forward pass; None: DEFAULT_BATCH_WINDOWS for the device
     skeleton: str = "h36m"  # the joint order of the network's input and output, a key of LIFTER_SKELETONS
     units: str = "m"  # the unit of the network's output, a key of UNITS_TO_METRES
+    mirror_model: PoseFormerV2 | None = None  # the flip test's network for the mirrored windows; None: `model`
 
     def __post_init__(self) -> None:
         if self.skeleton not in LIFTER_SKELETONS:
             raise ValueError(f"unknown lifter skeleton {self.skeleton!r}; use one of {sorted(LIFTER_SKELETONS)}")
         if self.units not in UNITS_TO_METRES:
             raise ValueError(f"unknown lifter units {self.units!r}; use one of {sorted(UNITS_TO_METRES)}")
+        if self.mirror_model is not None and self.mirror_model.config != self.model.config:
+            raise ValueError("the mirror network must have the configuration of the main network")
 
     @property
     def config(self) -> PoseFormerV2Config:
@@ -169,6 +180,8 @@ class Lifter:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model.eval()
+        if self.mirror_model is not None:
+            self.mirror_model.eval()
         keypoints = np.asarray(keypoints, dtype=np.float32)
         order = self._native_order()
         if order is not None:
@@ -187,9 +200,13 @@ class Lifter:
             # Edge padding by repeating the first/last frame == clamping window indices into the sequence.
             index = (batch_centres[:, None] + offsets[None, :]).clamp_(0, num_frames - 1)
             windows = sequence[index]
-            if flip:
-                windows = torch.cat((windows, mirrored[index]))
-            poses = self._forward(windows)[:, 0].float().cpu().numpy()
+            if flip and self.mirror_model is not None:  # two networks: a pass each
+                outputs = torch.cat((self._forward(windows), self._forward(mirrored[index], self.mirror_model)))
+            elif flip:
+                outputs = self._forward(torch.cat((windows, mirrored[index])))
+            else:
+                outputs = self._forward(windows)
+            poses = outputs[:, 0].float().cpu().numpy()
             if flip:
                 n = len(batch_centres)
                 poses = (poses[:n] + flip_poses(poses[n:], permutation)) / 2
@@ -207,11 +224,12 @@ class Lifter:
             return None
         return np.asarray(MPI_INF_3DHP_FROM_H36M)
 
-    def _forward(self, windows: torch.Tensor) -> torch.Tensor:
+    def _forward(self, windows: torch.Tensor, model: PoseFormerV2 | None = None) -> torch.Tensor:
+        model = self.model if model is None else model
         if self.autocast_dtype is None:
-            return self.model(windows)
+            return model(windows)
         with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
-            return self.model(windows)
+            return model(windows)
 
 
 def _check_centres(centres: np.ndarray | None, num_frames: int) -> np.ndarray:
@@ -319,6 +337,7 @@ def load_lifter(
     raw = read_checkpoint(path)
     # A flat state dict of ours carries its config next to the tensors (see save_lifter_checkpoint).
     state_dict = strip_prefix(extract_state_dict({k: v for k, v in raw.items() if k != CONFIG_ENTRY}))
+    mirror_state = _split_mirror(path, state_dict)
     stored = _stored_config(path, raw) or {}
     skeleton, units, skeleton_source = _lifter_skeleton(path, stored, skeleton)
     from_name = frames_from_filename(path)
@@ -352,10 +371,35 @@ def load_lifter(
     model = PoseFormerV2(config)
     load_state_dict_strict(model, state_dict)
     model.to(resolved).eval()
-    log.info("loaded PoseFormerV2 %s (T=%d, f=%d, n=%d; T from %s; %s skeleton in %s from %s) on %s", path.name,
-             config.frames, config.frames_kept, config.coeffs_kept, source, skeleton, units, skeleton_source, resolved)
+    mirror = None
+    if mirror_state is not None:
+        mirror = PoseFormerV2(config)
+        try:
+            load_state_dict_strict(mirror, mirror_state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path.name}, its mirror network ({MIRROR_PREFIX}*): {exc}") from None
+        mirror.to(resolved).eval()
+    log.info("loaded PoseFormerV2 %s (T=%d, f=%d, n=%d; T from %s; %s skeleton in %s from %s%s) on %s", path.name,
+             config.frames, config.frames_kept, config.coeffs_kept, source, skeleton, units, skeleton_source,
+             "; a second network runs the flip test's mirrored pass" if mirror is not None else "", resolved)
     return Lifter(model=model, device=resolved, checkpoint=path, autocast_dtype=autocast_dtype, batch_size=batch_size,
-                  skeleton=skeleton, units=units)
+                  skeleton=skeleton, units=units, mirror_model=mirror)
+
+
+def _split_mirror(path: Path, state_dict: dict) -> dict | None:
+    """The mirror network's tensors (prefix removed), taken out of `state_dict`, when the file's metadata says it
+    holds one (`MIRROR_ENTRY`); else None and `state_dict` untouched."""
+    if not is_safetensors(path):
+        return None
+    prefix = read_safetensors_metadata(path).get(MIRROR_ENTRY)
+    if prefix is None:
+        return None
+    if not prefix:
+        raise CheckpointError(f"{path.name} names its mirror network's tensors by an empty prefix")
+    mirror = {k[len(prefix):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
+    if not mirror:
+        raise CheckpointError(f"{path.name} says it holds a mirror network under {prefix!r}, but no tensor is named so")
+    return mirror
 
 
 def save_lifter_checkpoint(

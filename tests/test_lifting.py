@@ -36,8 +36,9 @@ def _keypoints(num_frames, seed=1, width=640, height=480):
     return (base + np.cumsum(rng.normal(0, 3, size=(num_frames, 17, 2)), axis=0)).astype(np.float32)
 
 
-def _released_demo_camera(model, keypoints_px, width, height):
-    """An independent, literal transcription of the released demo's per-frame loop (demo/vis.py)."""
+def _released_demo_camera(model, keypoints_px, width, height, mirror=None):
+    """An independent, literal transcription of the released demo's per-frame loop (demo/vis.py); `mirror`: another
+    network for the mirrored window (a cross-flip ensemble)."""
     frames = model.config.frames
     pad = (frames - 1) // 2
     joints_left, joints_right = [4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]
@@ -58,7 +59,7 @@ def _released_demo_camera(model, keypoints_px, width, height):
         x_aug[:, joints_left + joints_right] = x_aug[:, joints_right + joints_left]
         with torch.no_grad():
             plain = model(torch.from_numpy(x[None].astype("float32")))
-            flipped = model(torch.from_numpy(x_aug[None].astype("float32")))
+            flipped = (mirror or model)(torch.from_numpy(x_aug[None].astype("float32")))
         flipped[:, :, :, 0] *= -1
         flipped[:, :, joints_left + joints_right, :] = flipped[:, :, joints_right + joints_left, :]
         pose = (plain + flipped) / 2
@@ -243,6 +244,69 @@ def test_saved_lifter_round_trips_with_its_config(tmp_path, suffix):
         assert {"epoch", "lr", "random_state", "optimizer", "model_pos"} <= set(ckpt)
         assert all(k.startswith("module.") for k in ckpt["model_pos"])
         assert ckpt["epoch"] == 3
+
+
+def test_a_cross_flip_ensemble_runs_its_second_network_on_the_mirrored_windows(tmp_path, caplog):
+    """`python -m pipeline.mocap ensemble`: one float16 file with two networks; the flip test averages the first on
+    the windows with the second's mirrored prediction on the mirrored windows (the demo's loop with the second network
+    in the mirrored pass); without the flip test only the first runs. Training code that seeds from the file gets the
+    first."""
+    from pipeline.checkpoints import strip_prefix
+    from pipeline.mocap.export import export_flip_ensemble, init_training_run, load_any_lifter
+    from pipeline.skeleton import H36M
+    from pipeline.training.train import predict_centre
+
+    first, second = _tiny_lifter(seed=0).model, _tiny_lifter(seed=1).model
+    a = save_lifter_checkpoint(tmp_path / "a.safetensors", first)
+    b = save_lifter_checkpoint(tmp_path / "b.safetensors", second)
+    both = load_lifter(export_flip_ensemble(a, b, tmp_path / "both.safetensors"))
+    assert both.mirror_model is not None and both.config == TINY
+    half = {name: _tiny_lifter(seed=seed).model for name, seed in (("first", 0), ("second", 1))}
+    for net in half.values():  # the file stores float16
+        net.load_state_dict({k: v.half().float() for k, v in net.state_dict().items()})
+    keypoints = _keypoints(12)
+    expected = _released_demo_camera(half["first"], keypoints, 640, 480, mirror=half["second"])
+    assert _relative_error(both.lift(keypoints, 640, 480, batch_size=5).camera, expected) <= 1e-5
+    assert _relative_error(both.lift(keypoints, 640, 480, flip=False).camera,
+                           Lifter(model=half["first"], device=torch.device("cpu")).lift(keypoints, 640, 480,
+                                                                                        flip=False).camera) <= 1e-6
+    plain = _released_demo_camera(half["first"], keypoints, 640, 480)  # the ensemble is not the first's flip test
+    assert _relative_error(both.lift(keypoints, 640, 480).camera, plain) > 1e-3
+    model, facts, mirror = load_any_lifter(tmp_path / "both.safetensors")  # `pipeline.mocap evaluate`
+
+    def same(x, y):
+        return all(torch.equal(v, y.state_dict()[k]) for k, v in x.state_dict().items())
+
+    assert same(model, half["first"]) and same(mirror, half["second"]) and facts["flip_ensemble"] is True
+    x = normalize_screen_coordinates(keypoints, 640, 480).astype(np.float32)
+    windows = np.stack([x[c - 4:c + 5] for c in range(4, 8)])  # full windows centred on frames 4-7
+    centre = predict_centre(model, windows, True, H36M.flip_permutation, mirror)
+    np.testing.assert_allclose(centre[:, 1:], both.lift_normalized(x)[4:8, 1:], rtol=1e-5, atol=1e-6)
+    with caplog.at_level("WARNING", logger="pipeline.mocap.export"):  # training seeded from the file
+        run = init_training_run(tmp_path / "both.safetensors", TINY, tmp_path / "run", lr=1e-4)
+    assert "holds two networks" in caplog.text
+    seeded = PoseFormerV2(TINY)
+    seeded.load_state_dict(strip_prefix(read_checkpoint(run)["model_pos"]))
+    assert same(seeded, half["first"])
+    deeper = save_lifter_checkpoint(tmp_path / "c.safetensors", PoseFormerV2(PoseFormerV2Config(
+        frames=9, frames_kept=3, coeffs_kept=5, embed_dim_ratio=8, depth=3, num_heads=2)))
+    with pytest.raises(ValueError, match="not the same configuration: depth 2 against 3"):
+        export_flip_ensemble(a, deeper, tmp_path / "mixed.safetensors")
+
+
+def test_a_file_whose_mirror_network_is_missing_or_partial_is_refused(tmp_path):
+    model = _tiny_lifter().model
+    meta = {"format": "poseformerv2", "config": model.config.to_dict(), "mirror_network": "mirror."}
+    save_safetensors(tmp_path / "none.safetensors", model.state_dict(), meta)
+    with pytest.raises(CheckpointError, match="no tensor is named so"):
+        load_lifter(tmp_path / "none.safetensors")
+    partial = {**model.state_dict(), **{f"mirror.{k}": v.clone() for k, v in list(model.state_dict().items())[:5]}}
+    save_safetensors(tmp_path / "partial.safetensors", partial, meta)
+    with pytest.raises(CheckpointError, match=r"its mirror network \(mirror\.\*\).* missing"):
+        load_lifter(tmp_path / "partial.safetensors")
+    save_safetensors(tmp_path / "empty.safetensors", model.state_dict(), {**meta, "mirror_network": ""})
+    with pytest.raises(CheckpointError, match="empty prefix"):
+        load_lifter(tmp_path / "empty.safetensors")
 
 
 def test_hrnet_checkpoint_is_not_a_lifter(tmp_path):

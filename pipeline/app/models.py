@@ -57,7 +57,8 @@ class Models:
             "pose2d": {k: v for k, v in self.pose2d_identity.items() if k != "version"},
             "lifters": [{"checkpoint": str(lifter.checkpoint), "frames": lifter.frames,
                          "frames_kept": lifter.config.frames_kept, "coeffs_kept": lifter.config.coeffs_kept,
-                         "skeleton": lifter.skeleton, "units": lifter.units, "device": str(lifter.device)}
+                         "skeleton": lifter.skeleton, "units": lifter.units, "device": str(lifter.device),
+                         **({"flip_ensemble": True} if lifter.mirror_model is not None else {})}
                         for lifter in self.lifters],
         }
 

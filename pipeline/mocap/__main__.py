@@ -1,4 +1,5 @@
-"""Command line for the mocap data path: `python -m pipeline.mocap {unpack,build,train,evaluate,average,export}`.
+"""Command line for the mocap data path: `python -m pipeline.mocap {unpack,build,train,evaluate,average,export,
+                                                                   ensemble}`.
 
     python -m pipeline.mocap unpack     # archives from ../shared/data/mocap -> ~/.cache/poseformerv2-demo/mocap
     python -m pipeline.mocap build      # render + cache train/validation/CMU sets
@@ -7,6 +8,7 @@
     python -m pipeline.mocap evaluate --checkpoint ~/.cache/poseformerv2-demo/train/mocap_243/best.bin --half
     python -m pipeline.mocap export --checkpoint .../best.bin --half \\
         --out weights/poseformerv2_mocap_243_3_3.safetensors
+    python -m pipeline.mocap ensemble --checkpoint first.safetensors --mirror second.safetensors --out both.safetensors
 """
 from __future__ import annotations
 
@@ -90,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", type=Path, required=True)
     x.add_argument("--out", type=Path, required=True)
     x.add_argument("--half", action="store_true", help="store float16 weights")
+
+    n = sub.add_parser("ensemble", help="two lifter files -> one float16 safetensors whose flip test runs the second "
+                                        "network on the mirrored input (a cross-flip ensemble, no extra compute)")
+    n.add_argument("--checkpoint", type=Path, required=True, help="the network for the input as it is")
+    n.add_argument("--mirror", type=Path, required=True, help="the network for the mirrored input")
+    n.add_argument("--out", type=Path, required=True)
     return p
 
 
@@ -146,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.mocap.export import export_safetensors
 
         export_safetensors(args.checkpoint, args.out, args.half)
+    elif args.command == "ensemble":
+        from pipeline.mocap.export import export_flip_ensemble
+
+        export_flip_ensemble(args.checkpoint, args.mirror, args.out)
     return 0
 
 
@@ -216,7 +228,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from pipeline.mocap.export import load_any_lifter
 
     torch.set_num_threads(args.threads)
-    model, info = load_any_lifter(args.checkpoint, half=args.half)
+    model, info, mirror = load_any_lifter(args.checkpoint, half=args.half)
     sets = {}
     if not args.only_extra:
         data = build_sets(args.mocap_dir, args.data_dir)
@@ -226,7 +238,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         if not sep or not Path(path).is_file():
             raise SystemExit(f"--set wants NAME=FILE.npz with an existing file, got {spec!r}")
         sets[name] = load_set(Path(path))
-    results = evaluate_model(model, model.config.frames, sets, args.max_frames)
+    results = evaluate_model(model, model.config.frames, sets, args.max_frames, mirror_model=mirror)
     results["checkpoint"] = {"path": str(args.checkpoint), "half": args.half, **info}
     text = json.dumps(results, indent=2)
     print(text)  # the command's output (this is the CLI entry point)

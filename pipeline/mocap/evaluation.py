@@ -20,14 +20,18 @@ def subject_or_content(group: str) -> str:
     return "cmu_" + (group.split("_")[1] if group.startswith("resources_") else group.split("_")[0])
 
 
-def evaluate_model(model, frames: int, sets: dict, max_frames: int, batch_size: int = 256) -> dict[str, dict]:
+def evaluate_model(model, frames: int, sets: dict, max_frames: int, batch_size: int = 256,
+                   mirror_model=None) -> dict[str, dict]:
     """MPJPE / P-MPJPE (mm) with flip test on evenly spaced centre frames of every SequenceSet in `sets`, overall
-    (frame-weighted) and per CMU subject / Bandai content."""
+    (frame-weighted) and per CMU subject / Bandai content; `mirror_model`: the flip test's second network."""
     from pipeline.skeleton import H36M
     from pipeline.training.metrics import procrustes_align
     from pipeline.training.train import predict_centre
     from pipeline.training.windows import WindowSampler
 
+    for net in (model, mirror_model):
+        if net is not None:
+            net.eval()
     results = {}
     for name, sequences in sets.items():
         sampler = WindowSampler(sequences, frames, flip=False, flip_permutation=H36M.flip_permutation)
@@ -35,7 +39,7 @@ def evaluate_model(model, frames: int, sets: dict, max_frames: int, batch_size: 
         preds, targets = [], []
         for i in range(0, len(ids), batch_size):
             batch = sampler.gather(ids[i:i + batch_size])
-            preds.append(predict_centre(model, batch.inputs_2d, True, H36M.flip_permutation))
+            preds.append(predict_centre(model, batch.inputs_2d, True, H36M.flip_permutation, mirror_model))
             targets.append(batch.targets_3d)
         pred, target = np.concatenate(preds).astype(np.float64), np.concatenate(targets).astype(np.float64)
         err = np.linalg.norm(pred - target, axis=-1).mean(axis=-1) * 1000

@@ -102,7 +102,11 @@ def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, see
     from pipeline.poseformerv2 import PoseFormerV2
     from pipeline.training.train import LAST_CHECKPOINT, TrainConfig, make_optimizer, plain_config, save_checkpoint
 
-    source = load_lifter(weights, device="cpu", frames=model_config.frames).model
+    loaded = load_lifter(weights, device="cpu", frames=model_config.frames)
+    if loaded.mirror_model is not None:
+        log.warning("%s holds two networks (a cross-flip ensemble); the run starts from the first, and the second "
+                    "(its flip test's mirrored pass) is not trained", Path(weights).name)
+    source = loaded.model
     torch.manual_seed(seed)
     model = PoseFormerV2(model_config)
     source_depth = source.config.depth
@@ -157,17 +161,60 @@ def grow_depth(model, depth: int) -> None:
 
 
 def load_any_lifter(path: Path, half: bool = False):
-    """(model in eval mode, facts about it) from a training checkpoint (with its progress) or any lifter file
-    `load_lifter` reads (the shipped safetensors, released .bin files)."""
+    """(model in eval mode, facts about it, the flip test's mirror network or None) from a training checkpoint (with
+    its progress) or any lifter file `load_lifter` reads (the shipped safetensors, released .bin files); the mirror
+    network is that of a cross-flip ensemble file (`export_flip_ensemble`)."""
     from pipeline.checkpoints import read_checkpoint
     from pipeline.lifting import load_lifter
 
     if Path(path).suffix != ".safetensors" and "model_config" in read_checkpoint(path):
         model, _, chk = load_training_checkpoint(path, half=half)
         return model, {"samples_seen": chk["progress"]["samples_seen"], "epoch": chk["epoch"],
-                       "model_config": chk["model_config"]}
-    model = load_lifter(path, device="cpu").model.float().eval()
+                       "model_config": chk["model_config"]}, None
+    lifter = load_lifter(path, device="cpu")
+    networks = [net.float().eval() for net in (lifter.model, lifter.mirror_model) if net is not None]
     if half:
-        model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
-                               for k, v in model.state_dict().items()})
-    return model, {"model_config": model.config.to_dict()}
+        for net in networks:
+            net.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                                 for k, v in net.state_dict().items()})
+    facts = {"model_config": lifter.model.config.to_dict(), "flip_ensemble": lifter.mirror_model is not None}
+    return lifter.model, facts, lifter.mirror_model
+
+
+def export_flip_ensemble(checkpoint: Path, mirror: Path, out: Path) -> Path:
+    """One float16 safetensors file holding the lifter of `checkpoint` and, for the flip test's mirrored pass, the
+    lifter of `mirror` (any two files `load_lifter` reads, of the same configuration): a cross-flip ensemble that
+    costs what one network's flip test costs. The metadata is `checkpoint`'s (when it is a safetensors file), with
+    `mirror`'s under "mirror"."""
+    from pipeline.checkpoints import is_safetensors, read_safetensors_metadata, save_safetensors
+    from pipeline.lifting import MIRROR_ENTRY, MIRROR_PREFIX, SAFETENSORS_FORMAT, load_lifter
+
+    first, second = load_lifter(checkpoint, device="cpu"), load_lifter(mirror, device="cpu")
+    if first.mirror_model is not None or second.mirror_model is not None:
+        raise ValueError("an ensemble's two files must each hold one network")
+    # What makes two networks interchangeable: the shapes and the output's meaning (not the training-only rates).
+    mine = {**first.config.to_dict(), "skeleton": first.skeleton, "units": first.units}
+    theirs = {**second.config.to_dict(), "skeleton": second.skeleton, "units": second.units}
+    differ = [k for k in mine if k not in ("drop_rate", "attn_drop_rate", "drop_path_rate") and mine[k] != theirs[k]]
+    if differ:
+        raise ValueError(f"{Path(checkpoint).name} and {Path(mirror).name} are not the same configuration: "
+                         + ", ".join(f"{k} {mine[k]} against {theirs[k]}" for k in differ))
+
+    def metadata(path: Path) -> dict:
+        """The file's own metadata, less what the ensemble's header says for itself."""
+        meta = read_safetensors_metadata(path) if is_safetensors(path) else {}
+        return {"file": Path(path).name, **{k: v for k, v in meta.items() if k not in ("format", "config", "dtype")}}
+
+    state = {k: v.half() if v.is_floating_point() else v for k, v in first.model.state_dict().items()}
+    state.update({MIRROR_PREFIX + k: v.half() if v.is_floating_point() else v
+                  for k, v in second.model.state_dict().items()})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(out, state, {
+        "format": SAFETENSORS_FORMAT, "config": first.config.to_dict(), "skeleton": first.skeleton,
+        "units": first.units, "dtype": "float16", "training": TRAINING_NOTE, "licence": LICENCE_NOTE,
+        MIRROR_ENTRY: MIRROR_PREFIX, "first": metadata(checkpoint), "mirror": metadata(mirror),
+    })
+    log.info("wrote %s: %s, and %s for the flip test's mirrored pass (float16, %.1f MB)", out, Path(checkpoint).name,
+             Path(mirror).name, out.stat().st_size / 1e6)
+    return out

@@ -57,22 +57,27 @@ class EvaluationResult:
 
 
 def predict_sequences(model: torch.nn.Module, frames: int, sequences: SequenceSet, flip_test: bool = True,
-                      batch_size: int = 256, flip_permutation: np.ndarray | None = None) -> list[np.ndarray]:
-    """Per-frame predictions (T_i, J, 3) for every sequence, from windows centred on each frame."""
+                      batch_size: int = 256, flip_permutation: np.ndarray | None = None,
+                      mirror_model: torch.nn.Module | None = None) -> list[np.ndarray]:
+    """Per-frame predictions (T_i, J, 3) for every sequence, from windows centred on each frame; `mirror_model`: the
+    flip test's second network (`predict_centre`)."""
     perm = H36M.flip_permutation if flip_permutation is None else flip_permutation
     sampler = WindowSampler(sequences, frames=frames, flip=False, flip_permutation=perm)
-    was_training = model.training
-    model.eval()
+    networks = [net for net in (model, mirror_model) if net is not None]
+    was_training = [net.training for net in networks]
+    for net in networks:
+        net.eval()
     out = []
     start = 0
     for k, (name, x) in enumerate(zip(sequences.names, sequences.inputs_2d, strict=True)):
         ids = np.arange(start, start + len(x))
-        preds = [predict_centre(model, sampler.gather(ids[i:i + batch_size]).inputs_2d, flip_test, perm)
+        preds = [predict_centre(model, sampler.gather(ids[i:i + batch_size]).inputs_2d, flip_test, perm, mirror_model)
                  for i in range(0, len(ids), batch_size)]
         out.append(np.concatenate(preds))
         start += len(x)
         log.info("predicted %s (%d frames; sequence %d/%d)", name, len(x), k + 1, len(sequences))
-    model.train(was_training)
+    for net, mode in zip(networks, was_training, strict=True):
+        net.train(mode)
     return out
 
 
@@ -95,8 +100,9 @@ def score(predictions: list[np.ndarray], sequences: SequenceSet) -> EvaluationRe
 
 
 def evaluate_model(model: torch.nn.Module, frames: int, sequences: SequenceSet, flip_test: bool = True,
-                   batch_size: int = 256) -> EvaluationResult:
-    return score(predict_sequences(model, frames, sequences, flip_test, batch_size), sequences)
+                   batch_size: int = 256, mirror_model: torch.nn.Module | None = None) -> EvaluationResult:
+    return score(predict_sequences(model, frames, sequences, flip_test, batch_size, mirror_model=mirror_model),
+                 sequences)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -160,7 +166,8 @@ def evaluate_mpi_inf_3dhp(lifter: Lifter, sequences: list[EvaluationSequence], f
 
 def load_model(checkpoint: Path, frames: int | None = None) -> tuple[torch.nn.Module, int]:
     """A PoseFormerV2 in eval mode from a released or our checkpoint (via `pipeline.lifting.load_lifter`), and its
-    window length (from `frames`, the config our checkpoints carry, or the released file name)."""
+    window length (from `frames`, the config our checkpoints carry, or the released file name). Of a cross-flip
+    ensemble (two networks in one file) only the first: use `load_lifter` for both."""
     lifter = load_lifter(checkpoint, frames=frames)
     return lifter.model.eval(), lifter.frames
 
@@ -234,7 +241,7 @@ def _evaluate_h36m(args: argparse.Namespace, lifter: Lifter) -> dict:
     log.info("evaluating %s (%d-frame windows) on %d frames of %s", args.checkpoint, lifter.frames,
              data.test.num_frames, ",".join(subjects))
     result = evaluate_model(lifter.model.eval(), lifter.frames, data.test, flip_test=not args.no_flip_test,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, mirror_model=lifter.mirror_model)
     print(result.table_mm())
     in_mm = {g: {k: (v if k == "frames" else v * 1000) for k, v in e.items()} for g, e in result.per_group.items()}
     return {"groups": in_mm, "average": {k: v * 1000 for k, v in result.average.items()}}

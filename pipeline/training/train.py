@@ -176,18 +176,20 @@ def strip_module_prefix(state: dict) -> dict:
 
 
 def predict_centre(model: torch.nn.Module, inputs_2d: np.ndarray, flip_test: bool,
-                   flip_permutation: np.ndarray) -> np.ndarray:
+                   flip_permutation: np.ndarray, mirror_model: torch.nn.Module | None = None) -> np.ndarray:
     """Windows (B, T, J, 2) -> centre-frame predictions (B, J, 3); with flip test, averaged with the un-mirrored
-    prediction of the mirrored input, as the released evaluation does. Runs where the model's weights are."""
+    prediction of the mirrored input, as the released evaluation does (by `mirror_model` when given: a cross-flip
+    ensemble, `pipeline.lifting.Lifter.mirror_model`). Runs where the model's weights are."""
     device = next(model.parameters(), torch.empty(0)).device  # the CPU for a model without weights
 
-    def forward(windows: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(np.ascontiguousarray(windows)).to(device))[:, 0].cpu().numpy()
+    def forward(net: torch.nn.Module, windows: np.ndarray) -> np.ndarray:
+        return net(torch.from_numpy(np.ascontiguousarray(windows)).to(device))[:, 0].cpu().numpy()
 
     with torch.inference_mode():
-        pred = forward(inputs_2d)
+        pred = forward(model, inputs_2d)
         if flip_test:
-            pred = (pred + flip_poses(forward(flip_poses(inputs_2d, flip_permutation)), flip_permutation)) / 2
+            mirrored = forward(model if mirror_model is None else mirror_model, flip_poses(inputs_2d, flip_permutation))
+            pred = (pred + flip_poses(mirrored, flip_permutation)) / 2
     return pred
 
 
