@@ -282,7 +282,7 @@ def frames_at(path: str | Path, numbers: Sequence[int], start: int = 0, end: int
         keyframes_read = sum(1 for k in times.keyframes if k <= distinct[-1]) + SEEK_OVERHEAD_FRAMES
         if set(distinct) <= set(times.keyframes) and keyframes_read < seeks:
             # Seen in a variable-frame-rate stream with B-frames: some keyframes come out with other times, which
-            # the time check refuses; the frames are then reached by seeking.
+            # the time check refuses; the frames are then read by seeks or one pass, as chosen above.
             try:
                 found = dict(zip(distinct, _keyframes_only(info, times, distinct), strict=True))
                 return [found[n] for n in absolute]

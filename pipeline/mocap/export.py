@@ -184,8 +184,8 @@ def load_any_lifter(path: Path, half: bool = False):
 def export_flip_ensemble(checkpoint: Path, mirror: Path, out: Path) -> Path:
     """One float16 safetensors file holding the lifter of `checkpoint` and, for the flip test's mirrored pass, the
     lifter of `mirror` (any two files `load_lifter` reads, of the same configuration): a cross-flip ensemble that
-    costs what one network's flip test costs. The metadata is `checkpoint`'s (when it is a safetensors file), with
-    `mirror`'s under "mirror"."""
+    costs what one network's flip test costs. Each file's own metadata (safetensors files) is kept under "first" and
+    "mirror"; the training and licence notes at the top are the first file's."""
     from pipeline.checkpoints import is_safetensors, read_safetensors_metadata, save_safetensors
     from pipeline.lifting import MIRROR_ENTRY, MIRROR_PREFIX, SAFETENSORS_FORMAT, load_lifter
 
@@ -210,9 +210,10 @@ def export_flip_ensemble(checkpoint: Path, mirror: Path, out: Path) -> Path:
                   for k, v in second.model.state_dict().items()})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    notes = {k: v for k, v in metadata(checkpoint).items() if k in ("training", "licence")}
     save_safetensors(out, state, {
         "format": SAFETENSORS_FORMAT, "config": first.config.to_dict(), "skeleton": first.skeleton,
-        "units": first.units, "dtype": "float16", "training": TRAINING_NOTE, "licence": LICENCE_NOTE,
+        "units": first.units, "dtype": "float16", **notes,
         MIRROR_ENTRY: MIRROR_PREFIX, "first": metadata(checkpoint), "mirror": metadata(mirror),
     })
     log.info("wrote %s: %s, and %s for the flip test's mirrored pass (float16, %.1f MB)", out, Path(checkpoint).name,
