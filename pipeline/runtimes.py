@@ -201,7 +201,7 @@ def cached_export(key: str, name: str, make: Callable[[Path], dict], what: str,
     final = root / key
     if (final / name).exists():
         return final / name
-    logger.info("exporting %s once (a minute or two); cached in %s", what, final)
+    logger.info("exporting %s once (later runs reuse it); cached in %s", what, final)
     started = time.perf_counter()
     temp = None
     try:
