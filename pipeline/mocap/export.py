@@ -205,9 +205,8 @@ def export_flip_ensemble(checkpoint: Path, mirror: Path, out: Path) -> Path:
         meta = read_safetensors_metadata(path) if is_safetensors(path) else {}
         return {"file": Path(path).name, **{k: v for k, v in meta.items() if k not in ("format", "config", "dtype")}}
 
-    state = {k: v.half() if v.is_floating_point() else v for k, v in first.model.state_dict().items()}
-    state.update({MIRROR_PREFIX + k: v.half() if v.is_floating_point() else v
-                  for k, v in second.model.state_dict().items()})
+    state = {prefix + k: v.half() if v.is_floating_point() else v
+             for prefix, net in (("", first.model), (MIRROR_PREFIX, second.model)) for k, v in net.state_dict().items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     notes = {k: v for k, v in metadata(checkpoint).items() if k in ("training", "licence")}
