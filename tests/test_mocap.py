@@ -11,6 +11,7 @@ from pipeline.mocap.cameras import Camera, CameraConfig, camera_angles, inside_s
 from pipeline.mocap.dataset import (
     BANDAI_PERTURBED_JOINTS,
     BANDAI_UPPER_BODY_JOINTS,
+    MocapClip,
     RenderConfig,
     as_recorded,
     bandai_group,
@@ -18,6 +19,7 @@ from pipeline.mocap.dataset import (
     mix_joints,
     perturb_joint_angles,
     render,
+    render_clips,
     resample,
     rotation_channels,
     settings_key,
@@ -470,6 +472,23 @@ def test_glitching_renderings_are_a_training_set_of_their_own():
     assert settings_key("bandai_val", as_recorded(glitching), extra) == plain
     with pytest.raises(ValueError, match="between 0 and 1"):
         RenderConfig(glitches=1.5)
+
+
+def test_a_render_seed_renders_the_training_set_anew_and_leaves_the_held_out_sets_alone():
+    extra = {"clips": 3076, "limit": None, "cameras": 4}
+    config = RenderConfig(arm_mixing=0.25, upper_body_mixing=0.5)
+    reseeded = RenderConfig(arm_mixing=0.25, upper_body_mixing=0.5, seed=1)
+    assert settings_key("bandai_train", reseeded, extra) != settings_key("bandai_train", config, extra)
+    for kind in ("bandai_val", "cmu"):
+        assert settings_key(kind, as_recorded(reseeded), extra) == settings_key(kind, as_recorded(config), extra)
+    assert settings_key("bandai_train", config, extra) == "7b836879eaa8"  # as before the seed was an option
+    person = _walking_person()
+    clip = MocapClip("walk", "walk", person, person, 30.0)
+    first, again, other = (render_clips([clip], RenderConfig(seed=s), 1).inputs_2d[0] for s in (0, 0, 1))
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).mean() > 0.01  # another camera and noise
+    held_out = (render_clips([clip], as_recorded(RenderConfig(seed=s)), 1).inputs_2d[0] for s in (0, 1))
+    np.testing.assert_array_equal(*held_out)
 
 
 def test_hidden_limbs_are_interpolated_across_or_laid_onto_the_other_side():

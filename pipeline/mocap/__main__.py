@@ -122,12 +122,15 @@ def _add_mixing_flags(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--glitches", type=float, default=0.0, metavar="SHARE",
                    help="share of training renderings whose detections glitch as often as a real detector's (wrists "
                    "and elbows put far off for a few frames; e.g. 0.75)")
+    p.add_argument("--render-seed", type=int, default=0, metavar="N",
+                   help="render the training clips anew with this seed (cameras, bodies, speeds, noise; a cache file "
+                   "of its own); the held-out sets stay as they are")
 
 
 def _render_config(args: argparse.Namespace) -> RenderConfig:
     try:
         return RenderConfig(arm_mixing=args.arm_mixing, upper_body_mixing=args.upper_body_mixing,
-                            pose_perturbation=args.pose_perturbation, glitches=args.glitches)
+                            pose_perturbation=args.pose_perturbation, glitches=args.glitches, seed=args.render_seed)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
 
