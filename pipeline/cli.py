@@ -23,6 +23,7 @@ FLAG_OF_SETTING = {
     "person": "--person", "all_people": "--all-people", "start": "--start", "end": "--end",
     "checkpoints": "--checkpoint", "frames": "--frames", "device": "--device", "runtime": "--detector-runtime",
     "fov_deg": "--fov", "focal_px": "--focal", "imgsz": "--imgsz", "bones": "--bones",
+    "window_stride": "--window-stride",
 }
 
 
@@ -125,6 +126,9 @@ def add_motion_and_view_flags(p: argparse.ArgumentParser) -> None:
     mo.add_argument("--no-virtual-camera", action="store_true",
                     help="lift each person as the camera sees them (the released demo's way) instead of through a "
                     "virtual camera turned to look at them, which helps people far from the picture's centre")
+    mo.add_argument("--window-stride", type=int, default=None, metavar="N",
+                    help="frames between a lifting window's samples (default: from the frame rate, 1 up to 67 fps, "
+                    "2 for 100-134 fps, 4 for 240 fps: a window spans the time the lifter was trained on)")
     mo.add_argument("--no-level", action="store_true",
                     help="draw and export the world view with the released demo's fixed camera tilt instead of "
                     "levelling it with the camera tilt estimated from the people")
@@ -171,7 +175,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         clip_range=ClipRange(start=parse_frame_or_time(args.start, "start"), end=parse_frame_or_time(args.end, "end")),
         motion=MotionConfig(bones=args.bones, trajectory=not args.no_trajectory, fov_deg=args.fov, focal_px=args.focal,
                             bvh=not args.no_bvh, virtual_camera=not args.no_virtual_camera,
-                            level=not args.no_level),
+                            level=not args.no_level, window_stride=args.window_stride),
         write_video=not args.no_render,
         viewer=not args.no_viewer,
         rerun=args.rerun,

@@ -54,7 +54,7 @@ def lift_aimed(lifter, keypoints_px: np.ndarray, width: int, height: int, focal_
                frames: np.ndarray | None = None, **lift_options) -> np.ndarray:
     """`lifter.lift` of a (T, 17, 2) pixel track through a virtual camera aimed at the track's mean position over
     `frames` (default: all), principal point at the image centre -> (T, 17, 3) root-relative poses in the real
-    camera's frame, metres. `lift_options` go to `lifter.lift` (flip, batch_size, progress)."""
+    camera's frame, metres. `lift_options` go to `lifter.lift` (flip, batch_size, progress, stride)."""
     keypoints_px = np.asarray(keypoints_px)
     chosen = keypoints_px if frames is None or len(frames) == 0 else keypoints_px[frames]
     center = np.nanmean(chosen.reshape(-1, 2), axis=0)

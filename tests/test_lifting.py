@@ -6,7 +6,14 @@ import torch
 
 from pipeline.checkpoints import CheckpointError, read_checkpoint, save_safetensors
 from pipeline.geometry import normalize_screen_coordinates
-from pipeline.lifting import Lifter, frames_from_filename, load_lifter, save_lifter_checkpoint
+from pipeline.lifting import (
+    Lifter,
+    anti_alias,
+    frames_from_filename,
+    load_lifter,
+    save_lifter_checkpoint,
+    window_stride,
+)
 from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
 
 RELEASED_NAMES = {  # released file name -> (T, f, n)
@@ -157,6 +164,43 @@ def test_long_sequence_is_lifted_in_bounded_batches():
     last = _released_demo_camera(lifter.model, keypoints[-9:], 640, 480)[-1]
     for frame, expected in ((50_000, middle), (0, first), (99_999, last)):
         np.testing.assert_allclose(camera[frame], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_a_strided_window_lifts_every_frame_from_every_stride_th_frame_of_the_smoothed_track(stride):
+    lifter = _tiny_lifter()
+    keypoints = _keypoints(40)
+    camera = lifter.lift(keypoints, 640, 480, stride=stride, batch_size=7).camera
+    assert camera.shape == (40, 17, 3)
+    # Every frame gets its own pose, from the window of every stride-th frame of the smoothed track around it (its
+    # indices clamped into the clip at the ends), lifted as the released demo lifts a window.
+    smoothed = anti_alias(keypoints, stride)
+    for frame in (0, 1, 5, 20, 21, 38, 39):
+        index = np.clip(frame + np.arange(-4, 5) * stride, 0, 39)
+        reference = _released_demo_camera(lifter.model, smoothed[index], 640, 480)[4]
+        assert _relative_error(camera[frame], reference) <= 1e-5
+    assert _relative_error(camera, lifter.lift(keypoints, 640, 480).camera) > 1e-3  # it does change the input
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        lifter.lift(keypoints, 640, 480, stride=0)
+
+
+def test_the_anti_alias_filter_is_a_centred_mean_over_stride_frames():
+    track = np.arange(10, dtype=np.float32)[:, None, None] ** 2 * np.ones((1, 17, 2), np.float32)
+    assert anti_alias(track, 1) is track
+    three = anti_alias(track, 3)[:, 0, 0]
+    np.testing.assert_allclose(three[1:-1], (track[:-2, 0, 0] + track[1:-1, 0, 0] + track[2:, 0, 0]) / 3)
+    assert three[0] == pytest.approx((0 + 0 + 1) / 3)  # the first frame repeated
+    two = anti_alias(track, 2)[:, 0, 0]
+    np.testing.assert_allclose(two[1:-1], 0.25 * track[:-2, 0, 0] + 0.5 * track[1:-1, 0, 0] + 0.25 * track[2:, 0, 0])
+    line = np.linspace(0, 9, 10, dtype=np.float32)[:, None, None] * np.ones((1, 17, 2), np.float32)
+    np.testing.assert_allclose(anti_alias(line, 4)[2:-2], line[2:-2], atol=1e-5)  # no lag: a steady motion stays
+
+
+@pytest.mark.parametrize("fps, stride", [(None, 1), (0.0, 1), (float("nan"), 1), (24, 1), (30, 1), (59.94, 1),
+                                         (60, 1), (67, 1), (90, 2), (100, 2), (119.88, 2), (120, 2), (134, 2),
+                                         (180, 3), (240, 4), (960, 15)])
+def test_the_window_stride_keeps_the_sampled_rate_at_or_below_67_fps(fps, stride):
+    assert window_stride(fps) == stride
 
 
 def test_progress_reports_every_window():

@@ -56,12 +56,17 @@ class MotionConfig:
     # Level the world view (3D panel, pose3d_world, trajectory_world, BVH) with the camera tilt estimated from the
     # people (pipeline.motion.level); False: the released demo's fixed camera-to-world rotation.
     level: bool = True
+    # Frames between a lifting window's samples; None: from the video's frame rate (`pipeline.lifting.window_stride`:
+    # 1 up to 67 fps, 2 for a 120 fps clip).
+    window_stride: int | None = None
 
     def __post_init__(self) -> None:
         from pipeline.motion.bones import BONE_MODES
 
         if self.bones not in BONE_MODES:
             raise SettingError("bones", f"must be one of {', '.join(BONE_MODES)}, not {self.bones!r}")
+        if self.window_stride is not None and self.window_stride < 1:
+            raise SettingError("window_stride", f"must be 1 frame or more, not {self.window_stride}")
 
 
 @dataclass
@@ -92,7 +97,7 @@ class RunConfig:
             "show_progress": self.show_progress, "bones": self.motion.bones, "trajectory": self.motion.trajectory,
             "fov": self.motion.fov_deg,
             "focal": self.motion.focal_px, "bvh": self.motion.bvh, "virtual_camera": self.motion.virtual_camera,
-            "level": self.motion.level,
+            "level": self.motion.level, "window_stride": self.motion.window_stride,
             "viewer": self.viewer, "rerun": self.rerun,
         }
 
@@ -139,6 +144,7 @@ class Lifted:
     world: np.ndarray  # (P, K, T, 17, 3) the demo's world view, turned by `levelling.rotation`
     disagreement_mm: dict[str, float]  # per checkpoint after the first: mean joint distance to the first's poses
     levelling: Levelling  # the clip's camera-to-world rotation: levelled from the people, or the fixed one
+    window_stride: int = 1  # frames between a lifting window's samples
 
 
 @dataclass
@@ -285,11 +291,16 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
     config.virtual_camera is off; `pipeline.virtual_camera`); bones="rigid" gives each person one length per bone
     for the clip, measured on the frames they were detected in (`pipeline.motion.bones`)."""
     from pipeline.devices import torch_threads
+    from pipeline.lifting import window_stride
     from pipeline.motion.bones import rigid_bones
     from pipeline.virtual_camera import lift_aimed
 
     width, height = pose2d.image_size
     focal = camera_focal(job.info, width, height, config)[0] if config.virtual_camera else None
+    stride = config.window_stride or window_stride(job.info.fps)
+    if stride > 1:
+        logger.info("%s: %.0f fps, so each lifting window takes every %s frame", job.clip.name, job.info.fps,
+                    "second" if stride == 2 else f"{stride}th")
     camera = np.zeros((len(pose2d.people), len(lifters), pose2d.num_frames, 17, 3), np.float32)
     with timer.stage("lift") as entry, torch_threads(lifter_threads), \
             progress_bar(show_progress, f"{job.clip.name} 3D", camera[..., 0, 0].size) as bar:
@@ -298,17 +309,18 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
             detected = np.flatnonzero(person.valid) if person.valid.any() else None
             for k, lifter in enumerate(lifters):
                 if focal is None:
-                    camera[p, k] = lifter.lift(person.keypoints, width, height, progress=bar.update).camera
+                    camera[p, k] = lifter.lift(person.keypoints, width, height, progress=bar.update,
+                                               stride=stride).camera
                 else:
                     camera[p, k] = lift_aimed(lifter, person.keypoints, width, height, focal, frames=detected,
-                                              progress=bar.update)
+                                              progress=bar.update, stride=stride)
                 if config.bones == "rigid":
                     camera[p, k] = rigid_bones(camera[p, k], frames=detected)
     disagreement = {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)
                     for k, lifter in enumerate(lifters[1:], start=1)}
     levelling = clip_levelling(job, pose2d, camera, config)
     return Lifted(camera=camera, world=demo_world_view(camera, levelling.rotation), disagreement_mm=disagreement,
-                  levelling=levelling)
+                  levelling=levelling, window_stride=stride)
 
 
 def clip_levelling(job: ClipJob, pose2d: Pose2DOutput, camera: np.ndarray, config: MotionConfig) -> Levelling:
@@ -517,6 +529,7 @@ def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Po
         "people": [{"track_id": p.track_id, "detected_frames": int(p.valid.sum())} for p in pose2d.people],
         "tracks": pose2d.tracks,
         "checkpoint_disagreement_mm": lifted.disagreement_mm,
+        "window_stride": lifted.window_stride,
         "trajectory": trajectory_record(scene),
         "world": lifted.levelling.record(),
         "timings": {**timer.stages, "total_seconds": round(total, 3)},

@@ -541,11 +541,13 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
     fits one length per bone to each view's sequence, on the frames that view detected the person (as demo.py).
     min_joint_views > 0 scores only the reference joints triangulated from that many views or more. virtual_camera:
     lift through a camera aimed at the person, with demo.py's default focal length (pipeline.virtual_camera)."""
+    from pipeline.lifting import window_stride
     from pipeline.motion.trajectory import focal_length_px
     from pipeline.virtual_camera import lift_aimed
 
     _check_min_joint_views(min_joint_views, views)
     fps = views[0].fps
+    stride = window_stride(fps)  # as demo.py lifts a clip of this frame rate
     sequences = []
     for p, person in enumerate(people):
         complete = np.flatnonzero(person.complete)
@@ -559,9 +561,9 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
             detected = np.flatnonzero(views[v].valid[row])
             if virtual_camera:
                 predicted = lift_aimed(lifter, views[v].keypoints[row], width, height,
-                                       focal_length_px(width, height), frames=detected)
+                                       focal_length_px(width, height), frames=detected, stride=stride)
             else:
-                predicted = lifter.lift(views[v].keypoints[row], width, height).camera
+                predicted = lifter.lift(views[v].keypoints[row], width, height, stride=stride).camera
             if bones == "rigid":
                 predicted = rigid_bones(predicted, frames=detected)
             predicted = predicted[frames]
