@@ -491,6 +491,47 @@ def test_a_render_seed_renders_the_training_set_anew_and_leaves_the_held_out_set
     np.testing.assert_array_equal(*held_out)
 
 
+def _few_bandai_clips(folder: Path, count: int) -> Path:
+    """The first `count` BVH clips of the shared archive, unpacked as `python -m pipeline.mocap unpack` lays them."""
+    if not BANDAI_ARCHIVE.exists():
+        pytest.skip("../shared mocap archive not available")
+    with tarfile.open(BANDAI_ARCHIVE, "r|xz") as tar:
+        for member in tar:
+            if member.name.endswith(".bvh"):
+                target = folder / member.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+                count -= 1
+                if count == 0:
+                    break
+    return folder
+
+
+def test_fresh_renders_of_the_training_clips_differ_by_seed_and_leave_out_held_out_groups(tmp_path):
+    from pipeline.mocap.dataset import bandai_clip_paths, render_training_set
+
+    mocap = _few_bandai_clips(tmp_path / "mocap", 12)
+    held_out = {bandai_group(p.stem) for p in bandai_clip_paths(mocap) if is_validation_group(bandai_group(p.stem))}
+    assert held_out  # the archive's first clips include a held-out group, so leaving it out is tested
+    config = RenderConfig(cameras_per_clip=2, arm_mixing=0.25, upper_body_mixing=0.5)
+    first, again = (render_training_set(mocap, config) for _ in range(2))
+    other = render_training_set(mocap, RenderConfig(cameras_per_clip=2, arm_mixing=0.25, upper_body_mixing=0.5,
+                                                    seed=1))
+    assert len(first) == 2 * (12 - sum(bandai_group(p.stem) in held_out for p in bandai_clip_paths(mocap)))
+    assert not held_out & set(first.groups) and first.names == other.names
+    for a, b, c in zip(first.inputs_2d, again.inputs_2d, other.inputs_2d, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.shape != c.shape or np.abs(a - c).mean() > 0.01  # another speed, camera, body and noise
+
+
+def test_fresh_renders_must_be_a_positive_number_of_samples(tmp_path):
+    from pipeline.mocap import __main__ as cli
+
+    with pytest.raises(SystemExit, match="--fresh-renders is a number of samples, 1 or more, not 0"):
+        cli.main(["--data-dir", str(tmp_path / "no-data"), "train", "--frames", "27", "--f", "3", "--n", "3",
+                  "--run", "x", "--fresh-renders", "0", "--threads", "1"])
+
+
 def test_hidden_limbs_are_interpolated_across_or_laid_onto_the_other_side():
     t = np.arange(3000)
     clean = _standing_person_px(3000)

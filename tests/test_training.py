@@ -24,6 +24,7 @@ from pipeline.training.train import (
     load_checkpoint,
     make_optimizer,
     train,
+    train_on_fresh_sets,
 )
 from pipeline.training.train import main as train_main
 from pipeline.training.windows import SequenceSet, WindowSampler
@@ -280,6 +281,29 @@ def test_resume_continues_bit_exactly(tmp_path):
     a = load_checkpoint(tmp_path / "a" / LAST_CHECKPOINT)["model_pos"]
     b = load_checkpoint(tmp_path / "b" / LAST_CHECKPOINT)["model_pos"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fresh_sets_take_turns_by_samples_seen_and_a_resumed_run_continues_on_the_right_one(tmp_path):
+    asked = []
+
+    def training_set(k):
+        asked.append(k)
+        return _overfit_set(frames=30, seed=10 + k)
+
+    common = dict(device="cpu", batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8)
+    # 10 steps with a new set every 4: sets 0, 1 and half of 2; then resumed for 3 more steps, in set 2 and 3.
+    first = train_on_fresh_sets(TINY, training_set, _overfit_set(frames=30), TrainConfig(
+        run_dir=tmp_path / "fresh", max_samples=8 * 10, **common), samples_per_set=8 * 4)
+    assert asked == [0, 1, 2] and first.step == 10 and first.samples_seen == 80 and len(first.losses) == 10
+    second = train_on_fresh_sets(TINY, training_set, _overfit_set(frames=30), TrainConfig(
+        run_dir=tmp_path / "fresh", max_samples=8 * 3, resume=True, **common), samples_per_set=8 * 4)
+    assert asked == [0, 1, 2, 2, 3] and second.step == 13
+    # Each stretch trained on its own set: the same steps on set 0 alone give other weights from step 5 on.
+    plain = train(TINY, _overfit_set(frames=30, seed=10), None, TrainConfig(
+        run_dir=tmp_path / "plain", max_samples=8 * 13, **common))
+    assert plain.losses[:4] == first.losses[:4] and plain.losses[4:10] != first.losses[4:10]
+    with pytest.raises(ValueError, match="samples_per_set must be positive"):
+        train_on_fresh_sets(TINY, training_set, None, TrainConfig(run_dir=tmp_path / "x", **common), 0)
 
 
 def test_a_run_saved_by_the_unfused_optimizer_resumes_exactly_as_one_saved_by_the_fused(tmp_path):

@@ -13,12 +13,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import subprocess
 from pathlib import Path
 
-from pipeline.mocap.dataset import DEFAULT_DATA_DIR, DEFAULT_MOCAP_DIR, RenderConfig, build_sets, load_set
+from pipeline.mocap.dataset import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_MOCAP_DIR,
+    RenderConfig,
+    build_sets,
+    load_set,
+    render_training_set,
+)
 
 log = logging.getLogger("pipeline.mocap")
 
@@ -70,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--short-clips", type=float, default=0.0,
                    help="share of training windows that see only a random stretch of 8 to 2T frames, edge-padded "
                    "beyond it, as the demo pads a clip shorter than the window (e.g. 0.5 for a 243-frame model)")
+    t.add_argument("--fresh-renders", type=int, metavar="SAMPLES",
+                   help="render the training clips anew every SAMPLES samples (seed --render-seed + 1, + 2, ...; in "
+                   "memory, about 2 minutes each), so that the network meets each rendering about once instead of "
+                   "learning the cached one by heart (e.g. 1000000)")
     _add_mixing_flags(t, "train on the set rendered with this share of renderings whose {} move as in another "
                       "training clip (see build)")
 
@@ -176,6 +188,7 @@ def _train(args: argparse.Namespace) -> None:
         load_checkpoint,
         plain_config,
         train,
+        train_on_fresh_sets,
     )
 
     torch.set_num_threads(args.threads)
@@ -199,7 +212,10 @@ def _train(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: {exc}") from None
     if args.resume and (run_dir / LAST_CHECKPOINT).exists():
         _check_resumed_architecture(run_dir / LAST_CHECKPOINT, plain_config(model_config))
-    data = build_sets(args.mocap_dir, args.data_dir, _render_config(args), with_cmu=False)
+    if args.fresh_renders is not None and args.fresh_renders < 1:
+        raise SystemExit(f"error: --fresh-renders is a number of samples, 1 or more, not {args.fresh_renders}")
+    render_config = _render_config(args)
+    data = build_sets(args.mocap_dir, args.data_dir, render_config, with_cmu=False)
     config = TrainConfig(run_dir=run_dir, batch_size=args.batch_size, threads=args.threads,
                          lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
                          samples_per_epoch=args.samples_per_epoch, max_minutes=args.max_minutes,
@@ -208,7 +224,15 @@ def _train(args: argparse.Namespace) -> None:
                          short_clips=args.short_clips, device=args.device, compile=args.compile,
                          precision=args.precision,
                          resume=args.resume or args.warm_start is not None or args.init_weights is not None)
-    result = train(model_config, data.train, data.validation, config)
+    if args.fresh_renders is None:
+        result = train(model_config, data.train, data.validation, config)
+    else:
+        def training_set(k: int):  # the k-th rendering of the training clips; the 0th is the cached one
+            if k == 0:
+                return data.train
+            return render_training_set(args.mocap_dir, dataclasses.replace(render_config, seed=render_config.seed + k))
+
+        result = train_on_fresh_sets(model_config, training_set, data.validation, config, args.fresh_renders)
     log.info("stopped at step %d, epoch %d; validation %s; checkpoints in %s", result.step, result.epoch,
              json.dumps({k: round(v * 1000, 1) for k, v in result.validation.items()}), result.run_dir)
 

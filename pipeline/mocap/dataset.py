@@ -397,13 +397,27 @@ class MocapData:
     cmu: SequenceSet | None  # CMU evaluation subset (never for training)
 
 
+def _bandai_paths(mocap_dir: Path, limit_clips: int | None) -> list[Path]:
+    paths = bandai_clip_paths(mocap_dir)
+    if limit_clips is not None:
+        paths = paths[:: max(len(paths) // limit_clips, 1)][:limit_clips]
+    return paths
+
+
+def render_training_set(mocap_dir: Path, config: RenderConfig, limit_clips: int | None = None) -> SequenceSet:
+    """The Bandai training clips rendered with `config` (its seed included), not cached: about 2 minutes on one core
+    for the 2,787 clips x 4 cameras, a fraction of the hours a network trains on them."""
+    paths = [p for p in _bandai_paths(mocap_dir, limit_clips) if not is_validation_group(bandai_group(p.stem))]
+    log.info("rendering the training clips with seed %d: %d clips x %d cameras", config.seed, len(paths),
+             config.cameras_per_clip)
+    return render_bandai(paths, config, config.cameras_per_clip)
+
+
 def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DATA_DIR,
                config: RenderConfig = RenderConfig(), validation_cameras: int = 2, with_cmu: bool = True,
                limit_clips: int | None = None) -> MocapData:
     """Render (or load from the cache) the Bandai train/validation sets and the CMU evaluation set."""
-    paths = bandai_clip_paths(mocap_dir)
-    if limit_clips is not None:
-        paths = paths[:: max(len(paths) // limit_clips, 1)][:limit_clips]
+    paths = _bandai_paths(mocap_dir, limit_clips)
     val_paths = [p for p in paths if is_validation_group(bandai_group(p.stem))]
     train_paths = [p for p in paths if not is_validation_group(bandai_group(p.stem))]
     extra = {"clips": len(paths), "limit": limit_clips}

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,6 +267,38 @@ def train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Seq
         torch.set_num_threads(previous_threads)
         log.removeHandler(handler)
         handler.close()
+
+
+def train_on_fresh_sets(model_config: PoseFormerV2Config, training_set: Callable[[int], SequenceSet],
+                        val_set: SequenceSet | None, config: TrainConfig, samples_per_set: int) -> TrainResult:
+    """`train` in stretches of `samples_per_set` samples, the k-th stretch (counted from the run's first sample) on
+    `training_set(k)`, e.g. the same clips rendered with seed k: a network that meets each rendering about once
+    cannot learn its cameras and noise by heart. Resumes like `train` (the stretch follows from the samples seen);
+    each stretch continues from `last.bin`. `config.max_samples` and `config.max_minutes` bound the whole call."""
+    if samples_per_set < 1:
+        raise ValueError(f"samples_per_set must be positive, got {samples_per_set}")
+    last = config.run_dir / LAST_CHECKPOINT
+    deadline = None if config.max_minutes is None else time.monotonic() + config.max_minutes * 60
+    budget = config.max_samples
+    resume = config.resume
+    losses: list[float] = []  # of every stretch
+    while True:
+        seen = load_checkpoint(last)["progress"]["samples_seen"] if resume and last.exists() else 0
+        stretch = seen // samples_per_set
+        left = (stretch + 1) * samples_per_set - seen
+        if budget is not None:
+            left = min(left, budget)
+        minutes = None if deadline is None else max((deadline - time.monotonic()) / 60, 0.0)
+        log.info("samples %d-%d: training set %d", seen, seen + left, stretch)
+        result = train(model_config, training_set(stretch), val_set,
+                       dataclasses.replace(config, resume=resume, max_minutes=minutes, max_samples=left))
+        resume = True
+        losses += result.losses
+        if budget is not None:
+            budget -= result.samples_seen - seen
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if result.finished or out_of_time or (budget is not None and budget <= 0):
+            return dataclasses.replace(result, losses=losses)
 
 
 def _train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: SequenceSet | None, config: TrainConfig,
