@@ -128,7 +128,7 @@ def add_motion_and_view_flags(p: argparse.ArgumentParser) -> None:
                     "virtual camera turned to look at them, which helps people far from the picture's centre")
     mo.add_argument("--window-stride", type=int, default=None, metavar="N",
                     help="frames between a lifting window's samples (default: from the frame rate, 1 up to 67 fps, "
-                    "2 for 100-134 fps, 4 for 240 fps: a window spans the time the lifter was trained on)")
+                    "2 up to 134, 3 up to 201, 4 for 240: a window spans the time the lifter was trained on)")
     mo.add_argument("--no-level", action="store_true",
                     help="draw and export the world view with the released demo's fixed camera tilt instead of "
                     "levelling it with the camera tilt estimated from the people")

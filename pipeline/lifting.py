@@ -72,7 +72,7 @@ MAX_WINDOW_FPS = 67.0
 
 def window_stride(fps: float | None, max_fps: float = MAX_WINDOW_FPS) -> int:
     """Frames between a lifting window's samples for a video at `fps`: the smallest stride that brings the sampled
-    rate to `max_fps` or below (1 up to 67 fps, 2 for 100-120 fps, 4 for 240 fps); 1 when the rate is unknown."""
+    rate to `max_fps` or below (1 up to 67 fps, 2 up to 134, 3 up to 201, 4 for 240); 1 when the rate is unknown."""
     if fps is None or not np.isfinite(fps) or fps <= 0:
         return 1
     return max(1, int(np.ceil(fps / max_fps - 1e-9)))

@@ -524,12 +524,25 @@ def test_fresh_renders_of_the_training_clips_differ_by_seed_and_leave_out_held_o
         assert a.shape != c.shape or np.abs(a - c).mean() > 0.01  # another speed, camera, body and noise
 
 
-def test_fresh_renders_must_be_a_positive_number_of_samples(tmp_path):
+def test_bad_fresh_renders_or_render_seeds_are_refused_before_the_run_folder_is_touched(tmp_path, monkeypatch):
     from pipeline.mocap import __main__ as cli
 
-    with pytest.raises(SystemExit, match="--fresh-renders is a number of samples, 1 or more, not 0"):
-        cli.main(["--data-dir", str(tmp_path / "no-data"), "train", "--frames", "27", "--f", "3", "--n", "3",
-                  "--run", "x", "--fresh-renders", "0", "--threads", "1"])
+    monkeypatch.setattr("pipeline.training.train.default_run_dir", lambda name: tmp_path / name)
+    weights = tmp_path / "missing.safetensors"  # never read: the flags are refused first
+    for flags, message in ((["--fresh-renders", "0"], "--fresh-renders is a number of samples, 1 or more, not 0"),
+                           (["--render-seed", "-1"], "the render seed must be 0 or more, not -1")):
+        with pytest.raises(SystemExit, match=message):
+            cli.main(["--data-dir", str(tmp_path / "no-data"), "train", "--frames", "27", "--f", "3", "--n", "3",
+                      "--run", "x", "--init-weights", str(weights), "--threads", "1", *flags])
+        assert not (tmp_path / "x").exists()
+
+
+def test_fresh_render_seeds_start_with_the_runs_own_set_and_stay_clear_of_hand_built_seeds():
+    from pipeline.mocap.dataset import fresh_render_seed
+
+    assert fresh_render_seed(0, 0) == 0 and fresh_render_seed(1, 0) == 1
+    later = {fresh_render_seed(seed, k) for seed in range(3) for k in range(1, 500)}
+    assert len(later) == 3 * 499 and min(later) > 1000  # distinct, and beyond the seeds one builds by hand
 
 
 def test_hidden_limbs_are_interpolated_across_or_laid_onto_the_other_side():

@@ -304,6 +304,26 @@ def test_fresh_sets_take_turns_by_samples_seen_and_a_resumed_run_continues_on_th
     assert plain.losses[:4] == first.losses[:4] and plain.losses[4:10] != first.losses[4:10]
     with pytest.raises(ValueError, match="samples_per_set must be positive"):
         train_on_fresh_sets(TINY, training_set, None, TrainConfig(run_dir=tmp_path / "x", **common), 0)
+    with pytest.raises(ValueError, match="a fixed samples_per_epoch"):
+        train_on_fresh_sets(TINY, training_set, None, TrainConfig(run_dir=tmp_path / "x", **{
+            **common, "samples_per_epoch": None}), 8)
+
+
+def test_fresh_sets_do_not_train_on_a_set_whose_rendering_ended_after_the_time_limit(tmp_path):
+    import time as clock
+
+    asked = []
+
+    def slow_set(k):
+        asked.append(k)
+        clock.sleep(1.5)
+        return _overfit_set(frames=30, seed=10 + k)
+
+    common = dict(device="cpu", batch_size=8, threads=1, samples_per_epoch=8 * 3, validation_frames=8)
+    result = train_on_fresh_sets(TINY, slow_set, None, TrainConfig(run_dir=tmp_path / "t", max_minutes=2 / 60,
+                                                                   **common), samples_per_set=8)
+    # Set 0 is rendered and trained on (one step); set 1's rendering, if it starts, ends past the limit: no step on it.
+    assert result.step == 1 and asked in ([0], [0, 1])
 
 
 def test_a_run_saved_by_the_unfused_optimizer_resumes_exactly_as_one_saved_by_the_fused(tmp_path):

@@ -299,8 +299,7 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
     focal = camera_focal(job.info, width, height, config)[0] if config.virtual_camera else None
     stride = config.window_stride or window_stride(job.info.fps)
     if stride > 1:
-        logger.info("%s: %.0f fps, so each lifting window takes every %s frame", job.clip.name, job.info.fps,
-                    "second" if stride == 2 else f"{stride}th")
+        logger.info("%s: %.0f fps, so each lifting window takes one frame in %d", job.clip.name, job.info.fps, stride)
     camera = np.zeros((len(pose2d.people), len(lifters), pose2d.num_frames, 17, 3), np.float32)
     with timer.stage("lift") as entry, torch_threads(lifter_threads), \
             progress_bar(show_progress, f"{job.clip.name} 3D", camera[..., 0, 0].size) as bar:

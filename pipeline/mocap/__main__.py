@@ -24,6 +24,7 @@ from pipeline.mocap.dataset import (
     DEFAULT_MOCAP_DIR,
     RenderConfig,
     build_sets,
+    fresh_render_seed,
     load_set,
     render_training_set,
 )
@@ -79,9 +80,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="share of training windows that see only a random stretch of 8 to 2T frames, edge-padded "
                    "beyond it, as the demo pads a clip shorter than the window (e.g. 0.5 for a 243-frame model)")
     t.add_argument("--fresh-renders", type=int, metavar="SAMPLES",
-                   help="render the training clips anew every SAMPLES samples (seed --render-seed + 1, + 2, ...; in "
-                   "memory, about 2 minutes each), so that the network meets each rendering about once instead of "
-                   "learning the cached one by heart (e.g. 1000000)")
+                   help="render the training clips anew every SAMPLES samples (the first stretch on the --render-seed "
+                   "set, then seeds of their own, 1,000,000 + 1,000 x the render seed + 1, 2, ...; in memory, about "
+                   "2 minutes each), so that the network meets each rendering about once instead of learning the "
+                   "cached one by heart (e.g. 1000000)")
     _add_mixing_flags(t, "train on the set rendered with this share of renderings whose {} move as in another "
                       "training clip (see build)")
 
@@ -191,6 +193,9 @@ def _train(args: argparse.Namespace) -> None:
         train_on_fresh_sets,
     )
 
+    if args.fresh_renders is not None and args.fresh_renders < 1:
+        raise SystemExit(f"error: --fresh-renders is a number of samples, 1 or more, not {args.fresh_renders}")
+    render_config = _render_config(args)  # bad flags end here, before the run folder is touched
     torch.set_num_threads(args.threads)
     run_dir = default_run_dir(args.run)
     model_config = PoseFormerV2Config(frames=args.frames, frames_kept=args.frames_kept, coeffs_kept=args.coeffs_kept,
@@ -212,9 +217,6 @@ def _train(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: {exc}") from None
     if args.resume and (run_dir / LAST_CHECKPOINT).exists():
         _check_resumed_architecture(run_dir / LAST_CHECKPOINT, plain_config(model_config))
-    if args.fresh_renders is not None and args.fresh_renders < 1:
-        raise SystemExit(f"error: --fresh-renders is a number of samples, 1 or more, not {args.fresh_renders}")
-    render_config = _render_config(args)
     data = build_sets(args.mocap_dir, args.data_dir, render_config, with_cmu=False)
     config = TrainConfig(run_dir=run_dir, batch_size=args.batch_size, threads=args.threads,
                          lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
@@ -227,12 +229,17 @@ def _train(args: argparse.Namespace) -> None:
     if args.fresh_renders is None:
         result = train(model_config, data.train, data.validation, config)
     else:
-        def training_set(k: int):  # the k-th rendering of the training clips; the 0th is the cached one
-            if k == 0:
-                return data.train
-            return render_training_set(args.mocap_dir, dataclasses.replace(render_config, seed=render_config.seed + k))
+        cached, validation = [data.train], data.validation
+        del data  # the cached set is dropped once stretch 0 is over
 
-        result = train_on_fresh_sets(model_config, training_set, data.validation, config, args.fresh_renders)
+        def training_set(k: int):  # the k-th rendering of the training clips; the 0th is the cached one
+            if k == 0 and cached:
+                return cached[0]
+            cached.clear()
+            return render_training_set(args.mocap_dir, dataclasses.replace(
+                render_config, seed=fresh_render_seed(render_config.seed, k)))
+
+        result = train_on_fresh_sets(model_config, training_set, validation, config, args.fresh_renders)
     log.info("stopped at step %d, epoch %d; validation %s; checkpoints in %s", result.step, result.epoch,
              json.dumps({k: round(v * 1000, 1) for k, v in result.validation.items()}), result.run_dir)
 

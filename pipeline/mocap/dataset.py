@@ -82,6 +82,8 @@ class RenderConfig:
     glitches: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"the render seed must be 0 or more, not {self.seed}")
         for name in ("arm_mixing", "upper_body_mixing", "pose_perturbation", "glitches"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a share of renderings, between 0 and 1, not {getattr(self, name)}")
@@ -402,6 +404,16 @@ def _bandai_paths(mocap_dir: Path, limit_clips: int | None) -> list[Path]:
     if limit_clips is not None:
         paths = paths[:: max(len(paths) // limit_clips, 1)][:limit_clips]
     return paths
+
+
+FRESH_SEEDS = 1_000_000  # the seeds of fresh renderings start here, clear of the seeds build --render-seed is given
+
+
+def fresh_render_seed(render_seed: int, stretch: int) -> int:
+    """The seed of a run's `stretch`-th training set (`train --fresh-renders`): stretch 0 is the `render_seed` set
+    itself, later ones get seeds of their own, which `--render-seed` sets built by hand (e.g. to measure a network on
+    renderings it never saw) do not reach."""
+    return render_seed if stretch == 0 else FRESH_SEEDS + 1000 * render_seed + stretch
 
 
 def render_training_set(mocap_dir: Path, config: RenderConfig, limit_clips: int | None = None) -> SequenceSet:

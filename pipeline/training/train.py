@@ -274,23 +274,31 @@ def train_on_fresh_sets(model_config: PoseFormerV2Config, training_set: Callable
     """`train` in stretches of `samples_per_set` samples, the k-th stretch (counted from the run's first sample) on
     `training_set(k)`, e.g. the same clips rendered with seed k: a network that meets each rendering about once
     cannot learn its cameras and noise by heart. Resumes like `train` (the stretch follows from the samples seen);
-    each stretch continues from `last.bin`. `config.max_samples` and `config.max_minutes` bound the whole call."""
+    each stretch continues from `last.bin`. `config.max_samples` and `config.max_minutes` bound the whole call (a set
+    whose making ends past the time limit is not trained on). `config.samples_per_epoch` must be given: an epoch (the
+    learning-rate schedule) must not follow each set's own length."""
     if samples_per_set < 1:
         raise ValueError(f"samples_per_set must be positive, got {samples_per_set}")
+    if config.samples_per_epoch is None:
+        raise ValueError("training on fresh sets needs a fixed samples_per_epoch")
     last = config.run_dir / LAST_CHECKPOINT
     deadline = None if config.max_minutes is None else time.monotonic() + config.max_minutes * 60
     budget = config.max_samples
     resume = config.resume
     losses: list[float] = []  # of every stretch
+    result: TrainResult | None = None
     while True:
         seen = load_checkpoint(last)["progress"]["samples_seen"] if resume and last.exists() else 0
         stretch = seen // samples_per_set
         left = (stretch + 1) * samples_per_set - seen
         if budget is not None:
             left = min(left, budget)
-        minutes = None if deadline is None else max((deadline - time.monotonic()) / 60, 0.0)
         log.info("samples %d-%d: training set %d", seen, seen + left, stretch)
-        result = train(model_config, training_set(stretch), val_set,
+        sequences = training_set(stretch)
+        minutes = None if deadline is None else (deadline - time.monotonic()) / 60
+        if minutes is not None and minutes <= 0 and result is not None:
+            return dataclasses.replace(result, losses=losses)
+        result = train(model_config, sequences, val_set,
                        dataclasses.replace(config, resume=resume, max_minutes=minutes, max_samples=left))
         resume = True
         losses += result.losses
