@@ -309,6 +309,24 @@ def test_fresh_sets_take_turns_by_samples_seen_and_a_resumed_run_continues_on_th
             **common, "samples_per_epoch": None}), 8)
 
 
+def test_a_finished_fresh_sets_run_resumes_without_making_a_set_and_its_log_names_each_set(tmp_path):
+    asked = []
+
+    def training_set(k):
+        asked.append(k)
+        return _overfit_set(frames=30, seed=10 + k)
+
+    common = dict(device="cpu", batch_size=8, threads=1, samples_per_epoch=8 * 2, epochs=3, validation_frames=8)
+    first = train_on_fresh_sets(TINY, training_set, None, TrainConfig(run_dir=tmp_path / "done", **common),
+                                samples_per_set=8 * 4)
+    assert first.finished and first.step == 6 and asked == [0, 1]
+    again = train_on_fresh_sets(TINY, training_set, None, TrainConfig(run_dir=tmp_path / "done", resume=True,
+                                                                      **common), samples_per_set=8 * 4)
+    assert again.finished and again.step == 6 and again.epoch == 3 and again.losses == [] and asked == [0, 1]
+    log_text = (tmp_path / "done" / "train.log").read_text()
+    assert "samples 0-32: training set 0" in log_text and "samples 32-64: training set 1" in log_text
+
+
 def test_fresh_sets_do_not_train_on_a_set_whose_rendering_ended_after_the_time_limit(tmp_path):
     import time as clock
 

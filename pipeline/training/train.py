@@ -21,6 +21,7 @@ with flip test and the predicted pelvis set to 0. Besides `last.bin`/`best.bin`,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -252,19 +253,27 @@ def train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Seq
     `val_frame_ids`: the frames of `val_set` (global ids over its concatenated sequences) that may be validated on,
     e.g. MPI-INF-3DHP's valid test frames; by default all of them. `config.validation_frames` of them, evenly spaced,
     are used."""
-    run_dir = config.run_dir
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        with _logging_to(config.run_dir):
+            return _train(model_config, train_set, val_set, config, val_frame_ids)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+@contextlib.contextmanager
+def _logging_to(run_dir: Path):
+    """While inside, this module's log lines also go to the run's train.log (created with the run folder)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
     try:
-        return _train(model_config, train_set, val_set, config, val_frame_ids)
+        yield
     finally:
-        torch.set_num_threads(previous_threads)
         log.removeHandler(handler)
         handler.close()
 
@@ -288,12 +297,19 @@ def train_on_fresh_sets(model_config: PoseFormerV2Config, training_set: Callable
     losses: list[float] = []  # of every stretch
     result: TrainResult | None = None
     while True:
-        seen = load_checkpoint(last)["progress"]["samples_seen"] if resume and last.exists() else 0
+        saved = load_checkpoint(last) if resume and last.exists() else None
+        seen = saved["progress"]["samples_seen"] if saved is not None else 0
+        if saved is not None and saved["epoch"] >= config.epochs:  # nothing left to train: no set to make
+            log.info("%s has finished all %d epochs", last, config.epochs)
+            return TrainResult(run_dir=config.run_dir, step=saved["progress"]["step"], epoch=saved["epoch"],
+                               samples_seen=seen, losses=losses, validation=dict(saved.get("validation", {})),
+                               finished=True)
         stretch = seen // samples_per_set
         left = (stretch + 1) * samples_per_set - seen
         if budget is not None:
             left = min(left, budget)
-        log.info("samples %d-%d: training set %d", seen, seen + left, stretch)
+        with _logging_to(config.run_dir):
+            log.info("samples %d-%d: training set %d", seen, seen + left, stretch)
         sequences = training_set(stretch)
         minutes = None if deadline is None else (deadline - time.monotonic()) / 60
         if minutes is not None and minutes <= 0 and result is not None:
