@@ -577,6 +577,34 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
     return _pooled(sequences, views, len(people))
 
 
+def levelling_errors(lifter, recording: Recording, views: list[ViewTracks],
+                     people: list[TriangulatedPerson]) -> dict[str, dict]:
+    """How far each camera's world view stands from the calibrated vertical: every view's people lifted and levelled
+    as demo.py lifts and levels them (virtual camera, `pipeline.motion.level.level_world`), against the demo's fixed
+    rotation. Per view: {"fixed": degrees, "levelled": degrees, "was_levelled": False when level_world kept the
+    fixed rotation}. A lifter that holds people's trunks at the wrong angle to the camera tilts the world view."""
+    from pipeline.lifting import window_stride
+    from pipeline.motion.level import fixed_up_camera, level_world
+    from pipeline.motion.trajectory import focal_length_px
+    from pipeline.virtual_camera import lift_aimed
+
+    stride = window_stride(views[0].fps)
+    errors = {}
+    for v, view in enumerate(views):
+        width, height = view.image_size
+        rows = [person.tracks[v] for person in people if v in person.tracks]
+        if not rows:
+            continue
+        poses = np.stack([lift_aimed(lifter, view.keypoints[row], width, height, focal_length_px(width, height),
+                                     frames=np.flatnonzero(view.valid[row]), stride=stride) for row in rows])
+        levelling = level_world(poses, view.valid[rows], view.scores[rows])
+        truth = recording.cameras[v].R @ np.array([0.0, 0.0, 1.0])  # the room's up (z) in this camera
+        fixed, levelled = (float(np.degrees(np.arccos(np.clip(up @ truth, -1.0, 1.0))))
+                           for up in (fixed_up_camera(), levelling.up_camera))
+        errors[view.name] = {"fixed": fixed, "levelled": levelled, "was_levelled": levelling.levelled}
+    return errors
+
+
 def _pooled(sequences: list[dict], views: list[ViewTracks], num_people: int) -> dict:
     return {
         "views": {v.name: combine([s for s in sequences if s["view"] == v.name]) for v in views},
