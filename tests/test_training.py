@@ -325,6 +325,11 @@ def test_a_finished_fresh_sets_run_resumes_without_making_a_set_and_its_log_name
     assert again.finished and again.step == 6 and again.epoch == 3 and again.losses == [] and asked == [0, 1]
     log_text = (tmp_path / "done" / "train.log").read_text()
     assert "samples 0-32: training set 0" in log_text and "samples 32-64: training set 1" in log_text
+    assert "has finished all 3 epochs" in log_text
+    other = dataclasses.replace(TINY, depth=TINY.depth + 1)
+    with pytest.raises(ValueError, match="was trained with model config"):
+        train_on_fresh_sets(other, training_set, None, TrainConfig(run_dir=tmp_path / "done", resume=True, **common),
+                            samples_per_set=8 * 4)
 
 
 def test_fresh_sets_do_not_train_on_a_set_whose_rendering_ended_after_the_time_limit(tmp_path):

@@ -577,31 +577,43 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
     return _pooled(sequences, views, len(people))
 
 
+def vertical_error_deg(up_camera: np.ndarray, camera: CameraCalibration) -> float:
+    """Degrees between an up direction in a camera's frame and the room's calibrated up (world z) in it."""
+    truth = camera.R @ np.array([0.0, 0.0, 1.0])
+    up = np.asarray(up_camera, np.float64) / np.linalg.norm(up_camera)
+    return float(np.degrees(np.arccos(np.clip(up @ truth, -1.0, 1.0))))
+
+
 def levelling_errors(lifter, recording: Recording, views: list[ViewTracks],
                      people: list[TriangulatedPerson]) -> dict[str, dict]:
-    """How far each camera's world view stands from the calibrated vertical: every view's people lifted and levelled
-    as demo.py lifts and levels them (virtual camera, `pipeline.motion.level.level_world`), against the demo's fixed
-    rotation. Per view: {"fixed": degrees, "levelled": degrees, "was_levelled": False when level_world kept the
-    fixed rotation}. A lifter that holds people's trunks at the wrong angle to the camera tilts the world view."""
+    """How far each camera's world view stands from the calibrated vertical: the recording's triangulated people, in
+    every view that sees them, lifted and levelled as demo.py lifts and levels (virtual camera, rigid bones,
+    `pipeline.motion.level.level_world`), against the demo's fixed rotation. demo.py levels with everyone it
+    follows; people too few views saw to be triangulated (a bystander) are left out here. Per view: {"fixed":
+    degrees, "levelled": degrees, "was_levelled": False when level_world kept the fixed rotation}. A lifter that
+    holds people's trunks at the wrong angle to the camera tilts the world view."""
     from pipeline.lifting import window_stride
     from pipeline.motion.level import fixed_up_camera, level_world
     from pipeline.motion.trajectory import focal_length_px
     from pipeline.virtual_camera import lift_aimed
 
-    stride = window_stride(views[0].fps)
     errors = {}
     for v, view in enumerate(views):
         width, height = view.image_size
         rows = [person.tracks[v] for person in people if v in person.tracks]
         if not rows:
             continue
-        poses = np.stack([lift_aimed(lifter, view.keypoints[row], width, height, focal_length_px(width, height),
-                                     frames=np.flatnonzero(view.valid[row]), stride=stride) for row in rows])
-        levelling = level_world(poses, view.valid[rows], view.scores[rows])
-        truth = recording.cameras[v].R @ np.array([0.0, 0.0, 1.0])  # the room's up (z) in this camera
-        fixed, levelled = (float(np.degrees(np.arccos(np.clip(up @ truth, -1.0, 1.0))))
-                           for up in (fixed_up_camera(), levelling.up_camera))
-        errors[view.name] = {"fixed": fixed, "levelled": levelled, "was_levelled": levelling.levelled}
+        poses = []
+        for row in rows:
+            detected = np.flatnonzero(view.valid[row])
+            lifted = lift_aimed(lifter, view.keypoints[row], width, height, focal_length_px(width, height),
+                                frames=detected, stride=window_stride(view.fps))
+            poses.append(rigid_bones(lifted, frames=detected))
+        levelling = level_world(np.stack(poses), view.valid[rows], view.scores[rows])
+        camera = recording.cameras[v]
+        errors[view.name] = {"fixed": vertical_error_deg(fixed_up_camera(), camera),
+                             "levelled": vertical_error_deg(levelling.up_camera, camera),
+                             "was_levelled": levelling.levelled}
     return errors
 
 

@@ -262,6 +262,15 @@ def train(model_config: PoseFormerV2Config, train_set: SequenceSet, val_set: Seq
         torch.set_num_threads(previous_threads)
 
 
+def _check_model_config(path: Path, checkpoint: dict, wanted: dict) -> None:
+    """Refuse to continue a run whose checkpoint holds another model than `wanted` (`plain_config` of the model's
+    config) describes."""
+    saved = checkpoint.get("model_config")
+    if saved is not None and saved != wanted:
+        raise ValueError(f"{path} was trained with model config {saved}, not {wanted}; use another run directory or "
+                         "the same model config")
+
+
 @contextlib.contextmanager
 def _logging_to(run_dir: Path):
     """While inside, this module's log lines also go to the run's train.log (created with the run folder)."""
@@ -269,11 +278,13 @@ def _logging_to(run_dir: Path):
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
+    level = log.level
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
     try:
         yield
     finally:
+        log.setLevel(level)
         log.removeHandler(handler)
         handler.close()
 
@@ -300,7 +311,9 @@ def train_on_fresh_sets(model_config: PoseFormerV2Config, training_set: Callable
         saved = load_checkpoint(last) if resume and last.exists() else None
         seen = saved["progress"]["samples_seen"] if saved is not None else 0
         if saved is not None and saved["epoch"] >= config.epochs:  # nothing left to train: no set to make
-            log.info("%s has finished all %d epochs", last, config.epochs)
+            _check_model_config(last, saved, plain_config(model_config))
+            with _logging_to(config.run_dir):
+                log.info("%s has finished all %d epochs", last, config.epochs)
             return TrainResult(run_dir=config.run_dir, step=saved["progress"]["step"], epoch=saved["epoch"],
                                samples_seen=seen, losses=losses, validation=dict(saved.get("validation", {})),
                                finished=True)
@@ -395,10 +408,7 @@ class Trainer:
             log.warning("no checkpoint at %s: starting a new run", self.last_path)
             return
         chk = load_checkpoint(self.last_path)
-        saved_config = chk.get("model_config")
-        if saved_config is not None and saved_config != self.model_config_plain:
-            raise ValueError(f"{self.last_path} was trained with model config {saved_config}, not "
-                             f"{self.model_config_plain}; use another run directory or the same model config")
+        _check_model_config(self.last_path, chk, self.model_config_plain)
         self.model.load_state_dict(strip_prefix(chk["model_pos"]))
         load_optimizer_state(self.optimizer, chk["optimizer"])
         torch.set_rng_state(chk["torch_rng_state"])
