@@ -20,7 +20,8 @@ the world view's levelling depends on. So this reports, for the baseline and eac
 - synthetic: `python -m pipeline.mocap evaluate` (flip test, float16) on the held-out Bandai and CMU renderings and
   on any `--set`.
 It prints the numbers; the rule decides. With `--frames 2000 --demo` and two extra sets it took 3 minutes for two
-lifters on this project's 2-core machine (both cores also training); `--frames 20000` adds about 6 minutes per lifter.
+lifters on this project's 2-core machine (both cores also training); three lifters at `--frames 20000` with `--demo`
+took 14 minutes with the training paused, about 4 of them per lifter on the synthetic sets.
 """
 from __future__ import annotations
 
