@@ -132,6 +132,9 @@ def add_motion_and_view_flags(p: argparse.ArgumentParser) -> None:
     mo.add_argument("--no-level", action="store_true",
                     help="draw and export the world view with the released demo's fixed camera tilt instead of "
                     "levelling it with the camera tilt estimated from the people")
+    mo.add_argument("--separate-grounds", action="store_true",
+                    help="place each person by their body size alone, instead of also by the floor everyone stands "
+                    "on (with several people in a levelled world view; pipeline.motion.ground)")
     v = p.add_argument_group("rendering")
     v.add_argument("--elev", type=float, default=15.0, help="3D view elevation in degrees")
     v.add_argument("--azim", type=float, default=70.0, help="3D view azimuth in degrees")
@@ -175,7 +178,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         clip_range=ClipRange(start=parse_frame_or_time(args.start, "start"), end=parse_frame_or_time(args.end, "end")),
         motion=MotionConfig(bones=args.bones, trajectory=not args.no_trajectory, fov_deg=args.fov, focal_px=args.focal,
                             bvh=not args.no_bvh, virtual_camera=not args.no_virtual_camera,
-                            level=not args.no_level, window_stride=args.window_stride),
+                            level=not args.no_level, window_stride=args.window_stride,
+                            shared_ground=not args.separate_grounds),
         write_video=not args.no_render,
         viewer=not args.no_viewer,
         rerun=args.rerun,

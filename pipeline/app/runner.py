@@ -59,6 +59,10 @@ class MotionConfig:
     # Frames between a lifting window's samples; None: from the video's frame rate (`pipeline.lifting.window_stride`:
     # 1 up to 67 fps, 2 for a 120 fps clip).
     window_stride: int | None = None
+    # With several people in a levelled world view, size each person (pose and path together, their image unchanged)
+    # so that everyone stands on one floor as far as body sizes allow (pipeline.motion.ground); False: by body size
+    # alone, each on the floor their own size gives.
+    shared_ground: bool = True
 
     def __post_init__(self) -> None:
         from pipeline.motion.bones import BONE_MODES
@@ -98,6 +102,7 @@ class RunConfig:
             "fov": self.motion.fov_deg,
             "focal": self.motion.focal_px, "bvh": self.motion.bvh, "virtual_camera": self.motion.virtual_camera,
             "level": self.motion.level, "window_stride": self.motion.window_stride,
+            "shared_ground": self.motion.shared_ground,
             "viewer": self.viewer, "rerun": self.rerun,
         }
 
@@ -157,6 +162,10 @@ class Scene:
     focal_px: float | None  # the focal length the trajectory rests on
     focal_source: str | None  # where it came from: "focal", "fov", "metadata" or "default"
     problem: str | None = None  # why there is no trajectory although one was asked for
+    # (P, K) each person's size relative to the lifter's pose, from the floor people share (pipeline.motion.ground):
+    # the poses above and the trajectories are scaled by it; None: not applied (one person, --separate-grounds, the
+    # fixed rotation, no trajectory)
+    body_scale: np.ndarray | None = None
 
 
 def process_clips(clips: list[Path], config: RunConfig,
@@ -355,7 +364,8 @@ def place_in_world(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, config: M
 
 
 def moving_scene(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, config: MotionConfig) -> Scene:
-    """The trajectories of every person and checkpoint, and everyone on the followed person's ground."""
+    """The trajectories of every person and checkpoint, and everyone on the followed person's ground; with several
+    people in a levelled world view, each sized by the floor they share (`pipeline.motion.ground`)."""
     from pipeline.motion.trajectory import estimate_trajectory
     from pipeline.scene import world_scene
 
@@ -373,9 +383,25 @@ def moving_scene(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, config: Mot
                 raise ValueError(f"person {person.track_id}, checkpoint {k + 1}: {exc}") from exc
     valid = pose2d.stacked("valid")
     rotation = lifted.levelling.rotation
-    poses, roots = zip(*(world_scene(lifted.camera[:, k], camera_path[:, k], valid, rotation) for k in range(lifters)),
+    camera_poses, body_scale = lifted.camera, None
+    if config.shared_ground and lifted.levelling.levelled and people > 1:
+        body_scale = floor_scales(pose2d, lifted, camera_path)
+        camera_path = camera_path * body_scale[..., None, None].astype(np.float32)
+        camera_poses = lifted.camera * body_scale[..., None, None, None].astype(np.float32)
+    poses, roots = zip(*(world_scene(camera_poses[:, k], camera_path[:, k], valid, rotation) for k in range(lifters)),
                        strict=True)
-    return Scene(camera_path, np.stack(roots, axis=1), np.stack(poses, axis=1), focal, source)
+    return Scene(camera_path, np.stack(roots, axis=1), np.stack(poses, axis=1), focal, source, body_scale=body_scale)
+
+
+def floor_scales(pose2d: Pose2DOutput, lifted: Lifted, camera_path: np.ndarray) -> np.ndarray:
+    """(P, K) each person's scale, per checkpoint, so that the people share one floor (pipeline.motion.ground)."""
+    from pipeline.motion.ground import shared_ground_scales, standing_heights
+
+    valid, scores = pose2d.stacked("valid"), pose2d.stacked("scores")
+    rotation = lifted.levelling.rotation
+    return np.stack([shared_ground_scales(standing_heights(lifted.camera[:, k], camera_path[:, k], valid, scores,
+                                                           rotation))
+                     for k in range(lifted.camera.shape[1])], axis=1)
 
 
 def camera_focal(info: MediaInfo, width: int, height: int, config: MotionConfig) -> tuple[float, str]:
@@ -397,7 +423,8 @@ def write_keypoints(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, scene: S
     written = []
     for p, person in enumerate(pose2d.people):
         target = job.out.keypoints if p == 0 else job.out.person_keypoints(person.track_id)
-        arrays = keypoints_arrays(person, lifted.camera[p], lifted.world[p], lifted.levelling.rotation,
+        scale = 1.0 if scene.body_scale is None else scene.body_scale[p][:, None, None, None].astype(np.float32)
+        arrays = keypoints_arrays(person, lifted.camera[p] * scale, lifted.world[p] * scale, lifted.levelling.rotation,
                                   checkpoint_names=[lifter.name for lifter in models.lifters],
                                   models=models.provenance(), fps=job.info.fps, first_frame=job.first,
                                   image_size=pose2d.image_size)
@@ -405,6 +432,8 @@ def write_keypoints(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, scene: S
             arrays["trajectory_camera"] = scene.trajectory_camera[p]
             arrays["trajectory_world"] = scene.trajectory_world[p]
             arrays["focal_px"] = np.float64(scene.focal_px)
+        if scene.body_scale is not None:
+            arrays["body_scale"] = scene.body_scale[p].astype(np.float32)
         save_npz(target, arrays)
         written.append(target.name)
     return written
@@ -525,7 +554,10 @@ def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Po
                   "codec": info.codec, "frame_count_in_header": info.frame_count_header},
         "settings": config.record(),
         "models": models.provenance(),
-        "people": [{"track_id": p.track_id, "detected_frames": int(p.valid.sum())} for p in pose2d.people],
+        "people": [{"track_id": p.track_id, "detected_frames": int(p.valid.sum()),
+                    **({} if scene.body_scale is None else {"body_scale": [round(float(s), 4) for s in
+                                                                           scene.body_scale[i]]})}
+                   for i, p in enumerate(pose2d.people)],
         "tracks": pose2d.tracks,
         "checkpoint_disagreement_mm": lifted.disagreement_mm,
         "window_stride": lifted.window_stride,
