@@ -165,6 +165,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     # and a mistyped flag answer at once (0.1 s).
     from pipeline.app.models import LiftingConfig
     from pipeline.app.runner import MotionConfig, RunConfig
+    from pipeline.motion.ground import GroundConfig
     from pipeline.pose2d import Pose2DConfig
     from pipeline.render import RenderConfig
 
@@ -179,7 +180,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         motion=MotionConfig(bones=args.bones, trajectory=not args.no_trajectory, fov_deg=args.fov, focal_px=args.focal,
                             bvh=not args.no_bvh, virtual_camera=not args.no_virtual_camera,
                             level=not args.no_level, window_stride=args.window_stride,
-                            shared_ground=not args.separate_grounds),
+                            ground=None if args.separate_grounds else GroundConfig()),
         write_video=not args.no_render,
         viewer=not args.no_viewer,
         rerun=args.rerun,

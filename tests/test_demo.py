@@ -540,3 +540,18 @@ def test_an_empty_videos_folder_says_to_add_clips_or_use_the_sample(tmp_path):
         resolve_clips(None, videos_dir=tmp_path)
     with pytest.raises(UserError, match=r"no video files in .*\)$"):  # a folder given by the user: no sample hint
         resolve_clips(tmp_path)
+
+
+def test_json_outputs_are_strict_json_with_null_for_what_was_not_measured(tmp_path):
+    """run.json and the evaluation's --json go through save_json: NaN is not JSON (browsers and most tools refuse
+    it), so what was not measured is null, and numpy numbers are plain numbers."""
+    from pipeline.app.outputs import save_json
+
+    def refuse(name: str):
+        raise AssertionError(f"{name} written")
+
+    path = tmp_path / "out.json"
+    save_json(path, {"unscored": float("nan"), "far": [np.inf, -np.inf], "score": np.float32(1.5),
+                     "frames": np.int64(3), "array": np.array([[0.25, np.nan]]), "where": Path("a/b")})
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "unscored": None, "far": [None, None], "score": 1.5, "frames": 3, "array": [[0.25, None]], "where": "a/b"}

@@ -41,9 +41,27 @@ def save_npz(dest: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez_compressed(f, **arrays)
 
 
-def save_json(dest: Path, obj: dict) -> None:
+def save_json(dest: Path, obj: dict, indent: int = 2) -> None:
+    """`obj` as strict JSON (NaN and infinities as null, numpy values as plain numbers, anything else as its string),
+    which every JSON reader takes, not only Python's."""
     with atomic_output(dest) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(strict_json(obj), indent=indent, default=str, allow_nan=False) + "\n",
+                       encoding="utf-8")
+
+
+def strict_json(value):
+    """`value` with every non-finite float replaced by None and numpy scalars and arrays turned into Python ones."""
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pipeline.app.progress import StageProgress, StageTimer, progress_bar
 from pipeline.errors import SettingError
 from pipeline.geometry import demo_world_view
 from pipeline.media.ffmpeg import MediaInfo
+from pipeline.motion.ground import GroundConfig, shared_ground_scales, standing_heights
 from pipeline.motion.level import Levelling, fixed_levelling, level_world
 from pipeline.pose2d import Pose2DConfig, Pose2DOutput, start_reading
 from pipeline.render import RenderConfig
@@ -60,9 +61,9 @@ class MotionConfig:
     # 1 up to 67 fps, 2 for a 120 fps clip).
     window_stride: int | None = None
     # With several people in a levelled world view, size each person (pose and path together, their image unchanged)
-    # so that everyone stands on one floor as far as body sizes allow (pipeline.motion.ground); False: by body size
+    # so that everyone stands on one floor as far as body sizes allow (pipeline.motion.ground); None: by body size
     # alone, each on the floor their own size gives.
-    shared_ground: bool = True
+    ground: GroundConfig | None = field(default_factory=GroundConfig)
 
     def __post_init__(self) -> None:
         from pipeline.motion.bones import BONE_MODES
@@ -102,7 +103,7 @@ class RunConfig:
             "fov": self.motion.fov_deg,
             "focal": self.motion.focal_px, "bvh": self.motion.bvh, "virtual_camera": self.motion.virtual_camera,
             "level": self.motion.level, "window_stride": self.motion.window_stride,
-            "shared_ground": self.motion.shared_ground,
+            "shared_ground": self.motion.ground is not None,
             "viewer": self.viewer, "rerun": self.rerun,
         }
 
@@ -383,25 +384,30 @@ def moving_scene(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, config: Mot
                 raise ValueError(f"person {person.track_id}, checkpoint {k + 1}: {exc}") from exc
     valid = pose2d.stacked("valid")
     rotation = lifted.levelling.rotation
-    camera_poses, body_scale = lifted.camera, None
-    if config.shared_ground and lifted.levelling.levelled and people > 1:
-        body_scale = floor_scales(pose2d, lifted, camera_path)
-        camera_path = camera_path * body_scale[..., None, None].astype(np.float32)
-        camera_poses = lifted.camera * body_scale[..., None, None, None].astype(np.float32)
+    body_scale = None
+    if config.ground is not None and lifted.levelling.levelled and people > 1:
+        body_scale = floor_scales(pose2d, lifted, camera_path, config.ground)
+    camera_path = scaled_by_person(camera_path, body_scale)
+    camera_poses = scaled_by_person(lifted.camera, body_scale)
     poses, roots = zip(*(world_scene(camera_poses[:, k], camera_path[:, k], valid, rotation) for k in range(lifters)),
                        strict=True)
     return Scene(camera_path, np.stack(roots, axis=1), np.stack(poses, axis=1), focal, source, body_scale=body_scale)
 
 
-def floor_scales(pose2d: Pose2DOutput, lifted: Lifted, camera_path: np.ndarray) -> np.ndarray:
+def floor_scales(pose2d: Pose2DOutput, lifted: Lifted, camera_path: np.ndarray, config: GroundConfig) -> np.ndarray:
     """(P, K) each person's scale, per checkpoint, so that the people share one floor (pipeline.motion.ground)."""
-    from pipeline.motion.ground import shared_ground_scales, standing_heights
-
     valid, scores = pose2d.stacked("valid"), pose2d.stacked("scores")
     rotation = lifted.levelling.rotation
     return np.stack([shared_ground_scales(standing_heights(lifted.camera[:, k], camera_path[:, k], valid, scores,
-                                                           rotation))
+                                                           rotation, config), config)
                      for k in range(lifted.camera.shape[1])], axis=1)
+
+
+def scaled_by_person(values: np.ndarray, body_scale: np.ndarray | None) -> np.ndarray:
+    """`values` (P, K, ...) times each person's scale per checkpoint (P, K); as they are without one."""
+    if body_scale is None:
+        return values
+    return values * body_scale.reshape(body_scale.shape + (1,) * (values.ndim - 2)).astype(values.dtype)
 
 
 def camera_focal(info: MediaInfo, width: int, height: int, config: MotionConfig) -> tuple[float, str]:
@@ -421,10 +427,10 @@ def camera_focal(info: MediaInfo, width: int, height: int, config: MotionConfig)
 def write_keypoints(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, scene: Scene, models: Models) -> list[str]:
     """keypoints.npz for the followed person, keypoints_person<ID>.npz for the others; returns the file names."""
     written = []
+    camera, world = (scaled_by_person(poses, scene.body_scale) for poses in (lifted.camera, lifted.world))
     for p, person in enumerate(pose2d.people):
         target = job.out.keypoints if p == 0 else job.out.person_keypoints(person.track_id)
-        scale = 1.0 if scene.body_scale is None else scene.body_scale[p][:, None, None, None].astype(np.float32)
-        arrays = keypoints_arrays(person, lifted.camera[p] * scale, lifted.world[p] * scale, lifted.levelling.rotation,
+        arrays = keypoints_arrays(person, camera[p], world[p], lifted.levelling.rotation,
                                   checkpoint_names=[lifter.name for lifter in models.lifters],
                                   models=models.provenance(), fps=job.info.fps, first_frame=job.first,
                                   image_size=pose2d.image_size)

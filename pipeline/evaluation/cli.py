@@ -14,7 +14,6 @@ calibration, a wrong checkpoint) ends in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.app.outputs import save_json
 from pipeline.app.process import configure_process
 from pipeline.evaluation.calibration import write_calib_toml
 from pipeline.evaluation.gap import OUTLIER_STATURE
@@ -211,10 +211,7 @@ def _check_checkpoints(paths: list[Path]) -> None:
 def _write_json(path: Path | None, data: dict) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(path)
+    save_json(path, data, indent=1)
     log.info("written to %s", path)
 
 

@@ -16,7 +16,6 @@ is evaluated through the joint mapping (the cross-dataset numbers papers report)
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.app.outputs import save_json
 from pipeline.geometry import root_relative
 from pipeline.lifting import Lifter, load_lifter
 from pipeline.skeleton import H36M, h36m_to_mpi_inf_3dhp, mpi_inf_3dhp_to_h36m
@@ -249,10 +249,7 @@ def _evaluate_h36m(args: argparse.Namespace, lifter: Lifter) -> dict:
 
 def _write_json(path: Path, report: dict) -> None:
     """The report as JSON, written through a temporary file (errors in mm, PCK/AUC in %)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    save_json(path, report)
     log.info("wrote %s", path)
 
 
