@@ -75,13 +75,11 @@ def demo_feet(lifter: Path) -> dict:
     and each person's median feet height above its ground (m), by track id: as demo.py gives them (the people
     sharing the floor, `pipeline.motion.ground`) and placed by body size alone (`--separate-grounds`), which shows
     the lifter's own body sizes."""
-    from pipeline.evaluation.multiview import find_recording, vertical_error_deg
-    from pipeline.geometry import camera_to_world, quaternion_to_matrix
-    from pipeline.skeleton import H36M
+    from pipeline.evaluation.multiview import feet_heights, find_recording, vertical_error_deg
+    from pipeline.geometry import quaternion_to_matrix
 
     recording = find_recording(RECORDING)
     video = recording.videos[0]
-    ankles = [H36M.index("left_ankle"), H36M.index("right_ankle")]
     result: dict = {}
     with tempfile.TemporaryDirectory() as out:
         runs = (("median_feet_m_by_track", []), ("separate_grounds_feet_m_by_track", ["--separate-grounds"]))
@@ -95,9 +93,7 @@ def demo_feet(lifter: Path) -> dict:
             feet = {}
             for file in folder.glob("keypoints*.npz"):
                 with np.load(file) as data:
-                    heights = camera_to_world(data["pose3d_camera"][0], rotation)[:, ankles, 2].min(axis=1)
-                    heights = (heights + data["trajectory_world"][0, :, 2])[data["valid"]]
-                    feet[int(data["track_id"])] = round(float(np.median(heights)), 3)
+                    feet[int(data["track_id"])] = round(float(np.median(feet_heights(data))), 3)
             result[key] = dict(sorted(feet.items()))
     up = quaternion_to_matrix(rotation).T @ np.array([0.0, 0.0, 1.0])
     return {"levelled": world["levelled"], "cam01_degrees": vertical_error_deg(up, recording.cameras[0]), **result}

@@ -524,6 +524,19 @@ def test_fresh_renders_of_the_training_clips_differ_by_seed_and_leave_out_held_o
         assert a.shape != c.shape or np.abs(a - c).mean() > 0.01  # another speed, camera, body and noise
 
 
+def test_evaluation_alone_renders_the_held_out_set_and_not_the_training_set(tmp_path):
+    from pipeline.mocap.dataset import build_sets
+
+    mocap, data = _few_bandai_clips(tmp_path / "mocap", 12), tmp_path / "data"
+    alone = build_sets(mocap, data, with_cmu=False, with_train=False)
+    assert alone.train is None and len(alone.validation) > 0
+    assert [p.name.split("_")[1] for p in sorted(data.glob("*.npz"))] == ["val"]
+    both = build_sets(mocap, data, with_cmu=False)  # the held-out set now read back, the training set rendered
+    assert len(both.train) > 0 and sorted(p.name.split("_")[1] for p in data.glob("*.npz")) == ["train", "val"]
+    for a, b in zip(alone.validation.inputs_2d, both.validation.inputs_2d, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_bad_fresh_renders_or_render_seeds_are_refused_before_the_run_folder_is_touched(tmp_path, monkeypatch):
     from pipeline.mocap import __main__ as cli
 

@@ -33,7 +33,6 @@ from pipeline.evaluation.scores import (
     limb_length_ratios,
 )
 from pipeline.evaluation.triangulation import TriangulationConfig, smooth_points, triangulate
-from pipeline.geometry import camera_to_world
 from pipeline.skeleton import COCO, H36M, coco_to_h36m
 
 REPO = Path(__file__).resolve().parents[1]
@@ -363,6 +362,24 @@ def test_smoothing_keeps_steady_motion_removes_a_one_frame_spike_and_keeps_gaps(
     assert np.isnan(smooth[45]).all() and np.isfinite(smooth[44]).all()
 
 
+def test_feet_heights_of_a_demo_output_are_the_lower_ankle_above_the_ground_in_detected_frames():
+    from pipeline.geometry import matrix_to_quaternion, world_to_camera
+
+    rng = np.random.default_rng(0)
+    world = rng.normal(0.0, 0.3, (5, 17, 3))
+    world -= world[:, :1]  # root-relative, as pose3d_camera is
+    ankles = [H36M.index("left_ankle"), H36M.index("right_ankle")]
+    world[:, ankles, 2] = [[-0.9, -0.8], [-0.7, -0.95], [-0.9, -0.9], [-1.0, -0.6], [-0.85, -0.85]]
+    path = np.zeros((5, 3))
+    path[:, 2] = [0.9, 0.9, 1.0, 1.0, 3.0]  # the pelvis above the ground: standing, then a jump
+    tilt = np.radians(20.0)
+    rotation = matrix_to_quaternion(np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)],
+                                              [0, np.sin(tilt), np.cos(tilt)]]) @ np.diag([1.0, -1.0, -1.0]))
+    output = {"pose3d_camera": world_to_camera(world, rotation, 0.0)[None], "camera_to_world": rotation,
+              "trajectory_world": path[None], "valid": np.array([True, True, True, True, False])}
+    np.testing.assert_allclose(multiview.feet_heights(output), [0.0, -0.05, 0.1, 0.0], atol=1e-5)
+
+
 def test_find_recording_matches_videos_to_cameras_by_name(tmp_path):
     write_calib_toml(tmp_path / "Calib.toml", ring_of_cameras(3))
     for name in ("cam02.mp4", "take1_cam01.mp4", "cam03.mov", "notes.txt"):
@@ -568,7 +585,6 @@ def test_real_recording_dancers_who_share_a_floor_are_placed_at_their_relative_d
     0.04 / 0.15 / 0.04 m above the ground for the woman, the man and the bystander, against 0.05 / 0.49 / 0.14)."""
     recording, views, people = real["recording"], real["views"], real["people"]
     video, camera = recording.videos[0], recording.cameras[0]
-    ankles = [H36M.index("left_ankle"), H36M.index("right_ankle")]
     out = tmp_path / "out"
 
     def demo(*flags: str) -> tuple[dict[int, dict], dict]:
@@ -593,10 +609,8 @@ def test_real_recording_dancers_who_share_a_floor_are_placed_at_their_relative_d
             ratios.append(np.median(np.linalg.norm(match["trajectory_camera"][0][ok], axis=1)
                                     / np.linalg.norm(truth[ok], axis=1)))
         rotation = np.array(run["world"]["rotation"])
-        feet = []
-        for data in outputs:
-            heights = camera_to_world(data["pose3d_camera"][0], rotation)[:, ankles, 2].min(axis=1)
-            feet.append(float(np.median((heights + data["trajectory_world"][0, :, 2])[data["valid"]])))
+        assert all(np.allclose(data["camera_to_world"], rotation, atol=1e-6) for data in outputs)
+        feet = [float(np.median(multiview.feet_heights(data))) for data in outputs]
         return abs(float(np.log(ratios[1] / ratios[0]))), feet
 
     shared_out, shared_run = demo()
@@ -669,13 +683,11 @@ def test_real_recording_demo_py_output_scores_exactly_as_the_evaluation_lifts(re
     angles = [np.degrees(np.arccos(np.clip(up @ truth, -1, 1)))
               for up in (quaternion_to_matrix(rotation).T @ [0.0, 0.0, 1.0], fixed_up_camera())]
     assert angles[0] < 10 < 15 < angles[1], angles
-    ankles = [H36M.index("left_ankle"), H36M.index("right_ankle")]
     for file in sorted((tmp_path / video.stem).glob("keypoints*.npz")):
         with np.load(file) as data:
             assert np.allclose(data["camera_to_world"], rotation, atol=1e-6)
-            feet = camera_to_world(data["pose3d_camera"][0], rotation)[:, ankles, 2].min(axis=1)
-            feet = (feet + data["trajectory_world"][0, :, 2])[data["valid"]]
-            assert abs(np.median(feet)) < 0.5, (file.name, np.median(feet))  # everyone near the one ground
+            feet = np.median(multiview.feet_heights(data))
+            assert abs(feet) < 0.5, (file.name, feet)  # everyone near the one ground
 
     # The command, on output cut to frames 20-79 (as `demo.py --start 20 --end 80` writes): only those frames are
     # scored, and the comparison with a checkpoint lifted here uses the frames and sequences both have.

@@ -48,8 +48,10 @@ from pipeline.evaluation.scores import (
     root_relative,
 )
 from pipeline.evaluation.triangulation import Triangulation, TriangulationConfig, smooth_points, triangulate
+from pipeline.geometry import camera_to_world
 from pipeline.motion.bones import rigid_bones
 from pipeline.pose2d import Pose2DConfig, Pose2DEstimator
+from pipeline.skeleton import H36M
 
 logger = logging.getLogger(__name__)
 
@@ -669,6 +671,17 @@ def read_outputs(directory: str | Path, recording: Recording) -> list[list[dict]
         raise ValueError(f"no demo.py output in {directory}: expected {directory}/<video name>/keypoints.npz, as "
                          f"`demo.py --video {recording.directory} --all-people --out {directory}` writes")
     return per_view
+
+
+def feet_heights(output: dict) -> np.ndarray:
+    """The lower ankle's height above the ground (m) in each detected frame of one person of demo.py's
+    keypoints.npz (a dict of its arrays; the first checkpoint's poses): the camera-space pose turned into the world
+    view by the file's `camera_to_world`, lifted by its `trajectory_world`. Near 0 for someone standing on the floor
+    the world view found; how far off it is shows how wrong the person's size and distance are."""
+    ankles = [H36M.index("left_ankle"), H36M.index("right_ankle")]
+    world = camera_to_world(output["pose3d_camera"][0], output["camera_to_world"])
+    heights = world[:, ankles, 2].min(axis=1) + output["trajectory_world"][0, :, 2]
+    return heights[np.asarray(output["valid"], dtype=bool)]
 
 
 def evaluate_outputs(outputs: list[list[dict]], recording: Recording, views: list[ViewTracks],

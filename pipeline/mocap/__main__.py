@@ -265,7 +265,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     model, info, mirror = load_any_lifter(args.checkpoint, half=args.half)
     sets = {}
     if not args.only_extra:
-        data = build_sets(args.mocap_dir, args.data_dir)
+        data = build_sets(args.mocap_dir, args.data_dir, with_train=False)
         sets = {"bandai_heldout": data.validation, "cmu": data.cmu}
     for spec in args.extra_sets:
         name, sep, path = spec.partition("=")
