@@ -9,8 +9,9 @@ view assumes (degrees: median, mean, 90th percentile), plus the signed pitch and
   (pitch ~N(5, 22.5), roll ~N(0, 7.5) degrees, 1-12 m, phone lenses, some panning and hand-held cameras) with the
   detector-like noise, lifted by the checkpoint over whole clips. "true bodies" runs the same estimator on the
   rendered ground-truth poses: the best a body-based estimate can do;
-- real: the shared 4-camera recording (../shared/data/multiview/pose2sim_multi), each view's two dancers lifted as
-  demo.py lifts them (virtual camera), against the calibrated vertical of that camera.
+- real: the shared 4-camera recording (../shared/data/multiview/pose2sim_multi), each view's two dancers lifted and
+  levelled as demo.py does (`pipeline.evaluation.multiview.view_levellings`: virtual camera, rigid bones,
+  `level_world`), together and each alone, against the calibrated vertical of that camera.
 """
 from __future__ import annotations
 
@@ -66,25 +67,22 @@ def synthetic(lifter, renderings_per_clip: int) -> dict[str, list]:
 
 
 def real(lifter) -> dict[str, dict[str, list]]:
-    from pipeline.evaluation.multiview import MultiviewConfig, find_recording, reconstruct
-    from pipeline.motion.level import estimate_up, fixed_up_camera
-    from pipeline.motion.trajectory import focal_length_px
-    from pipeline.virtual_camera import lift_aimed
+    """Per camera: the fixed rotation's vertical, the levelled one from both dancers (as demo.py levels,
+    `pipeline.evaluation.multiview.view_levellings`) and from each dancer alone, each with the calibrated vertical."""
+    from pipeline.evaluation.multiview import MultiviewConfig, find_recording, reconstruct, view_levellings
+    from pipeline.motion.level import fixed_up_camera
 
     recording = find_recording(RECORDING)
     views, people = reconstruct(recording, MultiviewConfig())
+    together = view_levellings(lifter, views, people)
+    alone = [view_levellings(lifter, views, [person]) for person in people]
     rows: dict[str, dict[str, list]] = {}
     for v, view in enumerate(views):
-        width, height = view.image_size
         truth = recording.cameras[v].R @ np.array([0.0, 0.0, 1.0])  # the room's z is up
-        lifted = [lift_aimed(lifter, view.keypoints[p.tracks[v]], width, height, focal_length_px(width, height),
-                             frames=np.flatnonzero(view.valid[p.tracks[v]])) for p in people]
-        valid = np.stack([view.valid[p.tracks[v]] for p in people])
-        scores = np.stack([view.scores[p.tracks[v]] for p in people])
         rows[view.name] = {"fixed": [(fixed_up_camera(), truth)],
-                           "levelled": [(estimate_up(np.stack(lifted), valid, scores), truth)],
-                           **{f"person {i} only": [(estimate_up(lifted[i][None], valid[i:i + 1], scores[i:i + 1]),
-                                                    truth)] for i in range(len(people))}}
+                           "levelled": [(together[view.name].up_camera, truth)],
+                           **{f"person {i} only": [(levellings[view.name].up_camera, truth)]
+                              for i, levellings in enumerate(alone)}}
     return rows
 
 

@@ -50,6 +50,7 @@ from pipeline.evaluation.scores import (
 from pipeline.evaluation.triangulation import Triangulation, TriangulationConfig, smooth_points, triangulate
 from pipeline.geometry import camera_to_world
 from pipeline.motion.bones import rigid_bones
+from pipeline.motion.level import Levelling
 from pipeline.pose2d import Pose2DConfig, Pose2DEstimator
 from pipeline.skeleton import H36M
 
@@ -586,20 +587,17 @@ def vertical_error_deg(up_camera: np.ndarray, camera: CameraCalibration) -> floa
     return float(np.degrees(np.arccos(np.clip(up @ truth, -1.0, 1.0))))
 
 
-def levelling_errors(lifter, recording: Recording, views: list[ViewTracks],
-                     people: list[TriangulatedPerson]) -> dict[str, dict]:
-    """How far each camera's world view stands from the calibrated vertical: the recording's triangulated people, in
-    every view that sees them, lifted and levelled as demo.py lifts and levels (virtual camera, rigid bones,
-    `pipeline.motion.level.level_world`), against the demo's fixed rotation. demo.py levels with everyone it
-    follows; people too few views saw to be triangulated (a bystander) are left out here. Per view: {"fixed":
-    degrees, "levelled": degrees, "was_levelled": False when level_world kept the fixed rotation}. A lifter that
-    holds people's trunks at the wrong angle to the camera tilts the world view."""
+def view_levellings(lifter, views: list[ViewTracks], people: list[TriangulatedPerson]) -> dict[str, Levelling]:
+    """Each view's levelled world view (`pipeline.motion.level.level_world`) from the triangulated people it sees,
+    lifted as demo.py lifts them (virtual camera, window stride, rigid bones). demo.py levels with everyone it
+    follows; people too few views saw to be triangulated (a bystander) are left out here, and a subset of `people`
+    shows what each gives alone. Views that see none of them are left out."""
     from pipeline.lifting import window_stride
-    from pipeline.motion.level import fixed_up_camera, level_world
+    from pipeline.motion.level import level_world
     from pipeline.motion.trajectory import focal_length_px
     from pipeline.virtual_camera import lift_aimed
 
-    errors = {}
+    levellings = {}
     for v, view in enumerate(views):
         width, height = view.image_size
         rows = [person.tracks[v] for person in people if v in person.tracks]
@@ -611,12 +609,23 @@ def levelling_errors(lifter, recording: Recording, views: list[ViewTracks],
             lifted = lift_aimed(lifter, view.keypoints[row], width, height, focal_length_px(width, height),
                                 frames=detected, stride=window_stride(view.fps))
             poses.append(rigid_bones(lifted, frames=detected))
-        levelling = level_world(np.stack(poses), view.valid[rows], view.scores[rows])
-        camera = recording.cameras[v]
-        errors[view.name] = {"fixed": vertical_error_deg(fixed_up_camera(), camera),
-                             "levelled": vertical_error_deg(levelling.up_camera, camera),
-                             "was_levelled": levelling.levelled}
-    return errors
+        levellings[view.name] = level_world(np.stack(poses), view.valid[rows], view.scores[rows])
+    return levellings
+
+
+def levelling_errors(lifter, recording: Recording, views: list[ViewTracks],
+                     people: list[TriangulatedPerson]) -> dict[str, dict]:
+    """How far each camera's world view stands from the calibrated vertical (`view_levellings`), against the
+    demo's fixed rotation. Per view: {"fixed": degrees, "levelled": degrees, "was_levelled": False when level_world
+    kept the fixed rotation}. A lifter that holds people's trunks at the wrong angle to the camera tilts the world
+    view."""
+    from pipeline.motion.level import fixed_up_camera
+
+    cameras = {view.name: recording.cameras[v] for v, view in enumerate(views)}
+    return {name: {"fixed": vertical_error_deg(fixed_up_camera(), cameras[name]),
+                   "levelled": vertical_error_deg(levelling.up_camera, cameras[name]),
+                   "was_levelled": levelling.levelled}
+            for name, levelling in view_levellings(lifter, views, people).items()}
 
 
 def _pooled(sequences: list[dict], views: list[ViewTracks], num_people: int) -> dict:

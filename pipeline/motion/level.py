@@ -24,8 +24,9 @@ Measured (`benchmarks/bench_level.py`, the default lifter; angle between the est
   estimated 6.0 / 6.5 / 11.1 (pitch unbiased: +1.8 on average). The same estimator on the ground-truth bodies is
   4.3 / 4.9 / 10.3 off: the lifter's poses give nearly what a body-based estimate can;
 - the shared real recording, both dancers pooled, per camera (cam01-cam04, the refined calibration's vertical):
-  fixed 16.4, 7.9, 13.4, 28.7 degrees; estimated 7.4, 8.3, 13.0, 12.4. The woman alone (upright, waving) gives 3-11
-  degrees; the man alone (lunging forward, trunk pitched) 14-17: bodies that lean for the whole clip bias it.
+  fixed 16.4, 7.9, 13.4, 28.7 degrees; estimated 7.3, 7.6, 12.2, 13.9 (version 6 of the default lifter). The woman
+  alone (upright, waving) gives 4-10 degrees; the man alone (lunging forward, trunk pitched) 13-19: bodies that lean
+  for the whole clip bias it.
 
 When the people do not look upright at all (estimated vertical more than `MAX_CORRECTION_DEG` from the fixed
 rotation's: people lying, a camera on its side), the estimate is not trusted and the fixed rotation is kept, with the
