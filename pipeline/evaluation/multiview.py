@@ -50,9 +50,9 @@ from pipeline.evaluation.scores import (
 from pipeline.evaluation.triangulation import Triangulation, TriangulationConfig, smooth_points, triangulate
 from pipeline.geometry import camera_to_world
 from pipeline.motion.bones import rigid_bones
+from pipeline.motion.ground import lowest_ankle
 from pipeline.motion.level import Levelling
 from pipeline.pose2d import Pose2DConfig, Pose2DEstimator
-from pipeline.skeleton import H36M
 
 logger = logging.getLogger(__name__)
 
@@ -687,9 +687,8 @@ def feet_heights(output: dict) -> np.ndarray:
     keypoints.npz (a dict of its arrays; the first checkpoint's poses): the camera-space pose turned into the world
     view by the file's `camera_to_world`, lifted by its `trajectory_world`. Near 0 for someone standing on the floor
     the world view found; how far off it is shows how wrong the person's size and distance are."""
-    ankles = [H36M.index("left_ankle"), H36M.index("right_ankle")]
     world = camera_to_world(output["pose3d_camera"][0], output["camera_to_world"])
-    heights = world[:, ankles, 2].min(axis=1) + output["trajectory_world"][0, :, 2]
+    heights = lowest_ankle(world) + output["trajectory_world"][0, :, 2]
     return heights[np.asarray(output["valid"], dtype=bool)]
 
 

@@ -62,6 +62,16 @@ class GroundConfig:
     min_frames: int = 5  # frames with both ankles seen that a person needs to give a floor
 
 
+def ankle_joints(skeleton: Skeleton = H36M) -> list[int]:
+    """The joints a person stands on: the two ankles."""
+    return [skeleton.index("left_ankle"), skeleton.index("right_ankle")]
+
+
+def lowest_ankle(world: np.ndarray, skeleton: Skeleton = H36M) -> np.ndarray:
+    """World poses (..., J, 3), z up -> the lower ankle's height (...)."""
+    return np.asarray(world)[..., ankle_joints(skeleton), 2].min(axis=-1)
+
+
 def standing_heights(camera_poses: np.ndarray, paths: np.ndarray, valid: np.ndarray, scores: np.ndarray,
                      rotation: np.ndarray, config: GroundConfig = GroundConfig(),
                      skeleton: Skeleton = H36M) -> np.ndarray:
@@ -76,9 +86,8 @@ def standing_heights(camera_poses: np.ndarray, paths: np.ndarray, valid: np.ndar
             or scores.shape != camera_poses.shape[:3]:
         raise ValueError(f"expected poses (P, T, J, 3), paths (P, T, 3), valid (P, T) and scores (P, T, J), got "
                          f"{camera_poses.shape}, {paths.shape}, {valid.shape} and {scores.shape}")
-    ankles = [skeleton.index("left_ankle"), skeleton.index("right_ankle")]
-    world = camera_to_world(camera_poses[:, :, ankles] + paths[:, :, None], rotation)
-    lowest = world[..., 2].min(axis=-1)  # (P, T) the lower ankle
+    ankles = ankle_joints(skeleton)
+    lowest = lowest_ankle(camera_to_world(camera_poses + paths[:, :, None], rotation), skeleton)  # (P, T)
     seen = valid & (scores[:, :, ankles] >= config.min_score).all(axis=-1) & np.isfinite(lowest)
     heights = np.full(people, np.nan)
     for p in range(people):
