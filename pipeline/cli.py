@@ -90,6 +90,9 @@ def add_model_flags(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--imgsz", default="auto",
                    help="detector input size in pixels (a multiple of 32: 640, 960, 1280), or auto: chosen per clip "
                    "from the people's size in a few probe frames, 640 for large people, up to 1280 for small ones")
+    m.add_argument("--no-recovery", action="store_true",
+                   help="do not detect the followed people's gaps again at 1.5x the input size (default: a frame "
+                   "inside a person's track where the detector missed them is looked at once more)")
     m.add_argument("--keypoints", choices=("auto", "yolo", "hrnet"), default="auto",
                    help="2D keypoint backend; auto = HRNet when --hrnet-weights or weights/pose_hrnet_*.pth exist, "
                    "else the YOLO-pose keypoints")
@@ -167,13 +170,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     from pipeline.app.runner import MotionConfig, RunConfig
     from pipeline.motion.ground import GroundConfig
     from pipeline.pose2d import Pose2DConfig
+    from pipeline.recovery import RecoveryConfig
     from pipeline.render import RenderConfig
 
     return RunConfig(
         out_root=args.out.expanduser().resolve(),
         pose2d=Pose2DConfig(detector=args.detector, keypoint_backend=args.keypoints, hrnet_weights=args.hrnet_weights,
                             device=args.device, person=args.person, all_people=args.all_people, imgsz=args.imgsz,
-                            runtime=args.detector_runtime),
+                            runtime=args.detector_runtime,
+                            recovery=RecoveryConfig(enabled=not args.no_recovery)),
         lifting=LiftingConfig(checkpoints=list(args.checkpoint or []), frames=args.frames, device=args.device),
         render=RenderConfig(elev=args.elev, azim=args.azim),
         clip_range=ClipRange(start=parse_frame_or_time(args.start, "start"), end=parse_frame_or_time(args.end, "end")),

@@ -1,6 +1,12 @@
 """The 2D stage: decoded frames in, one Human3.6M-17 keypoint sequence per followed person out, one row per frame.
 
-    frames -> PersonDetector (batches) -> PersonTracker -> select_tracks -> keypoints -> gap filling -> H36M remap
+    frames -> PersonDetector (batches) -> PersonTracker -> select_tracks -> recovery -> keypoints -> gap filling
+        -> H36M remap
+
+Recovery (`pipeline.recovery`): the frames inside a followed person's track where the detector missed them are
+looked at once more, the detector run on a crop around where the track expects the person (twice their size, at 480
+px), and a detection there fills the frame: a person lost against the light or in motion blur is often found so, at
+the cost of those crops only.
 
 Detector input size: `imgsz="auto"` (the default) chooses it once per clip from the people's size in a few probe
 frames (`pipeline.imgsz`): 640 for large people, up to 1280 for a crowd of small ones. A frame source that can seek
@@ -38,9 +44,19 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from pipeline.detection import DetectorConfig, PersonDetector
+from pipeline.detection import DetectorConfig, FrameDetections, PersonDetector
 from pipeline.errors import SettingError
 from pipeline.imgsz import AUTO, AutoImgszConfig, choose_imgsz, parse_imgsz, spread_indices, spread_sample
+from pipeline.recovery import (
+    RecoveryConfig,
+    crop_around,
+    expected_boxes,
+    gap_frames,
+    match_detection,
+    other_boxes,
+    shifted,
+    with_detections,
+)
 from pipeline.runtimes import check_runtime
 from pipeline.skeleton import COCO, coco_to_h36m
 from pipeline.tracking import PersonTracker, TrackerConfig, TrackSequence, presence_span, select_tracks
@@ -110,6 +126,8 @@ class Pose2DConfig:
     min_track_frames: int = 30
     max_gap: int = 15  # longest run of undetected frames that is linearly interpolated
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    # The followed people's gaps looked at again, zoomed in (`pipeline.recovery`; enabled=False: off).
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
 
     def __post_init__(self) -> None:
         if self.keypoint_backend not in ("auto", "yolo", "hrnet"):
@@ -140,7 +158,8 @@ class Pose2DConfig:
         tracker = dataclasses.replace(self.tracker, max_missed=scaled(self.tracker.max_missed),
                                       link_max_gap=scaled(self.tracker.link_max_gap))
         return dataclasses.replace(self, min_track_frames=scaled(self.min_track_frames), max_gap=scaled(self.max_gap),
-                                   tracker=tracker)
+                                   tracker=tracker,
+                                   recovery=dataclasses.replace(self.recovery, max_gap=scaled(self.recovery.max_gap)))
 
 
 @dataclass
@@ -320,6 +339,8 @@ class Pose2DEstimator:
         tracks, num_frames, size = self.track(stream, progress, c.tracker, imgsz, scaled_from)
         chosen = select_tracks(tracks, num_frames, person=c.person, all_people=c.all_people,
                                min_track_frames=c.min_track_frames, max_gap=c.max_gap)
+        chosen, recovery = self.recover(frames, chosen, tracks, c, progress)
+        detection = {**detection, "recovery": recovery}
         logger.info("%d frames, %d track(s); following %s", num_frames, len(tracks),
                     ", ".join(f"track {t.track_id} ({t.num_detections} frames)" for t in chosen))
         if c.backend == "hrnet":
@@ -330,6 +351,60 @@ class Pose2DEstimator:
                   for t, (kp, sc) in zip(chosen, keypoints, strict=True)]
         return Pose2DOutput(people=people, tracks=[t.summary(c.max_gap) for t in tracks], num_frames=num_frames,
                             image_size=size, detection=detection)
+
+    def recover(self, frames: FrameSource, chosen: list[TrackSequence], tracks: list[TrackSequence],
+                c: Pose2DConfig, progress: Progress | None = None) -> tuple[list[TrackSequence], dict]:
+        """The followed tracks with their gaps looked at again (`pipeline.recovery`: the detector on a crop around
+        where each track expects its person), and what run.json records about it: the crops' input size, the frames
+        read again and the crops, per person the gap frames and how many of them now hold a detection (and how many
+        of those count as detected)."""
+        r = c.recovery
+        if not r.enabled:
+            return chosen, {"enabled": False}
+        gaps = [gap_frames(t, c.tracker.new_track_conf, r.max_gap) for t in chosen]
+        crops = sorted((int(f), k, box) for k, (t, g) in enumerate(zip(chosen, gaps, strict=True))
+                       for f, box in zip(g, expected_boxes(t, g), strict=True))
+        numbers = sorted({f for f, _, _ in crops})
+        record: dict = {"imgsz": r.imgsz, "frames": len(numbers), "crops": len(crops)}
+        if not crops:
+            return chosen, record
+        found: dict[tuple[int, int], FrameDetections] = {}
+        # Full-size frames read in chunks of up to RECOVERY_BYTES: each seeking call decodes from the keyframe before
+        # its first frame, and on the sample clip 45 frames in one call took 2.0 s, in calls of 8 frames 8.2 s.
+        width, height = frames.size if isinstance(frames, ScalableFrames) else (1920, 1080)
+        chunk = max(c.batch_size, RECOVERY_BYTES // (width * height * 3))
+        for chunk_numbers, images in frames_by_number(frames, numbers, chunk):
+            image = dict(zip(chunk_numbers, images, strict=True))
+            todo = [(f, k, box) for f, k, box in crops if f in image]
+            for start in range(0, len(todo), c.batch_size):
+                batch = todo[start:start + c.batch_size]
+                cut = [crop_around(image[f], box, r) for f, _, box in batch]
+                for (f, k, _), (_, offset), detections in zip(
+                        batch, cut, self.detector([crop for crop, _ in cut], imgsz=r.imgsz), strict=True):
+                    found[(f, k)] = shifted(detections, offset)
+                if progress is not None:
+                    progress("recover", len(found))
+        if len(found) < len(crops):
+            logger.warning("the followed people's gaps were not looked at again: the frames cannot be read twice "
+                           "(pass a function that opens the frames, or a sequence)")
+            return chosen, {**record, "frames": 0, "crops": 0, "skipped": "frames not readable twice"}
+        recovered, people = [], {}
+        claimed: dict[int, list[np.ndarray]] = {}  # boxes given to a followed person so far, by frame
+        for k, (track, at) in enumerate(zip(chosen, gaps, strict=True)):
+            seen = [found[(int(f), k)] for f in at]
+            picks = []
+            for f, box, detections in zip(at, expected_boxes(track, at), seen, strict=True):
+                others = np.concatenate([other_boxes(tracks, track.track_id, int(f)),
+                                         np.reshape(claimed.get(int(f), []), (-1, 4))])
+                picks.append(match_detection(box, detections, others, r))
+                if picks[-1] is not None:
+                    claimed.setdefault(int(f), []).append(detections.boxes[picks[-1]])
+            track, changed = with_detections(track, at, seen, picks)
+            confident = sum(detections.confidences[i] >= c.tracker.new_track_conf
+                            for detections, i in zip(seen, picks, strict=True) if i is not None)
+            people[str(track.track_id)] = {"gap_frames": len(at), "recovered": changed, "detected": int(confident)}
+            recovered.append(track)
+        return recovered, {**record, "people": people}
 
     def _hrnet_keypoints(self, frames: Iterable[np.ndarray], chosen: list[TrackSequence], num_frames: int,
                          progress: Progress | None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -374,6 +449,39 @@ class Pose2DEstimator:
         return results
 
 
+def frames_by_number(frames: FrameSource, numbers: Sequence[int],
+                     size: int) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    """The frames `numbers` (increasing) of a clip in batches of at most `size`, as (numbers, frames): by seeking when
+    the source can (`SeekableFrames`), else by one more pass over a source that can be opened again (a function) or
+    indexed (a sequence). Yields nothing for a one-shot iterator, which the first pass has used up."""
+    chunks = [list(numbers[k:k + size]) for k in range(0, len(numbers), size)]
+    if isinstance(frames, SeekableFrames):
+        done = 0
+        for chunk in chunks:
+            images = frames.frames_at(chunk)
+            if images is None:  # the source cannot guarantee seeking: one pass for the rest
+                break
+            done += 1
+            yield chunk, images
+        chunks = chunks[done:]
+        if not chunks:
+            return
+    if isinstance(frames, Sequence):
+        for chunk in chunks:
+            yield chunk, [frames[n] for n in chunk]
+    elif callable(frames):
+        wanted = {n: k for k, chunk in enumerate(chunks) for n in chunk}
+        batch: list[np.ndarray] = []
+        for n, frame in enumerate(frames()):
+            if n in wanted:
+                batch.append(frame)
+                if len(batch) == len(chunks[wanted[n]]):
+                    yield chunks[wanted[n]], batch
+                    batch = []
+                    if wanted[n] == len(chunks) - 1:
+                        return
+
+
 def probe_numbers(total: int, count: int, keyframes: Sequence[int] = ()) -> list[int]:
     """The frames the input size probe reads from a clip of `total` frames that can seek: for each of the `count`
     frames `spread_sample` would pick, the nearest keyframe (ties: the earlier), once each, when that leaves at least
@@ -411,6 +519,9 @@ def probe_sample(frames: Callable[[], Iterable[np.ndarray]], count: int) -> list
 # Bytes of detector frames decoded ahead while the models load (`start_reading`), and kept ahead for the rest of the
 # pass (the same iterator): 92 frames of the sample clip's 640x360 letterbox, 4 at the least whatever the size.
 READ_AHEAD_BYTES = 64 << 20
+# Bytes of full-size frames the second look at the followed people's gaps holds at once (`Pose2DEstimator.recover`):
+# 48 frames of the sample clip, 10 of a 4K video.
+RECOVERY_BYTES = 256 << 20
 
 
 def start_reading(frames: FrameSource, config: Pose2DConfig) -> None:

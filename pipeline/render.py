@@ -286,6 +286,13 @@ def _draw_label(canvas: np.ndarray, points: np.ndarray, label: tuple[str, tuple[
 NO_DETECTION_TEXT = "no detection: pose interpolated"
 
 
+def no_detection_text(shown: bool) -> str:
+    """The input panel's banner on a frame where the followed person is not detected: their pose is drawn
+    interpolated (grey, dashed) inside a short gap, and not at all outside their span, where saying it is
+    interpolated would promise a skeleton that is not there."""
+    return NO_DETECTION_TEXT if shown else "no detection"
+
+
 class SideBySideRenderer:
     """Renders one output frame: input frame + 2D skeleton, then one 3D panel per checkpoint.
 
@@ -401,7 +408,7 @@ class SideBySideRenderer:
                 self._draw_2d(left, person * self._keypoint_scale, person_scores, bool(person_valid),
                               None if labels is None else (labels[p], PERSON_BGR[p % len(PERSON_BGR)]))
         if not people_valid[0]:
-            _draw_banner(left, NO_DETECTION_TEXT)
+            _draw_banner(left, no_detection_text(bool(people_shown[0])))
         for k, (panel, world) in enumerate(zip(self.panels, worlds, strict=True)):
             x0 = self.left_width + k * self.panel_width
             target = out[:, x0 : x0 + self.panel_width]

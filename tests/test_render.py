@@ -20,6 +20,7 @@ from pipeline.render import (
     SideBySideRenderer,
     WorldLimits,
     grid_step,
+    no_detection_text,
     output_layout,
     view_axes,
 )
@@ -181,6 +182,21 @@ def test_undetected_frames_are_marked_on_both_panels(frame):
         assert count_color(marked, INVALID_BGR) > count_color(shown, INVALID_BGR) + 50  # (text edges have greys)
         for color in (LEFT_BGR, RIGHT_BGR, CENTER_BGR):  # the skeleton is grey, not in side colours
             assert count_color(shown, color) > 50 and count_color(marked, color) == 0
+
+
+def test_the_banner_promises_an_interpolated_pose_only_where_one_is_drawn(frame):
+    assert no_detection_text(True) == "no detection: pose interpolated" and no_detection_text(False) == "no detection"
+    pose = star_pose()
+    renderer = SideBySideRenderer((1768, 994), ["a.bin"], WorldLimits.from_worlds([pose]))
+    keypoints = image_points(pose, (1768, 994))
+    inside = renderer.render(frame, keypoints, None, False, [pose], shown=np.array([True]))
+    outside = renderer.render(frame, keypoints, None, False, [pose], shown=np.array([False]))
+    rows = np.flatnonzero((inside[:, : renderer.left_width] == BANNER_BGR).all(axis=2).any(axis=1))
+    assert len(rows) > 10  # the banner is there either way
+    def text_pixels(image):
+        strip = image[rows.min(): rows.max() + 1, : renderer.left_width]
+        return int((strip.min(axis=2) > 200).sum())  # the white letters
+    assert text_pixels(inside) > 1.8 * text_pixels(outside) > 0
 
 
 def test_low_confidence_joints_are_dimmed(frame):

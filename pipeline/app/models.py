@@ -121,6 +121,7 @@ def pose2d_identity(config: Pose2DConfig) -> dict:
         "person": config.person,
         "all_people": config.all_people,
         "decode_at_input_size": config.decode_at_input_size,
+        "recovery": dataclasses.asdict(config.recovery),
     }
 
 

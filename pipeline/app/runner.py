@@ -97,6 +97,7 @@ class RunConfig:
             "out_root": self.out_root, "checkpoints": self.lifting.checkpoints, "frames": self.lifting.frames,
             "device": self.lifting.device, "detector": p.detector, "keypoints": p.keypoint_backend,
             "hrnet_weights": p.hrnet_weights, "person": p.person, "all_people": p.all_people,
+            "recovery": p.recovery.enabled,
             "start": self.clip_range.start, "end": self.clip_range.end, "elev": self.render.elev,
             "azim": self.render.azim, "render": self.write_video, "force": self.force,
             "show_progress": self.show_progress, "bones": self.motion.bones, "trajectory": self.motion.trajectory,
@@ -565,6 +566,7 @@ def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Po
                                                                            scene.body_scale[i]]})}
                    for i, p in enumerate(pose2d.people)],
         "tracks": pose2d.tracks,
+        "detection": pose2d.detection,  # the detector input size and how it was chosen; the second look's gaps
         "checkpoint_disagreement_mm": lifted.disagreement_mm,
         "window_stride": lifted.window_stride,
         "trajectory": trajectory_record(scene),

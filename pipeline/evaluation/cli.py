@@ -35,6 +35,7 @@ from pipeline.evaluation.multiview import (
     reconstruct,
 )
 from pipeline.pose2d import Pose2DConfig
+from pipeline.recovery import RecoveryConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def _recording_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-size-frames", action="store_true",
                    help="decode the detector's frames at full size and let Ultralytics shrink them (before 1 December "
                    "the only way; default: decoded at the letterbox size, as demo.py does)")
+    p.add_argument("--no-recovery", action="store_true",
+                   help="do not detect the people's gaps again at 1.5x the input size (default: as demo.py does)")
     p.add_argument("--min-views", type=int, default=3,
                    help="people seen by fewer views are left out (default 3, capped at the number of views)")
     p.add_argument("--smooth-hz", type=float,
@@ -195,6 +198,7 @@ def _config(args: argparse.Namespace) -> MultiviewConfig:
     return MultiviewConfig(
         pose2d=Pose2DConfig(detector=args.detector, device=args.device, all_people=True,
                             decode_at_input_size=not args.full_size_frames,
+                            recovery=RecoveryConfig(enabled=not args.no_recovery),
                             **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
         min_person_views=args.min_views, smoothing_hz=args.smooth_hz, bones=getattr(args, "bones", "rigid"),
         min_joint_views=getattr(args, "min_joint_views", 0), refine_extrinsics=args.refine_extrinsics,
