@@ -91,8 +91,8 @@ def add_model_flags(m: argparse._ArgumentGroup) -> None:
                    help="detector input size in pixels (a multiple of 32: 640, 960, 1280), or auto: chosen per clip "
                    "from the people's size in a few probe frames, 640 for large people, up to 1280 for small ones")
     m.add_argument("--no-recovery", action="store_true",
-                   help="do not detect the followed people's gaps again at 1.5x the input size (default: a frame "
-                   "inside a person's track where the detector missed them is looked at once more)")
+                   help="do not look again at the frames where the detector lost a followed person (default: each "
+                   "is detected once more on a crop around where the person's track puts them, at 480 px)")
     m.add_argument("--keypoints", choices=("auto", "yolo", "hrnet"), default="auto",
                    help="2D keypoint backend; auto = HRNet when --hrnet-weights or weights/pose_hrnet_*.pth exist, "
                    "else the YOLO-pose keypoints")

@@ -362,8 +362,9 @@ class Pose2DEstimator:
         if not r.enabled:
             return chosen, {"enabled": False}
         gaps = [gap_frames(t, c.tracker.new_track_conf, r.max_gap) for t in chosen]
-        crops = sorted((int(f), k, box) for k, (t, g) in enumerate(zip(chosen, gaps, strict=True))
-                       for f, box in zip(g, expected_boxes(t, g), strict=True))
+        expected = [expected_boxes(t, g) for t, g in zip(chosen, gaps, strict=True)]
+        crops = sorted((int(f), k, box) for k, (g, boxes) in enumerate(zip(gaps, expected, strict=True))
+                       for f, box in zip(g, boxes, strict=True))
         numbers = sorted({f for f, _, _ in crops})
         record: dict = {"imgsz": r.imgsz, "frames": len(numbers), "crops": len(crops)}
         if not crops:
@@ -393,7 +394,7 @@ class Pose2DEstimator:
         for k, (track, at) in enumerate(zip(chosen, gaps, strict=True)):
             seen = [found[(int(f), k)] for f in at]
             picks = []
-            for f, box, detections in zip(at, expected_boxes(track, at), seen, strict=True):
+            for f, box, detections in zip(at, expected[k], seen, strict=True):
                 others = np.concatenate([other_boxes(tracks, track.track_id, int(f)),
                                          np.reshape(claimed.get(int(f), []), (-1, 4))])
                 picks.append(match_detection(box, detections, others, r))

@@ -53,7 +53,8 @@ def _recording_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode the detector's frames at full size and let Ultralytics shrink them (before 1 December "
                    "the only way; default: decoded at the letterbox size, as demo.py does)")
     p.add_argument("--no-recovery", action="store_true",
-                   help="do not detect the people's gaps again at 1.5x the input size (default: as demo.py does)")
+                   help="do not look again, on crops, at the frames where the detector lost a person (default: "
+                   "it does, as demo.py does)")
     p.add_argument("--min-views", type=int, default=3,
                    help="people seen by fewer views are left out (default 3, capped at the number of views)")
     p.add_argument("--smooth-hz", type=float,
