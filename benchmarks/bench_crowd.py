@@ -1,6 +1,6 @@
 """Recall versus speed of the 2D stage on crowds of small people, and how well identities last.
 
-    python benchmarks/bench_crowd.py [--clips sample,views,mosaic_sports,mosaic_multi]
+    python benchmarks/bench_crowd.py [--clips sample,views,mosaic_sports,mosaic_multi] [--no-recovery]
 
 Each clip runs the whole 2D stage with --all-people at the input sizes 640, 960, 1280 and auto (the sample clip:
 640, 1280, auto). About an hour on 2 busy CPU cores.
@@ -306,16 +306,19 @@ class Run:
     cpu_s: float
 
 
-def run_2d(clip: str, setting: str, detector) -> Run:
-    """The whole 2D stage (all people) on a clip, timed: wall clock and this process's CPU time."""
+def run_2d(clip: str, setting: str, detector, recovery: bool = True) -> Run:
+    """The whole 2D stage (all people) on a clip, timed: wall clock and this process's CPU time. `recovery`: the
+    second look at the people's missed frames (`pipeline.recovery`), on by default as in demo.py."""
     from pipeline.media.decode import iter_frames
     from pipeline.media.ffmpeg import probe
     from pipeline.pose2d import Pose2DConfig, Pose2DEstimator
+    from pipeline.recovery import RecoveryConfig
 
     path = frame_source(clip)
     fps = probe(path).fps
     recorder = RecordingDetector(detector)
-    estimator = Pose2DEstimator(Pose2DConfig(imgsz=setting, all_people=True), detector=recorder)
+    estimator = Pose2DEstimator(Pose2DConfig(imgsz=setting, all_people=True,
+                                             recovery=RecoveryConfig(enabled=recovery)), detector=recorder)
     wall, cpu = time.perf_counter(), time.process_time()
     output = estimator.run(lambda: iter_frames(path), fps=fps)
     return Run(clip, setting, output, recorder.calls, time.perf_counter() - wall, time.process_time() - cpu)
@@ -387,6 +390,8 @@ def main() -> None:
                         help="comma-separated, in this order: sample, views (the four full-size views of the "
                         "two-person recording), mosaic_sports, mosaic_multi")
     parser.add_argument("--build-only", action="store_true", help="only build the mosaic clips")
+    parser.add_argument("--no-recovery", action="store_true",
+                        help="without the 2D stage's second look at the people's missed frames")
     args = parser.parse_args()
     import torch
 
@@ -403,7 +408,7 @@ def main() -> None:
     for group in args.clips.split(","):
         for clip, setting in [(v, "auto") for v in VIEWS] if group == "views" else \
                 [(group, s) for s in CLIP_SETTINGS[group]]:
-            runs[(clip, setting)] = run = run_2d(clip, setting, detector)
+            runs[(clip, setting)] = run = run_2d(clip, setting, detector, recovery=not args.no_recovery)
             report(run, runs)
     compare_trackers(runs)
 
