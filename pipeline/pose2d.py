@@ -363,8 +363,8 @@ class Pose2DEstimator:
             return chosen, {"enabled": False}
         gaps = [gap_frames(t, c.tracker.new_track_conf, r.max_gap) for t in chosen]
         expected = [expected_boxes(t, g) for t, g in zip(chosen, gaps, strict=True)]
-        crops = sorted((int(f), k, box) for k, (g, boxes) in enumerate(zip(gaps, expected, strict=True))
-                       for f, box in zip(g, boxes, strict=True))
+        crops = sorted(((int(f), k, box) for k, (g, boxes) in enumerate(zip(gaps, expected, strict=True))
+                        for f, box in zip(g, boxes, strict=True)), key=lambda crop: crop[:2])
         numbers = sorted({f for f, _, _ in crops})
         record: dict = {"imgsz": r.imgsz, "frames": len(numbers), "crops": len(crops)}
         if not crops:

@@ -100,43 +100,28 @@ def with_detections(track: TrackSequence, frames: np.ndarray, found: list[FrameD
                     chosen: list[int | None]) -> tuple[TrackSequence, int]:
     """The track with detection chosen[i] of found[i] at frames[i] added, or replacing the track's own detection in
     that frame where it is more confident; and how many frames changed."""
-    rows = {int(f): i for i, f in enumerate(track.frames)}
-    boxes, conf = list(track.boxes), list(track.confidences)
-    kps = None if track.keypoints is None else list(track.keypoints)
-    scs = None if track.keypoint_scores is None else list(track.keypoint_scores)
-    order = list(track.frames)
+    def row(source, i: int) -> tuple:  # (box, confidence, keypoints, keypoint scores) of one detection
+        return (source.boxes[i], source.confidences[i],
+                None if source.keypoints is None else source.keypoints[i],
+                None if source.keypoint_scores is None else source.keypoint_scores[i])
+
+    rows = {int(f): row(track, i) for i, f in enumerate(track.frames)}
     changed = 0
     for frame, detections, index in zip(frames, found, chosen, strict=True):
-        if index is None:
+        if index is None or (int(frame) in rows and rows[int(frame)][1] >= detections.confidences[index]):
             continue
-        frame = int(frame)
-        if frame in rows and conf[rows[frame]] >= detections.confidences[index]:
-            continue
-        if frame in rows:
-            row = rows[frame]
-        else:
-            row = rows[frame] = len(order)
-            order.append(frame)
-            boxes.append(None)
-            conf.append(None)
-            if kps is not None:
-                kps.append(None)
-                scs.append(None)
-        boxes[row], conf[row] = detections.boxes[index], detections.confidences[index]
-        if kps is not None:
-            if detections.keypoints is None:
-                raise ValueError("the track has keypoints, the recovered detections do not")
-            kps[row], scs[row] = detections.keypoints[index], detections.keypoint_scores[index]
+        if track.keypoints is not None and detections.keypoints is None:
+            raise ValueError("the track has keypoints, the recovered detections do not")
+        rows[int(frame)] = row(detections, index)
         changed += 1
-    pick = np.argsort(np.asarray(order), kind="stable")
+    order = sorted(rows)
 
-    def stacked(values: list, dtype) -> np.ndarray:
-        return np.asarray(np.stack(values), dtype)[pick]
+    def column(k: int) -> np.ndarray | None:
+        values = [rows[f][k] for f in order]
+        return None if values[0] is None else np.stack(values).astype(np.float32)
 
-    return TrackSequence(track_id=track.track_id, frames=np.asarray(order, np.int64)[pick],
-                         boxes=stacked(boxes, np.float32), confidences=np.asarray(conf, np.float32)[pick],
-                         keypoints=None if kps is None else stacked(kps, np.float32),
-                         keypoint_scores=None if scs is None else stacked(scs, np.float32)), changed
+    return TrackSequence(track.track_id, np.asarray(order, np.int64), column(0), column(1), column(2),
+                         column(3)), changed
 
 
 def other_boxes(tracks: list[TrackSequence], track_id: int, frame: int) -> np.ndarray:
