@@ -464,6 +464,22 @@ def test_playing_advances_video_and_3d_in_step_and_pausing_keeps_them_together(o
     assert viewer.errors == []
 
 
+def test_pausing_and_playing_again_at_once_keeps_playing(open_viewer):
+    viewer = open_viewer()
+    viewer.wait_video_ready()
+    viewer.go_to(0)
+    viewer.page.evaluate("document.getElementById('video').playbackRate = 0.25")
+    viewer.page.click("#play")
+    viewer.page.wait_for_function("window.viewerState.frame >= 1")
+    # Both presses in one task: the video's 'pause' event from the first arrives after the second started it again.
+    viewer.page.evaluate("document.getElementById('play').click(); document.getElementById('play').click()")
+    viewer.page.wait_for_timeout(300)
+    assert viewer.page.evaluate("window.viewerState.playing && !document.getElementById('video').paused")
+    viewer.page.wait_for_function("!window.viewerState.playing", timeout=10000)
+    assert viewer.state()["frame"] == CLIP_FRAMES - 1  # it played on to the end
+    assert viewer.errors == []
+
+
 def test_playback_stops_at_the_end_of_the_processed_part_of_a_longer_clip(open_viewer):
     viewer = open_viewer("part.html", **example_arrays(frames=10), frame_offset=5)  # as --start 5 --end 15
     viewer.wait_video_ready()

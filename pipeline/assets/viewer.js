@@ -455,6 +455,9 @@
   video.addEventListener("seeked", () => { if (!state.playing) onVideoTime(video.currentTime); });
   video.addEventListener("ended", pause);
   video.addEventListener("pause", () => {  // paused by us or by the browser: both stay on the frame it stopped on
+    // The event is queued, not immediate: a pause then a quick play (two presses of Space) delivers it after play()
+    // has started the video again, and acting on it would stop the new playback at once.
+    if (!video.paused) return;
     if (state.playing && !clock) pause();
     if (video.seeking || state.videoError) return;  // a step or the slider already chose the frame
     // A playing video can show a frame slightly ahead of its clock: seek to the middle of the frame at the clock
