@@ -430,13 +430,18 @@ def test_checkpoints_side_by_side_or_overlaid_with_their_disagreement(open_viewe
     assert viewer.errors == []
 
 
-def test_playing_advances_video_and_3d_in_step_and_pausing_keeps_them_together(open_viewer):
-    viewer = open_viewer()
+def play_slowly_from_the_start(viewer):
+    """Play the clip from frame 0 at a quarter of the speed: the 1 s clip would otherwise end before this busy
+    machine samples it a few times."""
     viewer.wait_video_ready()
     viewer.go_to(0)
-    # A quarter of the speed: the 1 s clip would otherwise end before this busy machine samples it a few times.
     viewer.page.evaluate("document.getElementById('video').playbackRate = 0.25")
     viewer.page.click("#play")
+
+
+def test_playing_advances_video_and_3d_in_step_and_pausing_keeps_them_together(open_viewer):
+    viewer = open_viewer()
+    play_slowly_from_the_start(viewer)
     seen = []
     for _ in range(6):
         viewer.page.wait_for_timeout(50)
@@ -466,10 +471,7 @@ def test_playing_advances_video_and_3d_in_step_and_pausing_keeps_them_together(o
 
 def test_pausing_and_playing_again_at_once_keeps_playing(open_viewer):
     viewer = open_viewer()
-    viewer.wait_video_ready()
-    viewer.go_to(0)
-    viewer.page.evaluate("document.getElementById('video').playbackRate = 0.25")
-    viewer.page.click("#play")
+    play_slowly_from_the_start(viewer)
     viewer.page.wait_for_function("window.viewerState.frame >= 1")
     # Both presses in one task: the video's 'pause' event from the first arrives after the second started it again.
     viewer.page.evaluate("document.getElementById('play').click(); document.getElementById('play').click()")
