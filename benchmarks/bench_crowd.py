@@ -394,8 +394,8 @@ def report(run: Run, sources: dict) -> None:
         per_person, switches = np.nan, -1
     print(f"{run.clip:<14} {run.setting:>7} {out.detection['imgsz']:>5} {out.num_frames / run.wall_s:>6.2f} "
           f"{1000 * run.cpu_s / out.num_frames:>12.0f} {recall:>6.3f} {precision:>9.3f} {known_recall:>12.3f} "
-          f"{known_prec:>11.3f} "
-          f"{len(out.people):>6} {len(out.tracks):>6} {per_person:>13.2f} {switches:>8}", flush=True)
+          f"{known_prec:>11.3f} {len(out.people):>6} {len(out.tracks):>6} {per_person:>13.2f} {switches:>8}",
+          flush=True)
 
 
 def main() -> None:
