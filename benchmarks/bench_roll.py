@@ -1,19 +1,23 @@
-"""How a lifter copes with a rolled camera, and what turning the 2D upright before lifting would buy.
+"""How a lifter copes with a rolled camera or a body turning in the picture, and what the demo's upright turn buys.
 
-    python benchmarks/bench_roll.py [--checkpoint weights/poseformerv2_mocap_27_3_3.safetensors] [--frames 4000]
+    python benchmarks/bench_roll.py [--checkpoint weights/poseformerv2_mocap_27_3_3.safetensors] [--frames 150]
 
 Lifters are trained on upright people seen by cameras with little roll (the default lifter: roll ~N(0, 7.5)
 degrees). A phone held sideways without rotation metadata, a camera mounted upside down, or a handstand, a cartwheel
 and a somersault all show the lifter a body turned in the picture. Here the CMU clips (another studio, never trained
-on; the held-out CMU set `python -m pipeline.mocap evaluate` scores, cached in ~/.cache) are turned about
-the picture's centre by 0-180 degrees and lifted three ways, scored by P-MPJPE (per-frame Procrustes, so the roll
-itself costs nothing; only the pose's shape counts):
-- as they are;
-- turned upright per clip: by the circular mean over the clip of the angle between the pelvis -> thorax direction and
-  the picture's up (what a whole rolled camera needs);
-- turned upright per frame: every frame by its own torso angle (what a flip needs; it also straightens the natural
-  lean of the torso, which the lifter then has to lift without).
-Nothing in the demo turns the 2D upright yet: this measures whether it is worth building.
+on; the held-out CMU set `python -m pipeline.mocap evaluate` scores, cached in ~/.cache; the first `--frames` frames
+of each clip, 30 frames/s) are turned about the picture's centre and lifted, scored by P-MPJPE over every frame
+(per-frame Procrustes, so the roll itself costs nothing; only the pose's shape counts). The turns:
+- a camera rolled by a fixed angle for the whole clip;
+- a camera spinning about its axis once a second or once in three seconds (to the lifter, a body cartwheeling in the
+  picture plane);
+- a somersault: upright, then one full turn over 24 frames (0.8 s) in the middle of the clip, then upright again.
+Each lifted three ways:
+- as it is;
+- as demo.py lifts (`pipeline.virtual_camera.lift_upright`: one turn per clip where the torso leans more than
+  UPRIGHT_MIN_ROLL_DEG on average; where the body turns further than SPIN_MIN_DEG from that, frame by frame);
+- every frame turned upright by its own smoothed ankles -> shoulders angle before lifting (it also straightens the
+  body's natural lean and its turning, which the lifter then has to lift without).
 """
 from __future__ import annotations
 
@@ -23,63 +27,70 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-ROLLS_DEG = (0, 45, 90, 135, 180)
-WAYS = ("as it is", "upright per clip", "upright per frame")
+FPS = 30.0
+WAYS = ("as it is", "as demo.py lifts", "upright per frame")
 
 
-def turned(points: np.ndarray, angles: np.ndarray) -> np.ndarray:
-    """(F, J, 2) screen-normalised points turned about the picture's centre by (F,) angles (radians, from +x to
-    +y: clockwise on screen, where y points down)."""
-    c, s = np.cos(angles)[:, None], np.sin(angles)[:, None]
-    x, y = points[..., 0], points[..., 1]
-    return np.stack([c * x - s * y, s * x + c * y], axis=-1).astype(np.float32)
-
-
-def torso_angles(points: np.ndarray) -> np.ndarray:
-    """(F,) angle (radians) by which each frame's pelvis -> thorax direction (Human3.6M joints 0 -> 8) is turned
-    away from the picture's up, in turned()'s sense: turned(points, -torso_angles(points)) stands the torso up."""
-    v = points[:, 8] - points[:, 0]
-    return np.arctan2(v[:, 0], -v[:, 1])
-
-
-def circular_mean(angles: np.ndarray) -> float:
-    return float(np.arctan2(np.sin(angles).mean(), np.cos(angles).mean()))
+def roll_profiles(frames: int) -> dict[str, np.ndarray]:
+    """Per-frame camera roll (radians) of every tested turn, for a clip of `frames` frames."""
+    t = np.arange(frames) / FPS
+    somersault = np.zeros(frames)
+    start = frames // 2 - 12
+    somersault[start:start + 24] = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    profiles = {f"rolled {d} degrees": np.full(frames, np.radians(d)) for d in (0, 20, 45, 90, 180)}
+    profiles.update({"spinning once a second": 2 * np.pi * t, "spinning once in 3 s": 2 * np.pi * t / 3,
+                     "a somersault": somersault})
+    return profiles
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=REPO / "weights" / "poseformerv2_mocap_27_3_3.safetensors")
-    parser.add_argument("--frames", type=int, default=4000, help="evenly spaced centre frames scored per row")
+    parser.add_argument("--frames", type=int, default=150, help="the first frames of each clip")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.frames < 48:
+        parser.error("--frames must be 48 or more (the somersault turns over 24 frames in the middle of the clip)")
     import torch
 
+    from pipeline.lifting import load_lifter
     from pipeline.mocap.dataset import build_sets
-    from pipeline.mocap.evaluation import evaluate_model
-    from pipeline.mocap.export import load_any_lifter
-    from pipeline.training.windows import SequenceSet
+    from pipeline.training.metrics import p_mpjpe
+    from pipeline.virtual_camera import body_angles, lift_upright, roll_rotation, smoothed, turn_picture
 
     torch.set_num_threads(args.threads)
     cmu = build_sets(with_train=False).cmu
-    model, _, mirror = load_any_lifter(args.checkpoint)
+    lifter = load_lifter(args.checkpoint, device="cpu")
+    clips = [(x[:args.frames], y[:args.frames]) for x, y in zip(cmu.inputs_2d, cmu.targets_3d, strict=True)]
+    centre = (0.0, 0.0)  # the picture's centre in screen-normalised coordinates
 
-    def upright(points: np.ndarray, way: str) -> np.ndarray:
+    def each_turned(points: np.ndarray, angles: np.ndarray) -> np.ndarray:  # every frame by its own angle
+        return np.stack([turn_picture(p, a, centre) for p, a in zip(points, angles, strict=True)]).astype(np.float32)
+
+    def lift(points: np.ndarray) -> np.ndarray:
+        return lifter.lift_normalized(points)
+
+    def lifted(points: np.ndarray, way: str) -> np.ndarray:
         if way == "as it is":
-            return points
-        angles = torso_angles(points)
-        return turned(points, -(np.full(len(points), circular_mean(angles)) if way == "upright per clip" else angles))
+            return lift(points)
+        if way == "as demo.py lifts":
+            return lift_upright(lift, points, centre)
+        angles = -smoothed(body_angles(points))
+        turns = np.stack([roll_rotation(a) for a in angles])
+        return np.einsum("tjk,tkl->tjl", lift(each_turned(points, angles)), turns)  # back, frame by frame
 
-    sets = {}
-    for degrees in ROLLS_DEG:
-        rolled = [turned(x, np.full(len(x), np.radians(degrees))) for x in cmu.inputs_2d]
-        for way in WAYS:
-            sets[(degrees, way)] = SequenceSet([upright(x, way) for x in rolled], cmu.targets_3d, cmu.names,
-                                               cmu.groups)
-    results = evaluate_model(model, model.config.frames, sets, args.frames, mirror_model=mirror)
-    print(f"{args.checkpoint.name}: held-out CMU, P-MPJPE in mm on {args.frames} frames")
-    print(f"{'roll':>5}" + "".join(f" {way:>18}" for way in WAYS))
-    for degrees in ROLLS_DEG:
-        print(f"{degrees:>5}" + "".join(f" {results[(degrees, way)]['p_mpjpe_mm']:>18.1f}" for way in WAYS))
+    print(f"{args.checkpoint.name}: held-out CMU, {len(clips)} clips x the first {args.frames} frames, "
+          "P-MPJPE in mm over every frame")
+    print(f"{'turn':<24}" + "".join(f" {way:>18}" for way in WAYS), flush=True)
+    for name, _ in roll_profiles(args.frames).items():
+        scores = {way: [] for way in WAYS}
+        for points, truth in clips:
+            roll = roll_profiles(len(points))[name]
+            rolled = each_turned(points, roll)
+            for way in WAYS:
+                scores[way].append((len(points), p_mpjpe(lifted(rolled, way), truth)))
+        mean = {way: 1000 * sum(n * e for n, e in s) / sum(n for n, _ in s) for way, s in scores.items()}
+        print(f"{name:<24}" + "".join(f" {mean[way]:>18.1f}" for way in WAYS), flush=True)
 
 
 if __name__ == "__main__":

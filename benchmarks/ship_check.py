@@ -60,7 +60,7 @@ def real_footage(lifters: list[Path]) -> dict:
     out: dict = {}
     for min_joint_views in (0, 3):
         scores = {name: evaluate_lifter(lifter, recording, views, people, config.bones, min_joint_views,
-                                        config.virtual_camera) for name, lifter in loaded.items()}
+                                        config.virtual_camera, config.upright) for name, lifter in loaded.items()}
         out[f"min_joint_views_{min_joint_views}"] = {
             name: {"overall": s["overall"], "views": s["views"], "people": s["people"],
                    "comparison": None if name == baseline else compare_lifters(scores[baseline], s, views[0].fps,

@@ -129,6 +129,10 @@ def add_motion_and_view_flags(p: argparse.ArgumentParser) -> None:
     mo.add_argument("--no-virtual-camera", action="store_true",
                     help="lift each person as the camera sees them (the released demo's way) instead of through a "
                     "virtual camera turned to look at them, which helps people far from the picture's centre")
+    mo.add_argument("--no-upright", action="store_true",
+                    help="never turn the virtual camera about its axis; by default it turns to stand up a person who "
+                    "lies more than 20 degrees from upright in the picture over the clip (a sideways or upside-down "
+                    "camera)")
     mo.add_argument("--window-stride", type=int, default=None, metavar="N",
                     help="frames between a lifting window's samples (default: from the frame rate, 1 up to 67 fps, "
                     "2 up to 134, 3 up to 201, 4 for 240: a window spans the time the lifter was trained on)")
@@ -184,6 +188,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         clip_range=ClipRange(start=parse_frame_or_time(args.start, "start"), end=parse_frame_or_time(args.end, "end")),
         motion=MotionConfig(bones=args.bones, trajectory=not args.no_trajectory, fov_deg=args.fov, focal_px=args.focal,
                             bvh=not args.no_bvh, virtual_camera=not args.no_virtual_camera,
+                            upright=not args.no_upright,
                             level=not args.no_level, window_stride=args.window_stride,
                             ground=None if args.separate_grounds else GroundConfig()),
         write_video=not args.no_render,

@@ -21,10 +21,22 @@ Measured (shipped lifter, P-MPJPE, flip test):
 One rotation per person and clip (aimed at the mean of their keypoints over the frames they were detected in): one
 rotation per frame was worse (57.3 mm on the same set; 83.1 against 80.4 for people crossing the picture), because
 it takes the person's own motion across the picture out of what the lifter sees.
+
+The virtual camera also turns about its optical axis when the person lies far from upright in the picture over the
+clip (a phone held sideways without rotation metadata, a camera mounted upside down, someone filmed lying down):
+lifters are trained on cameras with little roll (the default lifter: ~N(0, 7.5) degrees) and lift a rolled body
+badly. The turn is the circular mean, over the frames the person was detected in, of the angle between their
+pelvis -> thorax direction and the picture's up; like the aim it is one rotation per person and clip, so it is exact
+(a camera turned about its centre) and the lifter still sees the body's own lean and motion. Measured in
+`benchmarks/bench_roll.py`.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def aim_rotation(center_px: np.ndarray, focal_px: float, principal_px: tuple[float, float]) -> np.ndarray:
@@ -50,16 +62,138 @@ def warp_to_virtual(points_px: np.ndarray, rotation: np.ndarray, focal_px: float
     return mapped[..., :2] / mapped[..., 2:]
 
 
+def torso_angles(keypoints: np.ndarray) -> np.ndarray:
+    """(T,) angles (radians) between each frame's pelvis -> thorax direction (Human3.6M joints 0 -> 8) of (T, 17, 2)
+    picture points (y down) and the picture's up, positive when the torso leans clockwise on screen (towards +x)."""
+    torso = keypoints[:, 8] - keypoints[:, 0]
+    return np.arctan2(torso[:, 0], -torso[:, 1])
+
+
+def circular_mean(angles: np.ndarray) -> float:
+    """The mean direction of angles (radians), which a plain mean gets wrong across +-180 degrees."""
+    return float(np.arctan2(np.sin(angles).mean(), np.cos(angles).mean()))
+
+
+def roll_rotation(angle: float) -> np.ndarray:
+    """The (3, 3) rotation that turns the camera about its optical axis so that the picture turns by `angle` radians
+    about the principal point (clockwise on screen for angle > 0, as torso_angles counts)."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def turn_picture(points: np.ndarray, angle: float, centre: tuple[float, float]) -> np.ndarray:
+    """(..., 2) picture points as a camera rolled by `angle` (roll_rotation) about its principal point `centre`
+    sees them: the picture turned about that point."""
+    turn = roll_rotation(angle)[:2, :2]
+    return (np.asarray(points, np.float64) - centre) @ turn.T + centre
+
+
+# The virtual camera turns the person upright only when their torso is further than this from the picture's up on
+# average over the clip; within it the picture is left as it is. The default lifter trained on camera rolls of
+# ~N(0, 7.5) degrees (2.7 standard deviations: 20 degrees); on held-out CMU (benchmarks/bench_roll.py) turning
+# pays from 10 degrees of roll on (P-MPJPE 70.4 -> 70.1 mm at 10, 72.1 -> 70.1 at 20, 74.9 -> 70.1 at 30), and on
+# the real recording any threshold from 0 to 30 degrees scores the same within 0.3 mm.
+UPRIGHT_MIN_ROLL_DEG = 20.0
+# A person whose body turns past this from the clip's upright at some frame (a somersault, a cartwheel, a handstand
+# in an otherwise upright clip: measured from the mid-ankles to the mid-shoulders, which a deep forward bend keeps
+# upright) is turned upright frame by frame wherever they lean further than SPIN_TURN_FROM_DEG: fully from
+# SPIN_MIN_DEG on, partly in between (so the lifter sees at most that lean), the angle smoothed over
+# SPIN_SMOOTHING_FRAMES either side. On held-out CMU (benchmarks/bench_roll.py) lifting each frame upright beats any
+# blend of whole-clip turns by far (a camera spinning once a second: 56 against 93 mm), since a lifting window over a
+# turning body is itself turning, whatever the turn.
+SPIN_MIN_DEG = 90.0
+SPIN_TURN_FROM_DEG = 45.0
+SPIN_SMOOTHING_FRAMES = 4
+
+
+def upright_roll(keypoints: np.ndarray, min_roll_deg: float | None = None) -> float:
+    """The angle (radians) by which to turn (T, 17, 2) picture points (Human3.6M, finite rows only) about the
+    principal point to stand the person's torso up on average, or 0.0 when it leans less than `min_roll_deg`
+    (default UPRIGHT_MIN_ROLL_DEG)."""
+    min_roll_deg = UPRIGHT_MIN_ROLL_DEG if min_roll_deg is None else min_roll_deg
+    if len(keypoints) == 0:
+        return 0.0
+    roll = -circular_mean(torso_angles(keypoints))
+    return roll if abs(np.degrees(roll)) > min_roll_deg else 0.0
+
+
+def _wrap(angles: np.ndarray) -> np.ndarray:
+    return (angles + np.pi) % (2 * np.pi) - np.pi
+
+
+def body_angles(keypoints: np.ndarray) -> np.ndarray:
+    """(T,) angles (radians, as torso_angles counts) of each frame's mid-ankles -> mid-shoulders direction (Human3.6M
+    ankles 3 and 6, shoulders 11 and 14): upright for a standing person and for one bent forward to their toes,
+    upside down for a handstand."""
+    body = (keypoints[:, 11] + keypoints[:, 14] - keypoints[:, 3] - keypoints[:, 6]) / 2
+    return np.arctan2(body[:, 0], -body[:, 1])
+
+
+def smoothed(angles: np.ndarray, half_window: int = SPIN_SMOOTHING_FRAMES) -> np.ndarray:
+    """(T,) angles (radians), each the circular mean over the frames `half_window` either side (fewer at the ends)."""
+    unit = np.stack([np.sin(angles), np.cos(angles)], axis=-1)
+    summed = np.concatenate([np.zeros((1, 2)), np.cumsum(unit, axis=0)])
+    frames = np.arange(len(angles))
+    low, high = np.maximum(frames - half_window, 0), np.minimum(frames + half_window + 1, len(angles))
+    window = summed[high] - summed[low]
+    return np.arctan2(window[:, 0], window[:, 1])
+
+
+def turnover_turns(keypoints: np.ndarray, clip_roll: float = 0.0) -> np.ndarray:
+    """(T,) further camera rolls (radians) that stand up each frame of (T, 17, 2) finite picture points (Human3.6M)
+    already rolled by `clip_roll`: all 0.0 unless the body turns past SPIN_MIN_DEG from upright at some frame; then
+    each frame's own smoothed lean beyond SPIN_TURN_FROM_DEG (all of it beyond SPIN_MIN_DEG)."""
+    if not len(keypoints):
+        return np.zeros(0)
+    lean = (smoothed(body_angles(keypoints)) + clip_roll + np.pi) % (2 * np.pi) - np.pi
+    size = np.abs(lean)
+    start, full = np.radians(SPIN_TURN_FROM_DEG), np.radians(SPIN_MIN_DEG)
+    if size.max() <= full:
+        return np.zeros(len(keypoints))
+    return -np.sign(lean) * np.where(size >= full, size, np.clip(size - start, 0.0, None) * full / (full - start))
+
+
+def lift_upright(lift, points: np.ndarray, centre: tuple[float, float], frames: np.ndarray | None = None,
+                 upright: bool = True, **lift_options) -> np.ndarray:
+    """`lift` ((T, 17, 2) picture points -> (T, 17, 3) camera-frame poses, taking `lift_options`) of `points`, each
+    frame as a camera rolled about `centre` sees it, turned back into this camera's frame -> (T, 17, 3). The roll:
+    the clip's upright_roll over `frames`, plus each frame's turnover_turns. upright=False, or an upright clip: one
+    plain `lift`."""
+    if not upright:
+        return lift(points, **lift_options)
+    chosen = points if frames is None or len(frames) == 0 else points[frames]
+    clip_roll = upright_roll(chosen)
+    turnover = turnover_turns(points, clip_roll)
+    if clip_roll == 0.0 and not turnover.any():
+        return lift(points, **lift_options)
+    if clip_roll != 0.0:
+        logger.info("a person lies %.0f degrees from upright in the picture: lifted through a virtual camera turned "
+                    "to stand them up (--no-upright: not turned)", -np.degrees(clip_roll))
+    if turnover.any():
+        logger.info("a person turns over (a somersault, a handstand): %d of %d frames lifted through a virtual "
+                    "camera turned up to %.0f degrees further to stand them up (--no-upright: not turned)",
+                    np.count_nonzero(turnover), len(turnover), np.degrees(np.abs(turnover).max()))
+    turns = np.stack([roll_rotation(a) for a in clip_roll + turnover])  # (T, 3, 3)
+    turned = np.einsum("tjk,tlk->tjl", np.asarray(points, np.float64) - centre, turns[:, :2, :2]) + centre
+    poses = lift(turned.astype(np.float32), **lift_options)
+    return np.einsum("tjk,tkl->tjl", poses, turns).astype(np.float32)  # row vectors: X = R^T X_turned, per frame
+
+
 def lift_aimed(lifter, keypoints_px: np.ndarray, width: int, height: int, focal_px: float,
-               frames: np.ndarray | None = None, **lift_options) -> np.ndarray:
-    """`lifter.lift` of a (T, 17, 2) pixel track through a virtual camera aimed at the track's mean position over
-    `frames` (default: all), principal point at the image centre -> (T, 17, 3) root-relative poses in the real
-    camera's frame, metres. `lift_options` go to `lifter.lift` (flip, batch_size, progress, stride)."""
+               frames: np.ndarray | None = None, upright: bool = True, **lift_options) -> np.ndarray:
+    """`lifter.lift` of a (T, 17, 2) Human3.6M pixel track through a virtual camera aimed at the track's mean
+    position over `frames` (default: all), principal point at the image centre, and (`upright`) rolled about its
+    axis to stand the person up where they lie far from upright (`lift_upright`) -> (T, 17, 3) root-relative poses
+    in the real camera's frame, metres. `lift_options` go to `lifter.lift` (flip, batch_size, progress, stride)."""
     keypoints_px = np.asarray(keypoints_px)
     chosen = keypoints_px if frames is None or len(frames) == 0 else keypoints_px[frames]
     center = np.nanmean(chosen.reshape(-1, 2), axis=0)
     principal = (width / 2.0, height / 2.0)
     rotation = aim_rotation(center, focal_px, principal)
     warped = warp_to_virtual(keypoints_px, rotation, focal_px, principal).astype(np.float32)
-    poses = lifter.lift(warped, width, height, **lift_options).camera
+
+    def lift(points: np.ndarray, **options) -> np.ndarray:
+        return lifter.lift(points, width, height, **options).camera
+
+    poses = lift_upright(lift, warped, principal, frames, upright, **lift_options)
     return (poses @ rotation).astype(np.float32)  # row vectors: X_real = R^T X_virtual

@@ -54,6 +54,9 @@ class MotionConfig:
     # Lift each person through a virtual camera turned to look at them (pipeline.virtual_camera), with the focal
     # length above; False: as the real camera sees them, as the released demo does.
     virtual_camera: bool = True
+    # With the virtual camera, also turn it about its axis for a person who lies far from upright in the picture over
+    # the clip (a sideways or upside-down camera; pipeline.virtual_camera.upright_roll); False: never turn it.
+    upright: bool = True
     # Level the world view (3D panel, pose3d_world, trajectory_world, BVH) with the camera tilt estimated from the
     # people (pipeline.motion.level); False: the released demo's fixed camera-to-world rotation.
     level: bool = True
@@ -103,6 +106,7 @@ class RunConfig:
             "show_progress": self.show_progress, "bones": self.motion.bones, "trajectory": self.motion.trajectory,
             "fov": self.motion.fov_deg,
             "focal": self.motion.focal_px, "bvh": self.motion.bvh, "virtual_camera": self.motion.virtual_camera,
+            "upright": self.motion.upright,
             "level": self.motion.level, "window_stride": self.motion.window_stride,
             "shared_ground": self.motion.ground is not None,
             "viewer": self.viewer, "rerun": self.rerun,
@@ -323,7 +327,7 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
                                                stride=stride).camera
                 else:
                     camera[p, k] = lift_aimed(lifter, person.keypoints, width, height, focal, frames=detected,
-                                              progress=bar.update, stride=stride)
+                                              upright=config.upright, progress=bar.update, stride=stride)
                 if config.bones == "rigid":
                     camera[p, k] = rigid_bones(camera[p, k], frames=detected)
     disagreement = {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-virtual-camera", action="store_true",
                    help="lift each view as the camera sees the person, as demo.py --no-virtual-camera does (default: "
                    "through a virtual camera aimed at the person, with demo.py's default focal length)")
+    m.add_argument("--no-upright", action="store_true",
+                   help="never turn the virtual camera about its axis, as demo.py --no-upright (default: turned to "
+                   "stand up a person who lies far from upright in the picture)")
     m.add_argument("--min-joint-views", type=int, default=0, metavar="N",
                    help="score only the reference joints triangulated from N views or more, each frame aligned on "
                    "those (3: joints a third view confirms; default 0: every joint)")
@@ -169,7 +172,8 @@ def format_report(report: MultiviewReport) -> str:
     for checkpoint, scores in report.lifters.items():
         scored = "" if not report.min_joint_views else \
             f"; only joints triangulated from {report.min_joint_views}+ views: {scores['overall']['scored_joints']}"
-        camera = "virtual camera" if report.virtual_camera else "no virtual camera"
+        camera = ("no virtual camera" if not report.virtual_camera else "virtual camera" if report.upright
+                  else "virtual camera never turned upright")
         how = ("demo.py's output, scored as it was written" if "demo_output" in scores
                else f"{report.bones} bones, {camera}")
         parts += ["", f"lifter {checkpoint}, {how} (errors in mm; P-MPJPE after per-frame Procrustes; const = the "
@@ -203,7 +207,7 @@ def _config(args: argparse.Namespace) -> MultiviewConfig:
                             **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
         min_person_views=args.min_views, smoothing_hz=args.smooth_hz, bones=getattr(args, "bones", "rigid"),
         min_joint_views=getattr(args, "min_joint_views", 0), refine_extrinsics=args.refine_extrinsics,
-        virtual_camera=not getattr(args, "no_virtual_camera", False),
+        virtual_camera=not getattr(args, "no_virtual_camera", False), upright=not getattr(args, "no_upright", False),
         cache_dir=None if args.no_cache else args.cache_dir)
 
 

@@ -81,6 +81,9 @@ class MultiviewConfig:
     # Lift through a virtual camera aimed at the person as demo.py does (pipeline.virtual_camera), with demo.py's
     # focal length for a video without metadata (its default), not the calibrated one: scores as demo.py's output.
     virtual_camera: bool = True
+    # With the virtual camera, turn it about its axis to stand up a person far from upright in the picture, as demo.py
+    # does (pipeline.virtual_camera.upright_roll); False: as demo.py --no-upright.
+    upright: bool = True
     refine_extrinsics: bool = True  # bundle-adjust the cameras' poses on the matched people before triangulating
     refine: RefineConfig = field(default_factory=RefineConfig)
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no cache
@@ -539,11 +542,13 @@ def _check_min_joint_views(min_joint_views: int, views: list[ViewTracks]) -> Non
 
 
 def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], people: list[TriangulatedPerson],
-                    bones: str = "rigid", min_joint_views: int = 0, virtual_camera: bool = True) -> dict:
+                    bones: str = "rigid", min_joint_views: int = 0, virtual_camera: bool = True,
+                    upright: bool = True) -> dict:
     """Lift every person in every view that sees them and score it: per view, per person and overall. bones="rigid"
     fits one length per bone to each view's sequence, on the frames that view detected the person (as demo.py).
     min_joint_views > 0 scores only the reference joints triangulated from that many views or more. virtual_camera:
-    lift through a camera aimed at the person, with demo.py's default focal length (pipeline.virtual_camera)."""
+    lift through a camera aimed at the person, with demo.py's default focal length (pipeline.virtual_camera), and
+    (upright) turned about its axis for a person far from upright in the picture."""
     from pipeline.lifting import window_stride
     from pipeline.motion.trajectory import focal_length_px
     from pipeline.virtual_camera import lift_aimed
@@ -564,7 +569,8 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
             detected = np.flatnonzero(views[v].valid[row])
             if virtual_camera:
                 predicted = lift_aimed(lifter, views[v].keypoints[row], width, height,
-                                       focal_length_px(width, height), frames=detected, stride=stride)
+                                       focal_length_px(width, height), frames=detected, upright=upright,
+                                       stride=stride)
             else:
                 predicted = lifter.lift(views[v].keypoints[row], width, height, stride=stride).camera
             if bones == "rigid":
@@ -736,6 +742,7 @@ class MultiviewReport:
     reference: list[dict]  # per person: reference_scores
     bones: str  # how the lifters' poses were scored: "rigid" (as demo.py outputs them) or "free"
     virtual_camera: bool  # lifted through a virtual camera aimed at the person, as demo.py does
+    upright: bool = True  # the virtual camera turned about its axis for a person far from upright, as demo.py does
     min_joint_views: int = 0  # only reference joints triangulated from this many views were scored (0: all)
     lifters: dict[str, dict] = field(default_factory=dict)  # checkpoint -> evaluate_lifter
     # checkpoint after the first -> compare_lifters(first, it): the difference and how sure it is
@@ -758,12 +765,13 @@ def evaluate_recording(recording: Recording, checkpoints: list[str | Path], conf
     report = MultiviewReport(recording=str(recording.directory), fps=fps, views=[v.name for v in views],
                              reference=[reference_scores(p, views, fps, recording.cameras, config.triangulation)
                                         for p in people], bones=config.bones,
-                             virtual_camera=config.virtual_camera,
+                             virtual_camera=config.virtual_camera, upright=config.upright,
                              min_joint_views=config.min_joint_views, refinement=recording.refinement)
     for checkpoint in checkpoints:
         lifter = load_lifter(checkpoint, device=device)
         report.lifters[str(checkpoint)] = evaluate_lifter(lifter, recording, views, people, config.bones,
-                                                          config.min_joint_views, config.virtual_camera)
+                                                          config.min_joint_views, config.virtual_camera,
+                                                          config.upright)
     if outputs is not None:
         scored = evaluate_outputs(read_outputs(outputs, recording), recording, views, people, config.min_joint_views)
         for checkpoint, scores in scored.items():
