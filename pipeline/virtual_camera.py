@@ -27,8 +27,10 @@ clip (a phone held sideways without rotation metadata, a camera mounted upside d
 lifters are trained on cameras with little roll (the default lifter: ~N(0, 7.5) degrees) and lift a rolled body
 badly. The turn is the circular mean, over the frames the person was detected in, of the angle between their
 pelvis -> thorax direction and the picture's up; like the aim it is one rotation per person and clip, so it is exact
-(a camera turned about its centre) and the lifter still sees the body's own lean and motion. Measured in
-`benchmarks/bench_roll.py`.
+(a camera turned about its centre) and the lifter still sees the body's own lean and motion. A body that turns over
+within the clip (a somersault, a handstand) is rolled upright frame by frame where it leans far (`turnover_turns`).
+Measured in `benchmarks/bench_roll.py` (held-out CMU, P-MPJPE): rolled 90 / 180 degrees 124.7 / 169.5 mm as the
+picture is, 63.9 through the rolled camera (upright: 63.7); a somersault 79.2 -> 64.7.
 """
 from __future__ import annotations
 
@@ -90,17 +92,18 @@ def turn_picture(points: np.ndarray, angle: float, centre: tuple[float, float]) 
 
 # The virtual camera turns the person upright only when their torso is further than this from the picture's up on
 # average over the clip; within it the picture is left as it is. The default lifter trained on camera rolls of
-# ~N(0, 7.5) degrees (2.7 standard deviations: 20 degrees); on held-out CMU (benchmarks/bench_roll.py) turning
-# pays from 10 degrees of roll on (P-MPJPE 70.4 -> 70.1 mm at 10, 72.1 -> 70.1 at 20, 74.9 -> 70.1 at 30), and on
-# the real recording any threshold from 0 to 30 degrees scores the same within 0.3 mm.
+# ~N(0, 7.5) degrees (2.7 standard deviations: 20 degrees). On held-out CMU turning the whole clip upright pays from
+# 10 degrees of roll on (the evaluation's 4,000 frames, P-MPJPE: 70.4 -> 70.1 mm at 10, 72.1 -> 70.1 at 20,
+# 74.9 -> 70.1 at 30; `benchmarks/bench_roll.py` at this threshold: 65.2 -> 64.1 at 20, 74.5 -> 64.2 at 45), and on
+# the real recording any threshold from 0 to 30 degrees scores within 0.3 mm of this one.
 UPRIGHT_MIN_ROLL_DEG = 20.0
 # A person whose body turns past this from the clip's upright at some frame (a somersault, a cartwheel, a handstand
 # in an otherwise upright clip: measured from the mid-ankles to the mid-shoulders, which a deep forward bend keeps
 # upright) is turned upright frame by frame wherever they lean further than SPIN_TURN_FROM_DEG: fully from
 # SPIN_MIN_DEG on, partly in between (so the lifter sees at most that lean), the angle smoothed over
 # SPIN_SMOOTHING_FRAMES either side. On held-out CMU (benchmarks/bench_roll.py) lifting each frame upright beats any
-# blend of whole-clip turns by far (a camera spinning once a second: 56 against 93 mm), since a lifting window over a
-# turning body is itself turning, whatever the turn.
+# blend of whole-clip turns 45 degrees apart by far (a camera spinning once a second, the first 30 frames of each
+# clip: 56 against 93 mm), since a lifting window over a turning body is itself turning, whatever the turn.
 SPIN_MIN_DEG = 90.0
 SPIN_TURN_FROM_DEG = 45.0
 SPIN_SMOOTHING_FRAMES = 4
