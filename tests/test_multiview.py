@@ -502,7 +502,8 @@ def test_real_recording_levelled_world_is_closer_to_the_calibrated_vertical_than
     Human3.6M camera (11 degrees down), `pipeline.motion.level` estimates each camera's tilt from the two dancers as
     demo.py lifts them. Measured (angle to the refined calibration's vertical, cam01-cam04): fixed 16.4, 7.9, 13.4,
     28.7 degrees; levelled 7.4, 8.3, 13.0, 12.4 with version 4 or 5 of the default lifter, 7.3, 7.6, 12.2, 14.0 with
-    version 6 (cam04 near the bound: a candidate lifter once failed it with 15.6)."""
+    version 6, and 6.8, 7.6, 12.1, 12.6 since the virtual camera rolls leaning people upright (cam04 near the bound:
+    a candidate lifter once failed it with 15.6)."""
     from pipeline.lifting import load_lifter
 
     errors = multiview.levelling_errors(load_lifter(SHIPPED_LIFTER), real["recording"], real["views"], real["people"])
@@ -876,3 +877,36 @@ def test_real_recording_comparison_of_free_and_rigid_bones_has_an_interval_aroun
     low, high = compared["interval_95"]
     # 100 frames of two people in 15-frame stretches; measured between lifter versions: about +-1.3 mm.
     assert compared["stretches"] == 14 and low < difference < high and 0.0002 < high - low < 0.01
+
+
+def _rolled_view(view: ViewTracks, degrees: int) -> ViewTracks:
+    """The view as the same camera turned 90 degrees clockwise or 180 degrees about its axis would record it (no
+    rotation metadata): the picture and its detections turned, the image size swapped for 90."""
+    width, height = view.image_size
+    x, y = view.keypoints[..., 0], view.keypoints[..., 1]
+    if degrees == 90:
+        keypoints, size = np.stack([height - 1 - y, x], axis=-1), (height, width)
+    else:
+        keypoints, size = np.stack([width - 1 - x, height - 1 - y], axis=-1), (width, height)
+    return dataclasses.replace(view, keypoints=keypoints.astype(view.keypoints.dtype), image_size=size)
+
+
+@pytest.mark.slow
+def test_real_recording_seen_by_sideways_or_upside_down_cameras_scores_as_upright_through_the_rolled_camera(
+        real, one_torch_thread):
+    """The detections of all four views turned as a camera rolled 90 or 180 degrees would see them. Measured (limbs,
+    every joint, version 6, 2 December): upright 101.3 mm; rolled 90 / 180 degrees 101.9 / 101.5 through the virtual
+    camera rolled upright, 161.9 / 215.5 with --no-upright."""
+    from pipeline.lifting import load_lifter
+
+    lifter = load_lifter(SHIPPED_LIFTER)
+
+    def limbs_mm(views, upright=True) -> float:
+        scores = multiview.evaluate_lifter(lifter, real["recording"], views, real["people"], upright=upright)
+        return 1000 * scores["overall"]["p_mpjpe_limbs"]
+
+    upright = limbs_mm(real["views"])
+    for degrees in (90, 180):
+        rolled = [_rolled_view(view, degrees) for view in real["views"]]
+        turned, as_is = limbs_mm(rolled), limbs_mm(rolled, upright=False)
+        assert abs(turned - upright) < 2.0 and as_is > upright + 40.0, (degrees, upright, turned, as_is)
