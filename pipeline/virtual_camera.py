@@ -171,7 +171,7 @@ def lift_upright(lift, points: np.ndarray, centre: tuple[float, float], frames: 
         return lift(points, **lift_options)
     if clip_roll != 0.0:
         logger.info("a person lies %.0f degrees from upright in the picture: lifted through a virtual camera turned "
-                    "to stand them up (--no-upright: not turned)", -np.degrees(clip_roll))
+                    "to stand them up (--no-upright: not turned)", abs(np.degrees(clip_roll)))
     if turnover.any():
         logger.info("a person turns over (a somersault, a handstand): %d of %d frames lifted through a virtual "
                     "camera turned up to %.0f degrees further to stand them up (--no-upright: not turned)",
