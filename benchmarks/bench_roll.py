@@ -15,7 +15,7 @@ of each clip, 30 frames/s) are turned about the picture's centre and lifted, sco
 Each lifted three ways:
 - as it is;
 - as demo.py lifts (`pipeline.virtual_camera.lift_upright`: one turn per clip where the torso leans more than
-  UPRIGHT_MIN_ROLL_DEG on average; where the body turns further than SPIN_MIN_DEG from that, frame by frame);
+  UPRIGHT_MIN_ROLL_DEG on average; where the body turns further than TURNOVER_MIN_DEG from that, frame by frame);
 - every frame turned upright by its own smoothed ankles -> shoulders angle before lifting (it also straightens the
   body's natural lean and its turning, which the lifter then has to lift without).
 """

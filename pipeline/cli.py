@@ -132,7 +132,7 @@ def add_motion_and_view_flags(p: argparse.ArgumentParser) -> None:
     mo.add_argument("--no-upright", action="store_true",
                     help="never turn the virtual camera about its axis; by default it turns to stand up a person who "
                     "lies more than 20 degrees from upright in the picture over the clip (a sideways or upside-down "
-                    "camera)")
+                    "camera), and frame by frame a body that turns over (a somersault)")
     mo.add_argument("--window-stride", type=int, default=None, metavar="N",
                     help="frames between a lifting window's samples (default: from the frame rate, 1 up to 67 fps, "
                     "2 up to 134, 3 up to 201, 4 for 240: a window spans the time the lifter was trained on)")

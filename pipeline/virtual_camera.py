@@ -99,14 +99,14 @@ def turn_picture(points: np.ndarray, angle: float, centre: tuple[float, float]) 
 UPRIGHT_MIN_ROLL_DEG = 20.0
 # A person whose body turns past this from the clip's upright at some frame (a somersault, a cartwheel, a handstand
 # in an otherwise upright clip: measured from the mid-ankles to the mid-shoulders, which a deep forward bend keeps
-# upright) is turned upright frame by frame wherever they lean further than SPIN_TURN_FROM_DEG: fully from
-# SPIN_MIN_DEG on, partly in between (so the lifter sees at most that lean), the angle smoothed over
-# SPIN_SMOOTHING_FRAMES either side. On held-out CMU (benchmarks/bench_roll.py) lifting each frame upright beats any
+# upright) is turned upright frame by frame wherever they lean further than TURNOVER_TURN_FROM_DEG: fully from
+# TURNOVER_MIN_DEG on, partly in between (so the lifter sees at most that lean), the angle smoothed over
+# TURNOVER_SMOOTHING_FRAMES either side. On held-out CMU (benchmarks/bench_roll.py) lifting each frame upright beats any
 # blend of whole-clip turns 45 degrees apart by far (a camera spinning once a second, the first 30 frames of each
 # clip: 56 against 93 mm), since a lifting window over a turning body is itself turning, whatever the turn.
-SPIN_MIN_DEG = 90.0
-SPIN_TURN_FROM_DEG = 45.0
-SPIN_SMOOTHING_FRAMES = 4
+TURNOVER_MIN_DEG = 90.0
+TURNOVER_TURN_FROM_DEG = 45.0
+TURNOVER_SMOOTHING_FRAMES = 4
 
 
 def upright_roll(keypoints: np.ndarray, min_roll_deg: float | None = None) -> float:
@@ -132,7 +132,7 @@ def body_angles(keypoints: np.ndarray) -> np.ndarray:
     return np.arctan2(body[:, 0], -body[:, 1])
 
 
-def smoothed(angles: np.ndarray, half_window: int = SPIN_SMOOTHING_FRAMES) -> np.ndarray:
+def smoothed(angles: np.ndarray, half_window: int = TURNOVER_SMOOTHING_FRAMES) -> np.ndarray:
     """(T,) angles (radians), each the circular mean over the frames `half_window` either side (fewer at the ends)."""
     unit = np.stack([np.sin(angles), np.cos(angles)], axis=-1)
     summed = np.concatenate([np.zeros((1, 2)), np.cumsum(unit, axis=0)])
@@ -144,13 +144,13 @@ def smoothed(angles: np.ndarray, half_window: int = SPIN_SMOOTHING_FRAMES) -> np
 
 def turnover_turns(keypoints: np.ndarray, clip_roll: float = 0.0) -> np.ndarray:
     """(T,) further camera rolls (radians) that stand up each frame of (T, 17, 2) finite picture points (Human3.6M)
-    already rolled by `clip_roll`: all 0.0 unless the body turns past SPIN_MIN_DEG from upright at some frame; then
-    each frame's own smoothed lean beyond SPIN_TURN_FROM_DEG (all of it beyond SPIN_MIN_DEG)."""
+    already rolled by `clip_roll`: all 0.0 unless the body turns past TURNOVER_MIN_DEG from upright at some frame; then
+    each frame's own smoothed lean beyond TURNOVER_TURN_FROM_DEG (all of it beyond TURNOVER_MIN_DEG)."""
     if not len(keypoints):
         return np.zeros(0)
-    lean = (smoothed(body_angles(keypoints)) + clip_roll + np.pi) % (2 * np.pi) - np.pi
+    lean = _wrap(smoothed(body_angles(keypoints)) + clip_roll)  # what is left after the clip's roll
     size = np.abs(lean)
-    start, full = np.radians(SPIN_TURN_FROM_DEG), np.radians(SPIN_MIN_DEG)
+    start, full = np.radians(TURNOVER_TURN_FROM_DEG), np.radians(TURNOVER_MIN_DEG)
     if size.max() <= full:
         return np.zeros(len(keypoints))
     return -np.sign(lean) * np.where(size >= full, size, np.clip(size - start, 0.0, None) * full / (full - start))

@@ -13,8 +13,8 @@ from pipeline.mocap.h36m_joints import CMU_BVH
 from pipeline.skeleton import coco_to_h36m
 from pipeline.training.metrics import p_mpjpe
 from pipeline.virtual_camera import (
-    SPIN_MIN_DEG,
-    SPIN_TURN_FROM_DEG,
+    TURNOVER_MIN_DEG,
+    TURNOVER_TURN_FROM_DEG,
     UPRIGHT_MIN_ROLL_DEG,
     aim_rotation,
     body_angles,
@@ -135,11 +135,11 @@ def test_a_somersault_is_lifted_upright_frame_by_frame_and_the_upright_frames_ar
     angles = turnover_turns(keypoints)
     wrapped = (lean + np.pi) % (2 * np.pi) - np.pi
     assert not angles[:16].any() and not angles[-16:].any()  # upright: as they are
-    upside_down = np.abs(wrapped) >= np.radians(SPIN_MIN_DEG + 30)  # (the lean is smoothed over 9 frames)
+    upside_down = np.abs(wrapped) >= np.radians(TURNOVER_MIN_DEG + 30)  # (the lean is smoothed over 9 frames)
     assert upside_down.sum() >= 8
     seen = (wrapped + angles + np.pi) % (2 * np.pi) - np.pi  # what the lifter sees of each frame's lean
     assert np.degrees(np.abs(seen[upside_down])).max() < 15.0
-    assert np.degrees(np.abs(seen)).max() < SPIN_TURN_FROM_DEG + 15.0  # never far from upright
+    assert np.degrees(np.abs(seen)).max() < TURNOVER_TURN_FROM_DEG + 15.0  # never far from upright
     # Each frame's pose comes back into the real camera turned by its own angle.
     pose = np.random.default_rng(1).normal(0, 0.3, (17, 3)).astype(np.float32)
     recorder = _Recorder(pose)

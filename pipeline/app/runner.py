@@ -55,7 +55,8 @@ class MotionConfig:
     # length above; False: as the real camera sees them, as the released demo does.
     virtual_camera: bool = True
     # With the virtual camera, also turn it about its axis for a person who lies far from upright in the picture over
-    # the clip (a sideways or upside-down camera; pipeline.virtual_camera.upright_roll); False: never turn it.
+    # the clip (a sideways or upside-down camera), and frame by frame for one who turns over (a somersault)
+    # (pipeline.virtual_camera.lift_upright); False: never turn it.
     upright: bool = True
     # Level the world view (3D panel, pose3d_world, trajectory_world, BVH) with the camera tilt estimated from the
     # people (pipeline.motion.level); False: the released demo's fixed camera-to-world rotation.

@@ -82,7 +82,7 @@ class MultiviewConfig:
     # focal length for a video without metadata (its default), not the calibrated one: scores as demo.py's output.
     virtual_camera: bool = True
     # With the virtual camera, turn it about its axis to stand up a person far from upright in the picture, as demo.py
-    # does (pipeline.virtual_camera.upright_roll); False: as demo.py --no-upright.
+    # does (pipeline.virtual_camera.lift_upright); False: as demo.py --no-upright.
     upright: bool = True
     refine_extrinsics: bool = True  # bundle-adjust the cameras' poses on the matched people before triangulating
     refine: RefineConfig = field(default_factory=RefineConfig)
