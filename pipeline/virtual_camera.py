@@ -120,6 +120,14 @@ def upright_roll(keypoints: np.ndarray, min_roll_deg: float | None = None) -> fl
     return roll if abs(np.degrees(roll)) > min_roll_deg else 0.0
 
 
+def display_rotation_fix(clip_roll: float) -> int | None:
+    """The rotation metadata that would show upright a video whose people lie as `clip_roll` (upright_roll) stands
+    up: ffmpeg's `-display_rotation` (degrees counter-clockwise) 90, 180 or 270, the quarter turn nearest the roll;
+    None when the roll is nearer no turn (a tilted camera, a leaning person)."""
+    quarter_turns = int(np.round(-np.degrees(clip_roll) / 90.0)) % 4
+    return None if quarter_turns == 0 else 90 * quarter_turns
+
+
 def _wrap(angles: np.ndarray) -> np.ndarray:
     return (angles + np.pi) % (2 * np.pi) - np.pi
 
@@ -170,8 +178,12 @@ def lift_upright(lift, points: np.ndarray, centre: tuple[float, float], frames: 
     if clip_roll == 0.0 and not turnover.any():
         return lift(points, **lift_options)
     if clip_roll != 0.0:
+        fix = display_rotation_fix(clip_roll)
+        hint = "" if fix is None else (
+            f"; if the whole video is turned, the detector sees people better upright too: ffmpeg "
+            f"-display_rotation:v:0 {fix} -i IN -c copy OUT gives it the rotation metadata that stands it up")
         logger.info("a person lies %.0f degrees from upright in the picture: lifted through a virtual camera turned "
-                    "to stand them up (--no-upright: not turned)", abs(np.degrees(clip_roll)))
+                    "to stand them up (--no-upright: not turned)%s", abs(np.degrees(clip_roll)), hint)
     if turnover.any():
         logger.info("a person turns over (a somersault, a handstand): %d of %d frames lifted through a virtual "
                     "camera turned up to %.0f degrees further to stand them up (--no-upright: not turned)",

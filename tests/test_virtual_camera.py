@@ -1,8 +1,10 @@
 """The virtual camera aimed at the person: exact geometry, and better lifting of people far off the optical axis on
 motion capture the lifter never trained on (CMU)."""
+import subprocess
 import tarfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ from pipeline.virtual_camera import (
     aim_rotation,
     body_angles,
     circular_mean,
+    display_rotation_fix,
     lift_aimed,
     roll_rotation,
     torso_angles,
@@ -157,6 +160,39 @@ def test_a_deep_forward_bend_is_not_turned():
     assert abs(np.degrees(circular_mean(body_angles(body)))) < 45
     bend = np.concatenate([_standing_body(0.0, frames=20), body, _standing_body(0.0, frames=20)])
     assert upright_roll(bend) == 0.0 and not turnover_turns(bend).any()
+
+
+@pytest.mark.parametrize("turn", [cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE])
+def test_the_suggested_rotation_metadata_shows_a_turned_video_upright(tmp_path, turn):
+    """A video stored turned, without rotation metadata: the person in it lies as the turn says; the ffmpeg command the
+    log suggests for that roll (display_rotation_fix) makes the decoder give back the upright frames."""
+    from pipeline.media.decode import iter_frames
+    from pipeline.media.encode import VideoWriter
+    from pipeline.media.ffmpeg import ffmpeg_exe
+
+    upright = np.zeros((96, 160, 3), np.uint8)
+    upright[:, :, 0] = np.linspace(0, 255, 160)[None, :]  # left to right
+    upright[:, :, 1] = np.linspace(0, 255, 96)[:, None]  # top to bottom
+    stored = cv2.rotate(upright, turn)
+    path = tmp_path / "turned.mp4"
+    with VideoWriter(path, (stored.shape[1], stored.shape[0]), 30, frame_count=3) as writer:
+        for _ in range(3):
+            writer.write(stored)
+    # A person standing in the upright picture (pelvis below thorax), where the stored picture shows them.
+    height, width = upright.shape[:2]
+    to_stored = {cv2.ROTATE_90_CLOCKWISE: lambda x, y: (height - 1 - y, x),
+                 cv2.ROTATE_180: lambda x, y: (width - 1 - x, height - 1 - y),
+                 cv2.ROTATE_90_COUNTERCLOCKWISE: lambda x, y: (y, width - 1 - x)}[turn]
+    body = np.zeros((1, 17, 2))
+    body[0, 0], body[0, 8] = to_stored(80.0, 70.0), to_stored(80.0, 20.0)
+    roll = upright_roll(body)
+    fix = display_rotation_fix(roll)
+    fixed = tmp_path / "fixed.mp4"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-display_rotation:v:0", str(fix), "-i", str(path), "-c",
+                    "copy", str(fixed)], check=True)
+    frame = next(iter_frames(fixed))
+    assert frame.shape == upright.shape and np.abs(frame.astype(int) - upright).mean() < 4.0, fix
+    assert display_rotation_fix(np.radians(-15.0)) is None  # a tilted camera: no quarter turn
 
 
 def _cmu_bvh_clips() -> list[bvh.BvhClip]:
