@@ -25,12 +25,13 @@ it takes the person's own motion across the picture out of what the lifter sees.
 The virtual camera also turns about its optical axis when the person lies far from upright in the picture over the
 clip (a phone held sideways without rotation metadata, a camera mounted upside down, someone filmed lying down):
 lifters are trained on cameras with little roll (the default lifter: ~N(0, 7.5) degrees) and lift a rolled body
-badly. The turn is the circular mean, over the frames the person was detected in, of the angle between their
-pelvis -> thorax direction and the picture's up; like the aim it is one rotation per person and clip, so it is exact
-(a camera turned about its centre) and the lifter still sees the body's own lean and motion. A body that turns over
+badly. The turn is the circular mean of the angle between the person's legs and trunk and the picture's up, over the
+frames they were detected standing straight in (legs and trunk in line: a rolled camera rolls those too, while
+a bend to the floor does not count); like the aim it is one rotation per person and clip, so it is exact (a camera
+turned about its centre) and the lifter still sees the body's own lean and motion. A body that turns over
 within the clip (a somersault, a handstand) is rolled upright frame by frame where it leans far (`turnover_turns`).
 Measured in `benchmarks/bench_roll.py` (held-out CMU, P-MPJPE): rolled 90 / 180 degrees 124.7 / 169.5 mm as the
-picture is, 63.9 through the rolled camera (upright: 63.7); a somersault 79.2 -> 64.7.
+picture is, 63.2 through the rolled camera (upright: 63.7 -> 63.4); a somersault 79.2 -> 64.1.
 """
 from __future__ import annotations
 
@@ -64,11 +65,21 @@ def warp_to_virtual(points_px: np.ndarray, rotation: np.ndarray, focal_px: float
     return mapped[..., :2] / mapped[..., 2:]
 
 
+def picture_angles(directions: np.ndarray) -> np.ndarray:
+    """(...) angles (radians) between (..., 2) picture directions (y down) and the picture's up, positive when the
+    direction leans clockwise on screen (towards +x)."""
+    return np.arctan2(directions[..., 0], -directions[..., 1])
+
+
 def torso_angles(keypoints: np.ndarray) -> np.ndarray:
-    """(T,) angles (radians) between each frame's pelvis -> thorax direction (Human3.6M joints 0 -> 8) of (T, 17, 2)
-    picture points (y down) and the picture's up, positive when the torso leans clockwise on screen (towards +x)."""
-    torso = keypoints[:, 8] - keypoints[:, 0]
-    return np.arctan2(torso[:, 0], -torso[:, 1])
+    """(T,) picture_angles of each frame's pelvis -> thorax direction (Human3.6M joints 0 -> 8) of (T, 17, 2)
+    picture points."""
+    return picture_angles(keypoints[:, 8] - keypoints[:, 0])
+
+
+def leg_angles(keypoints: np.ndarray) -> np.ndarray:
+    """(T,) picture_angles of each frame's mid-ankles -> pelvis direction (Human3.6M ankles 3 and 6, pelvis 0)."""
+    return picture_angles(keypoints[:, 0] - (keypoints[:, 3] + keypoints[:, 6]) / 2)
 
 
 def circular_mean(angles: np.ndarray) -> float:
@@ -90,13 +101,20 @@ def turn_picture(points: np.ndarray, angle: float, centre: tuple[float, float]) 
     return (np.asarray(points, np.float64) - centre) @ turn.T + centre
 
 
-# The virtual camera turns the person upright only when their torso is further than this from the picture's up on
-# average over the clip; within it the picture is left as it is. The default lifter trained on camera rolls of
-# ~N(0, 7.5) degrees (2.7 standard deviations: 20 degrees). On held-out CMU turning the whole clip upright pays from
-# 10 degrees of roll on (the evaluation's 4,000 frames, P-MPJPE: 70.4 -> 70.1 mm at 10, 72.1 -> 70.1 at 20,
-# 74.9 -> 70.1 at 30; `benchmarks/bench_roll.py` at this threshold: 65.2 -> 64.1 at 20, 74.5 -> 64.2 at 45), and on
-# the real recording any threshold from 0 to 30 degrees scores within 0.3 mm of this one.
+# The virtual camera turns the person upright only when they lean further than this from the picture's up on
+# average over the frames they stand straight in; within it the picture is left as it is. The default lifter trained
+# on camera rolls of ~N(0, 7.5) degrees (2.7 standard deviations: 20 degrees). On held-out CMU turning the whole clip
+# upright pays from 10 degrees of roll on (the evaluation's 4,000 frames, P-MPJPE: 70.4 -> 70.1 mm at 10, 72.1 ->
+# 70.1 at 20, 74.9 -> 70.1 at 30; `benchmarks/bench_roll.py` at this threshold: 65.2 -> 63.9 at 20, 74.5 -> 63.2 at
+# 45); on the real recording thresholds of 0, 10, 20 and 30 degrees score 101.1, 101.0, 101.2 and 102.3 mm.
 UPRIGHT_MIN_ROLL_DEG = 20.0
+# A frame stands straight when its legs (mid-ankles -> pelvis) and trunk (pelvis -> thorax) point within this of each
+# other; a clip with straight frames in fewer than STRAIGHT_MIN_SHARE of its frames is not turned. Measured against
+# the trunk alone (its mean over every frame, which a person bending to the floor and back drags over): held-out CMU,
+# whole clips, 69.94 mm as the picture is, 69.92 by the trunk, 69.87 by the straight frames (one clip bending
+# repeatedly: 68.5 -> 75.4 by the trunk, unturned by the straight frames); the real recording 101.3 -> 101.2 mm.
+STRAIGHT_DEG = 25.0
+STRAIGHT_MIN_SHARE = 0.1
 # A person whose body turns past this from the clip's upright at some frame (a somersault, a cartwheel, a handstand
 # in an otherwise upright clip: measured from the mid-ankles to the mid-shoulders, which a deep forward bend keeps
 # upright) is turned upright frame by frame wherever they lean further than TURNOVER_TURN_FROM_DEG: fully from
@@ -111,12 +129,17 @@ TURNOVER_SMOOTHING_FRAMES = 4
 
 def upright_roll(keypoints: np.ndarray, min_roll_deg: float | None = None) -> float:
     """The angle (radians) by which to turn (T, 17, 2) picture points (Human3.6M, finite rows only) about the
-    principal point to stand the person's torso up on average, or 0.0 when it leans less than `min_roll_deg`
-    (default UPRIGHT_MIN_ROLL_DEG)."""
+    principal point to stand the person up: minus the circular mean of their leg and trunk directions over the
+    frames they stand straight in (STRAIGHT_DEG), or 0.0 when it leans less than `min_roll_deg` (default
+    UPRIGHT_MIN_ROLL_DEG) or too few frames are straight (STRAIGHT_MIN_SHARE)."""
     min_roll_deg = UPRIGHT_MIN_ROLL_DEG if min_roll_deg is None else min_roll_deg
     if len(keypoints) == 0:
         return 0.0
-    roll = -circular_mean(torso_angles(keypoints))
+    legs, trunk = leg_angles(keypoints), torso_angles(keypoints)
+    straight = np.abs(_wrap(legs - trunk)) < np.radians(STRAIGHT_DEG)
+    if straight.sum() < max(STRAIGHT_MIN_SHARE * len(keypoints), 1):
+        return 0.0
+    roll = -circular_mean(np.concatenate([legs[straight], trunk[straight]]))
     return roll if abs(np.degrees(roll)) > min_roll_deg else 0.0
 
 
@@ -136,8 +159,7 @@ def body_angles(keypoints: np.ndarray) -> np.ndarray:
     """(T,) angles (radians, as torso_angles counts) of each frame's mid-ankles -> mid-shoulders direction (Human3.6M
     ankles 3 and 6, shoulders 11 and 14): upright for a standing person and for one bent forward to their toes,
     upside down for a handstand."""
-    body = (keypoints[:, 11] + keypoints[:, 14] - keypoints[:, 3] - keypoints[:, 6]) / 2
-    return np.arctan2(body[:, 0], -body[:, 1])
+    return picture_angles((keypoints[:, 11] + keypoints[:, 14] - keypoints[:, 3] - keypoints[:, 6]) / 2)
 
 
 def smoothed(angles: np.ndarray, half_window: int = TURNOVER_SMOOTHING_FRAMES) -> np.ndarray:

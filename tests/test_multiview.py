@@ -502,7 +502,7 @@ def test_real_recording_levelled_world_is_closer_to_the_calibrated_vertical_than
     Human3.6M camera (11 degrees down), `pipeline.motion.level` estimates each camera's tilt from the two dancers as
     demo.py lifts them. Measured (angle to the refined calibration's vertical, cam01-cam04): fixed 16.4, 7.9, 13.4,
     28.7 degrees; levelled 7.4, 8.3, 13.0, 12.4 with version 4 or 5 of the default lifter, 7.3, 7.6, 12.2, 14.0 with
-    version 6, and 6.8, 7.6, 12.1, 12.6 since the virtual camera rolls leaning people upright (cam04 near the bound:
+    version 6, and 6.2, 7.6, 12.1, 12.3 since the virtual camera rolls leaning people upright (cam04 near the bound:
     a candidate lifter once failed it with 15.6)."""
     from pipeline.lifting import load_lifter
 
@@ -895,7 +895,7 @@ def _rolled_view(view: ViewTracks, degrees: int) -> ViewTracks:
 def test_real_recording_seen_by_sideways_or_upside_down_cameras_scores_as_upright_through_the_rolled_camera(
         real, one_torch_thread):
     """The detections of all four views turned as a camera rolled 90 or 180 degrees would see them. Measured (limbs,
-    every joint, version 6, 2 December): upright 101.3 mm; rolled 90 / 180 degrees 101.9 / 101.5 through the virtual
+    every joint, version 6, 2 December): upright 101.2 mm; rolled 90 / 180 degrees 101.6 / 101.1 through the virtual
     camera rolled upright, 161.9 / 215.5 with --no-upright."""
     from pipeline.lifting import load_lifter
 

@@ -24,7 +24,7 @@ Measured (`benchmarks/bench_level.py`, the default lifter; angle between the est
   estimated 6.0 / 6.5 / 11.1 (pitch unbiased: +1.8 on average). The same estimator on the ground-truth bodies is
   4.3 / 4.9 / 10.3 off: the lifter's poses give nearly what a body-based estimate can;
 - the shared real recording, both dancers pooled, per camera (cam01-cam04, the refined calibration's vertical):
-  fixed 16.4, 7.9, 13.4, 28.7 degrees; estimated 6.8, 7.6, 12.1, 12.6 (version 6 of the default lifter, lifted
+  fixed 16.4, 7.9, 13.4, 28.7 degrees; estimated 6.2, 7.6, 12.1, 12.3 (version 6 of the default lifter, lifted
   through the virtual camera rolled to stand leaning people up; 7.3, 7.6, 12.2, 13.9 without that roll). The woman
   alone (upright, waving) gives 4-10 degrees; the man alone (lunging forward, trunk pitched) 13-19: bodies that lean
   for the whole clip bias it.
