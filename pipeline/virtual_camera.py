@@ -88,6 +88,11 @@ def circular_mean(angles: np.ndarray) -> float:
     return float(np.arctan2(np.sin(angles).mean(), np.cos(angles).mean()))
 
 
+def _wrap(angles: np.ndarray) -> np.ndarray:
+    """Angles (radians) brought into [-pi, pi)."""
+    return (angles + np.pi) % (2 * np.pi) - np.pi
+
+
 def roll_rotation(angle: float) -> np.ndarray:
     """The (3, 3) rotation that turns the camera about its optical axis so that the picture turns by `angle` radians
     about the principal point (clockwise on screen for angle > 0, as torso_angles counts)."""
@@ -155,10 +160,6 @@ def display_rotation_fix(clip_roll: float) -> int | None:
     return None if quarter_turns == 0 else 90 * quarter_turns
 
 
-def _wrap(angles: np.ndarray) -> np.ndarray:
-    return (angles + np.pi) % (2 * np.pi) - np.pi
-
-
 def body_angles(keypoints: np.ndarray) -> np.ndarray:
     """(T,) angles (radians, as torso_angles counts) of each frame's mid-ankles -> mid-shoulders direction (Human3.6M
     ankles 3 and 6, shoulders 11 and 14): upright for a standing person and for one bent forward to their toes,
@@ -178,7 +179,7 @@ def smoothed(angles: np.ndarray, half_window: int = TURNOVER_SMOOTHING_FRAMES) -
 
 def turnover_turns(keypoints: np.ndarray, clip_roll: float = 0.0) -> np.ndarray:
     """(T,) further camera rolls (radians) that stand up each frame of (T, 17, 2) finite picture points (Human3.6M)
-    already rolled by `clip_roll`: all 0.0 unless the body turns past TURNOVER_MIN_DEG from upright at some frame; then
+    already rolled by `clip_roll`: all 0.0 unless the body tips past TURNOVER_MIN_DEG from upright at some frame; then
     each frame's own smoothed lean beyond TURNOVER_TURN_FROM_DEG (all of it beyond TURNOVER_MIN_DEG)."""
     if not len(keypoints):
         return np.zeros(0)
@@ -211,8 +212,8 @@ def lift_upright(lift, points: np.ndarray, centre: tuple[float, float], frames: 
         logger.info("a person lies %.0f degrees from upright in the picture: lifted through a virtual camera turned "
                     "to stand them up (--no-upright: not turned)%s", abs(np.degrees(clip_roll)), hint)
     if turnover.any():
-        logger.info("a person turns over (a somersault, a handstand): %d of %d frames lifted through a virtual "
-                    "camera turned up to %.0f degrees further to stand them up (--no-upright: not turned)",
+        logger.info("a person tips far over (a somersault, a handstand, a dive): %d of %d frames lifted through a "
+                    "virtual camera turned up to %.0f degrees further to stand them up (--no-upright: not turned)",
                     np.count_nonzero(turnover), len(turnover), np.degrees(np.abs(turnover).max()))
     turns = np.stack([roll_rotation(a) for a in clip_roll + turnover])  # (T, 3, 3)
     turned = np.einsum("tjk,tlk->tjl", np.asarray(points, np.float64) - centre, turns[:, :2, :2]) + centre
