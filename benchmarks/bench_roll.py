@@ -76,7 +76,7 @@ def main() -> None:
         if way == "as demo.py lifts":
             return lift_upright(lift, points, centre)
         angles = -smoothed(body_angles(points))
-        turns = np.stack([roll_rotation(a) for a in angles])
+        turns = roll_rotation(angles)
         return np.einsum("tjk,tkl->tjl", lift(each_turned(points, angles)), turns)  # back, frame by frame
 
     print(f"{args.checkpoint.name}: held-out CMU, {len(clips)} clips x the first {args.frames} frames, "

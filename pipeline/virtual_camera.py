@@ -93,11 +93,13 @@ def _wrap(angles: np.ndarray) -> np.ndarray:
     return (angles + np.pi) % (2 * np.pi) - np.pi
 
 
-def roll_rotation(angle: float) -> np.ndarray:
+def roll_rotation(angle: float | np.ndarray) -> np.ndarray:
     """The (3, 3) rotation that turns the camera about its optical axis so that the picture turns by `angle` radians
-    about the principal point (clockwise on screen for angle > 0, as torso_angles counts)."""
+    about the principal point (clockwise on screen for angle > 0, as torso_angles counts); (T, 3, 3) for (T,)
+    angles."""
     c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    zero, one = np.zeros_like(c), np.ones_like(c)
+    return np.stack([np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1), np.stack([zero, zero, one], -1)], -2)
 
 
 def turn_picture(points: np.ndarray, angle: float, centre: tuple[float, float]) -> np.ndarray:
@@ -136,12 +138,11 @@ TURNOVER_TURN_FROM_DEG = 20.0
 TURNOVER_SMOOTHING_FRAMES = 4
 
 
-def upright_roll(keypoints: np.ndarray, min_roll_deg: float | None = None) -> float:
+def upright_roll(keypoints: np.ndarray) -> float:
     """The angle (radians) by which to turn (T, 17, 2) picture points (Human3.6M, finite rows only) about the
     principal point to stand the person up: minus the circular mean of their leg and trunk directions over the
-    frames they stand straight in (STRAIGHT_DEG), or 0.0 when it leans less than `min_roll_deg` (default
-    UPRIGHT_MIN_ROLL_DEG) or too few frames are straight (STRAIGHT_MIN_SHARE)."""
-    min_roll_deg = UPRIGHT_MIN_ROLL_DEG if min_roll_deg is None else min_roll_deg
+    frames they stand straight in (STRAIGHT_DEG), or 0.0 when it leans less than UPRIGHT_MIN_ROLL_DEG or too few
+    frames are straight (STRAIGHT_MIN_SHARE)."""
     if len(keypoints) == 0:
         return 0.0
     legs, trunk = leg_angles(keypoints), torso_angles(keypoints)
@@ -149,7 +150,7 @@ def upright_roll(keypoints: np.ndarray, min_roll_deg: float | None = None) -> fl
     if straight.sum() < max(STRAIGHT_MIN_SHARE * len(keypoints), 1):
         return 0.0
     roll = -circular_mean(np.concatenate([legs[straight], trunk[straight]]))
-    return roll if abs(np.degrees(roll)) > min_roll_deg else 0.0
+    return roll if abs(np.degrees(roll)) > UPRIGHT_MIN_ROLL_DEG else 0.0
 
 
 def display_rotation_fix(clip_roll: float) -> int | None:
@@ -215,7 +216,7 @@ def lift_upright(lift, points: np.ndarray, centre: tuple[float, float], frames: 
         logger.info("a person tips far over (a somersault, a handstand, a dive): %d of %d frames lifted through a "
                     "virtual camera turned up to %.0f degrees further to stand them up (--no-upright: not turned)",
                     np.count_nonzero(turnover), len(turnover), np.degrees(np.abs(turnover).max()))
-    turns = np.stack([roll_rotation(a) for a in clip_roll + turnover])  # (T, 3, 3)
+    turns = roll_rotation(clip_roll + turnover)  # (T, 3, 3)
     turned = np.einsum("tjk,tlk->tjl", np.asarray(points, np.float64) - centre, turns[:, :2, :2]) + centre
     poses = lift(turned.astype(np.float32), **lift_options)
     return np.einsum("tjk,tkl->tjl", poses, turns).astype(np.float32)  # row vectors: X = R^T X_turned, per frame
