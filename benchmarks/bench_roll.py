@@ -14,8 +14,9 @@ of each clip, 30 frames/s) are turned about the picture's centre and lifted, sco
 - a somersault: upright, then one full turn over 24 frames (0.8 s) in the middle of the clip, then upright again.
 Each lifted three ways:
 - as it is;
-- as demo.py lifts (`pipeline.virtual_camera.lift_upright`: one turn per clip where the torso leans more than
-  UPRIGHT_MIN_ROLL_DEG on average; where the body turns further than TURNOVER_MIN_DEG from that, frame by frame);
+- as demo.py lifts (`pipeline.virtual_camera.lift_upright`: one turn per clip where the person leans more than
+  UPRIGHT_MIN_ROLL_DEG on average over the frames they stand straight in; where the body tips further than
+  TURNOVER_MIN_DEG from that, frame by frame);
 - every frame turned upright by its own smoothed ankles -> shoulders angle before lifting (it also straightens the
   body's natural lean and its turning, which the lifter then has to lift without).
 """
@@ -64,9 +65,6 @@ def main() -> None:
     clips = [(x[:args.frames], y[:args.frames]) for x, y in zip(cmu.inputs_2d, cmu.targets_3d, strict=True)]
     centre = (0.0, 0.0)  # the picture's centre in screen-normalised coordinates
 
-    def each_turned(points: np.ndarray, angles: np.ndarray) -> np.ndarray:  # every frame by its own angle
-        return np.stack([turn_picture(p, a, centre) for p, a in zip(points, angles, strict=True)]).astype(np.float32)
-
     def lift(points: np.ndarray) -> np.ndarray:
         return lifter.lift_normalized(points)
 
@@ -76,8 +74,8 @@ def main() -> None:
         if way == "as demo.py lifts":
             return lift_upright(lift, points, centre)
         angles = -smoothed(body_angles(points))
-        turns = roll_rotation(angles)
-        return np.einsum("tjk,tkl->tjl", lift(each_turned(points, angles)), turns)  # back, frame by frame
+        turned = turn_picture(points, angles, centre).astype(np.float32)
+        return np.einsum("tjk,tkl->tjl", lift(turned), roll_rotation(angles))  # back, frame by frame
 
     print(f"{args.checkpoint.name}: held-out CMU, {len(clips)} clips x the first {args.frames} frames, "
           "P-MPJPE in mm over every frame")
@@ -86,7 +84,7 @@ def main() -> None:
         scores = {way: [] for way in WAYS}
         for points, truth in clips:
             roll = roll_profiles(len(points))[name]
-            rolled = each_turned(points, roll)
+            rolled = turn_picture(points, roll, centre).astype(np.float32)
             for way in WAYS:
                 scores[way].append((len(points), p_mpjpe(lifted(rolled, way), truth)))
         mean = {way: 1000 * sum(n * e for n, e in s) / sum(n for n, _ in s) for way, s in scores.items()}

@@ -102,11 +102,14 @@ def roll_rotation(angle: float | np.ndarray) -> np.ndarray:
     return np.stack([np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1), np.stack([zero, zero, one], -1)], -2)
 
 
-def turn_picture(points: np.ndarray, angle: float, centre: tuple[float, float]) -> np.ndarray:
-    """(..., 2) picture points as a camera rolled by `angle` (roll_rotation) about its principal point `centre`
-    sees them: the picture turned about that point."""
-    turn = roll_rotation(angle)[:2, :2]
-    return (np.asarray(points, np.float64) - centre) @ turn.T + centre
+def turn_picture(points: np.ndarray, angle: float | np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+    """(T, ..., 2) picture points as a camera rolled by `angle` (roll_rotation) about its principal point `centre`
+    sees them: the picture turned about that point; (T,) angles turn each frame by its own."""
+    angle = np.asarray(angle, np.float64)
+    points = np.asarray(points, np.float64)
+    turn = roll_rotation(angle)[..., :2, :2]
+    turn = turn.reshape(angle.shape + (1,) * (points.ndim - 1 - angle.ndim) + (2, 2))  # one per frame, if given
+    return np.einsum("...lk,...k->...l", turn, points - centre) + centre
 
 
 # The virtual camera turns the person upright only when they lean further than this from the picture's up on
@@ -216,10 +219,9 @@ def lift_upright(lift, points: np.ndarray, centre: tuple[float, float], frames: 
         logger.info("a person tips far over (a somersault, a handstand, a dive): %d of %d frames lifted through a "
                     "virtual camera turned up to %.0f degrees further to stand them up (--no-upright: not turned)",
                     np.count_nonzero(turnover), len(turnover), np.degrees(np.abs(turnover).max()))
-    turns = roll_rotation(clip_roll + turnover)  # (T, 3, 3)
-    turned = np.einsum("tjk,tlk->tjl", np.asarray(points, np.float64) - centre, turns[:, :2, :2]) + centre
-    poses = lift(turned.astype(np.float32), **lift_options)
-    return np.einsum("tjk,tkl->tjl", poses, turns).astype(np.float32)  # row vectors: X = R^T X_turned, per frame
+    angles = clip_roll + turnover
+    poses = lift(turn_picture(points, angles, centre).astype(np.float32), **lift_options)
+    return np.einsum("tjk,tkl->tjl", poses, roll_rotation(angles)).astype(np.float32)  # X = R^T X_turned, per frame
 
 
 def lift_aimed(lifter, keypoints_px: np.ndarray, width: int, height: int, focal_px: float,

@@ -25,6 +25,7 @@ from pipeline.virtual_camera import (
     lift_aimed,
     roll_rotation,
     torso_angles,
+    turn_picture,
     turnover_turns,
     upright_roll,
     warp_to_virtual,
@@ -81,6 +82,18 @@ def _standing_body(lean_deg: float = 0.0, frames: int = 6) -> np.ndarray:
     lean = np.radians(lean_deg)
     turn = np.array([[np.cos(lean), -np.sin(lean)], [np.sin(lean), np.cos(lean)]])
     return np.repeat((body @ turn.T + (960.0, 540.0))[None], frames, axis=0).astype(np.float32)
+
+
+def test_turning_the_picture_frame_by_frame_turns_each_frame_as_a_camera_rolled_by_its_angle_sees_it():
+    points = np.random.default_rng(3).uniform(0, 1000, (5, 17, 2))
+    angles = np.radians([0.0, 30.0, 90.0, -135.0, 180.0])
+    centre = (960.0, 540.0)
+    each = turn_picture(points, angles, centre)
+    for frame, angle in enumerate(angles):
+        assert np.allclose(each[frame], turn_picture(points[frame], angle, centre))
+        # The camera rolled by the angle: points at depth 1 in front of it, projected with focal length 1.
+        rays = np.concatenate([points[frame] - centre, np.ones((17, 1))], axis=-1)
+        assert np.allclose(each[frame] - centre, (rays @ roll_rotation(angle).T)[:, :2])
 
 
 def test_torso_angles_measure_how_far_the_body_leans_from_the_pictures_up():
@@ -295,8 +308,7 @@ def test_a_sideways_upside_down_or_spinning_camera_lifts_nearly_as_well_as_an_up
         truth = truth - truth[:, :1]
         for name, rolls in _roll_profiles(len(upright)).items():
             # Rolling the camera about its optical axis turns the picture about the principal point.
-            keypoints = np.stack([(frame - principal) @ roll_rotation(a)[:2, :2].T + principal
-                                  for frame, a in zip(upright, rolls, strict=True)]).astype(np.float32)
+            keypoints = turn_picture(upright, rolls, principal).astype(np.float32)
             turned.setdefault(name, []).append(
                 1000 * p_mpjpe(lift_aimed(lifter, keypoints, width, height, focal), truth))
             as_is.setdefault(name, []).append(
