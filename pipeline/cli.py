@@ -22,7 +22,7 @@ FLAG_OF_SETTING = {
     "detector": "--detector", "keypoint_backend": "--keypoints", "hrnet_weights": "--hrnet-weights",
     "person": "--person", "all_people": "--all-people", "start": "--start", "end": "--end",
     "checkpoints": "--checkpoint", "frames": "--frames", "device": "--device", "runtime": "--detector-runtime",
-    "fov_deg": "--fov", "focal_px": "--focal", "imgsz": "--imgsz", "bones": "--bones",
+    "fov_deg": "--fov", "focal_px": "--focal", "imgsz": "--imgsz", "turn": "--turn", "bones": "--bones",
     "window_stride": "--window-stride",
 }
 
@@ -90,6 +90,10 @@ def add_model_flags(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--imgsz", default="auto",
                    help="detector input size in pixels (a multiple of 32: 640, 960, 1280), or auto: chosen per clip "
                    "from the people's size in a few probe frames, 640 for large people, up to 1280 for small ones")
+    m.add_argument("--turn", default="auto",
+                   help="for a video stored turned without its rotation flag: the clockwise turn (0, 90, 180, 270 "
+                   "degrees) that stands its people up for the detector, or auto: chosen per clip from a few probe "
+                   "frames (an upright video is kept as it is). Outputs stay in the stored picture's pixels")
     m.add_argument("--no-recovery", action="store_true",
                    help="do not look again at the frames where the detector lost a followed person (default: each "
                    "is detected once more on a crop around where the person's track puts them, at 480 px)")
@@ -181,7 +185,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         out_root=args.out.expanduser().resolve(),
         pose2d=Pose2DConfig(detector=args.detector, keypoint_backend=args.keypoints, hrnet_weights=args.hrnet_weights,
                             device=args.device, person=args.person, all_people=args.all_people, imgsz=args.imgsz,
-                            runtime=args.detector_runtime,
+                            turn=args.turn, runtime=args.detector_runtime,
                             recovery=RecoveryConfig(enabled=not args.no_recovery)),
         lifting=LiftingConfig(checkpoints=list(args.checkpoint or []), frames=args.frames, device=args.device),
         render=RenderConfig(elev=args.elev, azim=args.azim),

@@ -47,6 +47,16 @@ import numpy as np
 from pipeline.detection import DetectorConfig, FrameDetections, PersonDetector
 from pipeline.errors import SettingError
 from pipeline.imgsz import AUTO, AutoImgszConfig, choose_imgsz, parse_imgsz, spread_indices, spread_sample
+from pipeline.orientation import (
+    AutoTurnConfig,
+    choose_turn,
+    parse_turn,
+    turn_boxes,
+    turn_image,
+    turn_points,
+    turned_frames,
+    turned_size,
+)
 from pipeline.recovery import (
     RecoveryConfig,
     crop_around,
@@ -112,6 +122,12 @@ class Pose2DConfig:
     # Detector input size: "auto" (chosen per clip from the people's size, pipeline.imgsz) or pixels (640, 1280).
     imgsz: int | str = AUTO
     auto_imgsz: AutoImgszConfig = field(default_factory=AutoImgszConfig)
+    # The clockwise quarter turn (0, 90, 180, 270 degrees) the frames are detected at, for a video stored turned
+    # without its rotation flag: "auto" (the default) chooses it per clip from a few probe frames
+    # (`pipeline.orientation`; an upright clip is kept as it is at no extra cost). Keypoints and boxes always come
+    # back in the stored picture's pixels.
+    turn: int | str = AUTO
+    auto_turn: AutoTurnConfig = field(default_factory=AutoTurnConfig)
     detector_conf: float = 0.1  # raw detections kept for the tracker (it starts tracks only at new_track_conf)
     batch_size: int = 8  # frames per detector call (and boxes per HRNet call)
     # The detector's frames decoded at the size the letterbox shrinks them to (ffmpeg scales them, an area average),
@@ -139,6 +155,10 @@ class Pose2DConfig:
             self.imgsz = parse_imgsz(self.imgsz)
         except ValueError as exc:
             raise SettingError("imgsz", str(exc)) from None
+        try:
+            self.turn = parse_turn(self.turn)
+        except ValueError as exc:
+            raise SettingError("turn", str(exc)) from None
 
     @property
     def backend(self) -> str:
@@ -186,6 +206,9 @@ class Pose2DOutput:
     num_frames: int
     image_size: tuple[int, int]  # (width, height) of the frames
     detection: dict = field(default_factory=dict)  # the detector input size used and how it was chosen (run.json)
+    # The clockwise quarter turn (degrees) the frames were detected at (`pipeline.orientation`); keypoints and boxes
+    # are in the stored picture's pixels whatever it is.
+    turn: int = 0
 
     def stacked(self, name: str) -> np.ndarray:
         """One per-person array of every followed person, stacked: e.g. "keypoints" -> (P, T, 17, 2)."""
@@ -269,15 +292,19 @@ class Pose2DEstimator:
         if c.backend == "hrnet" and self.topdown is None:
             self.topdown = build_topdown(c)
 
-    def input_size(self, frames: FrameSource) -> tuple[int, dict, FrameSource]:
-        """The detector input size for this clip, what run.json records about it, and the frame source to use next.
+    def probe(self, frames: FrameSource) -> tuple[int, int, dict, FrameSource]:
+        """The clockwise turn that stands the clip's people up (`pipeline.orientation`), the detector input size
+        (`pipeline.imgsz`), what run.json records about both, and the frame source to use next, turned.
 
-        A fixed `imgsz` is used as it is. "auto" probes a sample of the clip (`pipeline.imgsz`): frames spread over
-        the whole clip when `frames` is a function that opens a fresh iterator (`probe_sample`), else the first
-        `probe_frames` frames of the iterator, which are then chained back in front of the rest."""
+        Fixed settings are used as they are. "auto" probes a sample of the clip: frames spread over the whole clip
+        when `frames` is a function that opens a fresh iterator (`probe_sample`), else the first `probe_frames`
+        frames of the iterator, which are then chained back in front of the rest. The turn is probed at the input
+        size probe's size (at a fixed input size: that size), so the stored picture's probe detections serve both."""
         c = self.config
-        if c.imgsz != AUTO:
-            return int(c.imgsz), {"imgsz": int(c.imgsz), "chosen": "setting"}, frames
+        if c.turn != AUTO and c.imgsz != AUTO:
+            turn, imgsz = int(c.turn), int(c.imgsz)
+            return turn, imgsz, {"imgsz": imgsz, "chosen": "setting", "turn": {"turn": turn, "chosen": "setting"}}, \
+                turned_frames(frames, turn)
         count = c.auto_imgsz.probe_frames
         if callable(frames):
             sample = probe_sample(frames, count)
@@ -287,8 +314,27 @@ class Pose2DEstimator:
             frames = itertools.chain(sample, iterator)
         if not sample:
             raise ValueError("the video gave no frames")
-        size, record = choose_imgsz(lambda batch, imgsz: self.detector(batch, imgsz=imgsz), sample, c.auto_imgsz)
-        return size, record, frames
+        turned_samples: dict[int, list[np.ndarray]] = {0: sample}
+        seen: dict[tuple[int, int], list] = {}
+
+        def detect(turn: int, imgsz: int) -> list:  # the probe sample turned `turn`, detected at `imgsz`, once each
+            if turn not in turned_samples:
+                turned_samples[turn] = [turn_image(frame, turn) for frame in sample]
+            if (turn, imgsz) not in seen:
+                seen[(turn, imgsz)] = self.detector(turned_samples[turn], imgsz=imgsz)
+            return seen[(turn, imgsz)]
+
+        probe_imgsz = c.auto_imgsz.probe_imgsz if c.imgsz == AUTO else int(c.imgsz)
+        if c.turn == AUTO:
+            turn, turn_record = choose_turn(lambda batch, turn: detect(turn, probe_imgsz), sample, c.auto_turn)
+        else:
+            turn, turn_record = int(c.turn), {"turn": int(c.turn), "chosen": "setting"}
+        if c.imgsz == AUTO:
+            detect(turn, probe_imgsz)  # (turns the sample, if not done)
+            imgsz, record = choose_imgsz(lambda batch, size: detect(turn, size), turned_samples[turn], c.auto_imgsz)
+        else:
+            imgsz, record = int(c.imgsz), {"imgsz": int(c.imgsz), "chosen": "setting"}
+        return turn, imgsz, {**record, "turn": turn_record}, turned_frames(frames, turn)
 
     def track(self, frames: Iterable[np.ndarray], progress: Progress | None = None,
               tracker_config: TrackerConfig | None = None, imgsz: int | None = None,
@@ -334,7 +380,7 @@ class Pose2DEstimator:
         if c.backend == "hrnet" and not callable(frames):
             raise TypeError("the hrnet backend reads the frames twice: pass a function that returns a new frame "
                             "iterator (e.g. lambda: iter_frames(path)), not an iterator")
-        imgsz, detection, frames = self.input_size(frames)
+        turn, imgsz, detection, frames = self.probe(frames)
         stream, scaled_from = self.detector_frames(frames, imgsz)
         tracks, num_frames, size = self.track(stream, progress, c.tracker, imgsz, scaled_from)
         chosen = select_tracks(tracks, num_frames, person=c.person, all_people=c.all_people,
@@ -349,8 +395,9 @@ class Pose2DEstimator:
             keypoints = [(t.keypoints, t.keypoint_scores) for t in chosen]
         people = [assemble_person(t, kp, sc, num_frames, c.max_gap, c.tracker.new_track_conf)
                   for t, (kp, sc) in zip(chosen, keypoints, strict=True)]
-        return Pose2DOutput(people=people, tracks=[t.summary(c.max_gap) for t in tracks], num_frames=num_frames,
-                            image_size=size, detection=detection)
+        output = Pose2DOutput(people=people, tracks=[t.summary(c.max_gap) for t in tracks], num_frames=num_frames,
+                              image_size=size, detection=detection)
+        return turned_back(output, turn)
 
     def recover(self, frames: FrameSource, chosen: list[TrackSequence], tracks: list[TrackSequence],
                 c: Pose2DConfig, progress: Progress | None = None) -> tuple[list[TrackSequence], dict]:
@@ -563,6 +610,18 @@ def assemble_person(track: TrackSequence, kp: np.ndarray | None, sc: np.ndarray 
     return Pose2DResult(track_id=track.track_id, keypoints_coco=keypoints_coco, scores_coco=scores_coco,
                         keypoints=keypoints.astype(np.float32), scores=scores.astype(np.float32), valid=valid,
                         boxes=boxes, span=presence_span(track.frames, num_frames, gap))
+
+
+def turned_back(output: Pose2DOutput, turn: int) -> Pose2DOutput:
+    """A 2D stage's output on frames turned `turn` degrees clockwise, with its keypoints, boxes and image size turned
+    back into the stored picture's, and the turn recorded."""
+    if turn == 0:
+        return output
+    back, size = (360 - turn) % 360, output.image_size
+    people = [dataclasses.replace(person, keypoints_coco=turn_points(person.keypoints_coco, back, size),
+                                  keypoints=turn_points(person.keypoints, back, size),
+                                  boxes=turn_boxes(person.boxes, back, size)) for person in output.people]
+    return dataclasses.replace(output, people=people, image_size=turned_size(size, back), turn=turn)
 
 
 def estimate_2d(frames: FrameSource, config: Pose2DConfig | None = None, progress: Progress | None = None,

@@ -211,8 +211,8 @@ def lift_upright(lift, points: np.ndarray, centre: tuple[float, float], frames: 
     if clip_roll != 0.0:
         fix = display_rotation_fix(clip_roll)
         hint = "" if fix is None else (
-            f"; if the whole video is turned, the detector sees people better upright too: ffmpeg "
-            f"-display_rotation:v:0 {fix} -i IN -c copy OUT gives it the rotation metadata that stands it up")
+            f"; if the whole video is turned, --turn {(360 - fix) % 360} has the detector look at it upright, and "
+            f"ffmpeg -display_rotation:v:0 {fix} -i IN -c copy OUT gives it the rotation metadata that stands it up")
         logger.info("a person lies %.0f degrees from upright in the picture: lifted through a virtual camera turned "
                     "to stand them up (--no-upright: not turned)%s", abs(np.degrees(clip_roll)), hint)
     if turnover.any():

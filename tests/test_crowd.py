@@ -168,7 +168,7 @@ def test_small_people_are_found_at_the_chosen_imgsz_that_640_misses(detector, on
 
     frame = small_people_frame()
     estimator = Pose2DEstimator(Pose2DConfig(auto_imgsz=AutoImgszConfig(probe_frames=1)), detector=detector)
-    imgsz, record, _ = estimator.input_size(lambda: iter([frame]))
+    _, imgsz, record, _ = estimator.probe(lambda: iter([frame]))
     assert imgsz == 1280 and record["chosen"] == "auto" and 50 < record["small_height_px"] < 70
 
     def people(size):

@@ -44,8 +44,11 @@ def coded_frames(n: int, h: int = 48, w: int = 64):
 
 
 def pose_for(frame: int, person: int) -> np.ndarray:
+    """Random keypoints inside the person's box, standing up: shoulders (COCO 5, 6) above the hips (11, 12)."""
     rng = np.random.default_rng(1000 * person + frame)
-    return (rng.uniform(0, 40, (17, 2)) + [100 * person, 0]).astype(np.float32)
+    pose = rng.uniform(0, 40, (17, 2))
+    pose[[5, 6], 1], pose[[11, 12], 1] = rng.uniform(0, 10, 2), rng.uniform(25, 40, 2)
+    return (pose + [100 * person, 0]).astype(np.float32)
 
 
 def box_for(frame: int, person: int) -> np.ndarray:
@@ -94,6 +97,9 @@ def test_stage_on_scripted_detections():
     assert detector.batches == [6, 16, 16, 8] and detector.sizes == [1280, 640, 640, 640]
     assert out.detection == {"imgsz": 640, "chosen": "auto", "probe_frames": 6, "probe_imgsz": 1280,
                              "people_seen": 3, "small_height_px": 40.0,
+                             # 3 of the 6 probe frames show a person standing up: the picture is upright
+                             "turn": {"turn": 0, "chosen": "auto", "probe_frames": 6,
+                                      "probed": {"0": {"standing_frames": 3, "confidence": 2.7}}},
                              # a one-shot iterator cannot be read again for the gap at 10-13 (test_recovery.py)
                              "recovery": {"imgsz": 480, "frames": 0, "crops": 0,
                                           "skipped": "frames not readable twice"}}
@@ -162,7 +168,8 @@ def test_hrnet_backend_runs_on_the_chosen_boxes_in_a_second_pass():
     topdown = RecordingTopDown()
     progress = []
     # No probe and no second look at the gaps (pipeline.recovery): two passes exactly.
-    config = Pose2DConfig(keypoint_backend="hrnet", batch_size=8, imgsz=640, recovery=RecoveryConfig(enabled=False))
+    config = Pose2DConfig(keypoint_backend="hrnet", batch_size=8, imgsz=640, turn=0,
+                          recovery=RecoveryConfig(enabled=False))
     out = estimate_2d(lambda: coded_frames(40), config, progress=lambda name, n: progress.append((name, n)),
                       detector=ScriptedDetector(SCRIPT), topdown=topdown)
     seen_frames = [i for frames, _ in topdown.calls for i in frames]
@@ -438,8 +445,8 @@ def test_sample_clip_probe_by_seeking_reads_keyframes_and_chooses_the_same_size(
 
     detector = RememberingDetector()
     estimator = Pose2DEstimator(Pose2DConfig(), detector=detector)
-    size, record, _ = estimator.input_size(lambda: iter_frames(SAMPLE))  # a plain function: one more pass
-    seek_size, seek_record, _ = estimator.input_size(VideoFrames(SAMPLE))
+    _, size, record, _ = estimator.probe(lambda: iter_frames(SAMPLE))  # a plain function: one more pass
+    _, seek_size, seek_record, _ = estimator.probe(VideoFrames(SAMPLE))
     assert seek_size == size == 640 and record["probe_frames"] == 6 and seek_record["probe_frames"] == 4
     _, seeked = detector.calls
     wanted = {0: None, 60: None, 120: None, 180: None}

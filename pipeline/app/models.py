@@ -118,6 +118,8 @@ def pose2d_identity(config: Pose2DConfig) -> dict:
         "hrnet_weights": file_fingerprint(config.hrnet_weights) if config.hrnet_weights else None,
         "imgsz": config.imgsz,
         "auto_imgsz": dataclasses.asdict(config.auto_imgsz) if config.imgsz == "auto" else None,
+        "turn": config.turn,
+        "auto_turn": dataclasses.asdict(config.auto_turn) if config.turn == "auto" else None,
         "person": config.person,
         "all_people": config.all_people,
         "decode_at_input_size": config.decode_at_input_size,

@@ -305,13 +305,17 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
                 config: MotionConfig, lifter_threads: int) -> Lifted:
     """Every followed person through every checkpoint, each through a virtual camera aimed at them (unless
     config.virtual_camera is off; `pipeline.virtual_camera`); bones="rigid" gives each person one length per bone
-    for the clip, measured on the frames they were detected in (`pipeline.motion.bones`)."""
+    for the clip, measured on the frames they were detected in (`pipeline.motion.bones`). A video stored turned
+    (`pose2d.turn`, `pipeline.orientation`) is lifted as the picture its people stand in, exactly as that video
+    would be, and the 3D turned back into the stored picture's camera frame."""
     from pipeline.devices import torch_threads
     from pipeline.lifting import window_stride
     from pipeline.motion.bones import rigid_bones
+    from pipeline.orientation import turn_points, turn_rotation, turned_size
     from pipeline.virtual_camera import lift_aimed
 
-    width, height = pose2d.image_size
+    width, height = turned_size(pose2d.image_size, pose2d.turn)
+    to_stored = turn_rotation(pose2d.turn).astype(np.float32)  # row vectors: X_stored = X_turned @ R
     focal = camera_focal(job.info, width, height, config)[0] if config.virtual_camera else None
     stride = config.window_stride or window_stride(job.info.fps)
     if stride > 1:
@@ -322,13 +326,15 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
         entry["frames"] = camera[..., 0, 0].size  # frames x people x checkpoints
         for p, person in enumerate(pose2d.people):
             detected = np.flatnonzero(person.valid) if person.valid.any() else None
+            keypoints = turn_points(person.keypoints, pose2d.turn, pose2d.image_size)
             for k, lifter in enumerate(lifters):
                 if focal is None:
-                    camera[p, k] = lifter.lift(person.keypoints, width, height, progress=bar.update,
-                                               stride=stride).camera
+                    camera[p, k] = lifter.lift(keypoints, width, height, progress=bar.update, stride=stride).camera
                 else:
-                    camera[p, k] = lift_aimed(lifter, person.keypoints, width, height, focal, frames=detected,
+                    camera[p, k] = lift_aimed(lifter, keypoints, width, height, focal, frames=detected,
                                               upright=config.upright, progress=bar.update, stride=stride)
+                if pose2d.turn:
+                    camera[p, k] = camera[p, k] @ to_stored
                 if config.bones == "rigid":
                     camera[p, k] = rigid_bones(camera[p, k], frames=detected)
     disagreement = {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)
@@ -343,7 +349,8 @@ def clip_levelling(job: ClipJob, pose2d: Pose2DOutput, camera: np.ndarray, confi
     (`pipeline.motion.level`), so that all panels share one world; the fixed rotation when levelling is off."""
     if not config.level:
         return fixed_levelling("turned off (--no-level)")
-    levelling = level_world(camera[:, 0], pose2d.stacked("valid"), pose2d.stacked("scores"))
+    levelling = level_world(camera[:, 0], pose2d.stacked("valid"), pose2d.stacked("scores"),
+                            picture_turn=pose2d.turn)
     if not levelling.levelled:
         logger.warning("%s: world view not levelled: %s", job.clip.name, levelling.reason)
     return levelling

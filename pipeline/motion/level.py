@@ -31,7 +31,9 @@ Measured (`benchmarks/bench_level.py`, the default lifter; angle between the est
 
 When the people do not look upright at all (estimated vertical more than `MAX_CORRECTION_DEG` from the fixed
 rotation's: people lying, a camera on its side), the estimate is not trusted and the fixed rotation is kept, with the
-reason recorded.
+reason recorded. A video that the 2D stage found stored turned (`pipeline.orientation`: its people stand up in the
+picture turned a quarter or half) was filmed by a camera turned that way about its axis: the fixed rotation and the
+usual camera's up are turned with it (`picture_turn`), and its people are levelled as an upright video's.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.geometry import DEMO_CAMERA_TO_WORLD, matrix_to_quaternion, quaternion_to_matrix
+from pipeline.orientation import turn_rotation
 from pipeline.skeleton import H36M, Skeleton
 
 TRIM_DEG = 35.0  # frames whose own up direction is further than this from the clip's first estimate are left out
@@ -169,22 +172,31 @@ def level_rotation(up_camera: np.ndarray, reference: np.ndarray = DEMO_CAMERA_TO
     return matrix_to_quaternion(world_basis @ camera_basis.T).astype(np.float32)
 
 
-def fixed_levelling(reason: str) -> Levelling:
-    """The demo's fixed rotation, not levelled, and why."""
-    return Levelling(DEMO_CAMERA_TO_WORLD, False, fixed_up_camera(), reason)
+def fixed_levelling(reason: str, picture_turn: int = 0) -> Levelling:
+    """The demo's fixed rotation, not levelled, and why; for a picture turned `picture_turn` degrees clockwise to
+    stand its people up (`level_world`), that rotation for the camera turned back about its axis."""
+    if picture_turn % 360 == 0:
+        return Levelling(DEMO_CAMERA_TO_WORLD, False, fixed_up_camera(), reason)
+    up = fixed_up_camera() @ turn_rotation(picture_turn)
+    return Levelling(level_rotation(up), False, up, reason)
 
 
 def level_world(camera_poses: np.ndarray, valid: np.ndarray | None = None, scores: np.ndarray | None = None,
-                skeleton: Skeleton = H36M) -> Levelling:
+                skeleton: Skeleton = H36M, picture_turn: int = 0) -> Levelling:
     """The clip's world rotation from its people (`estimate_up`), or the demo's fixed one, with the reason, when the
-    people give no estimate or one that turns the world more than MAX_CORRECTION_DEG."""
-    fixed = fixed_up_camera()
+    people give no estimate or one that turns the world more than MAX_CORRECTION_DEG.
+
+    `picture_turn`: the clockwise quarter turn (degrees) that stood the stored picture's people up for the detector
+    (`pipeline.orientation`): the camera was held turned the other way about its axis, so the usual camera's up and
+    the fixed rotation are turned with it (a video stored on its side gets a world view that stands up)."""
+    fixed = fixed_up_camera() @ turn_rotation(picture_turn)  # the turned camera's up, in the stored camera's frame
     up = estimate_up(camera_poses, valid, scores, skeleton)
     if up is None:
-        return fixed_levelling(f"fewer than {MIN_FRAMES} frames whose seen legs or trunk agree on which way is up")
+        return fixed_levelling(f"fewer than {MIN_FRAMES} frames whose seen legs or trunk agree on which way is up",
+                               picture_turn)
     turn = float(_angle_deg(up, fixed))
     if turn > MAX_CORRECTION_DEG:
         return fixed_levelling(f"the people do not look upright, or the camera looks steeply up or down (their "
                                f"vertical is {turn:.0f} degrees from the usual camera's, more than "
-                               f"{MAX_CORRECTION_DEG:.0f}): the fixed rotation is kept")
+                               f"{MAX_CORRECTION_DEG:.0f}): the fixed rotation is kept", picture_turn)
     return Levelling(level_rotation(up), True, up, "")
