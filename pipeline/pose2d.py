@@ -1,7 +1,11 @@
 """The 2D stage: decoded frames in, one Human3.6M-17 keypoint sequence per followed person out, one row per frame.
 
-    frames -> PersonDetector (batches) -> PersonTracker -> select_tracks -> recovery -> keypoints -> gap filling
-        -> H36M remap
+    frames -> (turned, for a video stored turned) -> PersonDetector (batches) -> PersonTracker -> select_tracks
+        -> recovery -> keypoints -> gap filling -> H36M remap -> turned back
+
+A video stored turned without its rotation flag (`pipeline.orientation`): the quarter turn that stands its people up
+is chosen from the probe frames below (`turn="auto"`), the whole stage runs on frames turned so, and the keypoints and
+boxes come back in the stored picture's pixels.
 
 Recovery (`pipeline.recovery`): the frames inside a followed person's track where the detector missed them are
 looked at once more, the detector run on a crop around where the track expects the person (twice their size, at 480
@@ -209,6 +213,9 @@ class Pose2DOutput:
     # The clockwise quarter turn (degrees) the frames were detected at (`pipeline.orientation`); keypoints and boxes
     # are in the stored picture's pixels whatever it is.
     turn: int = 0
+    # The turn was a setting (the user says the camera was held turned), not found from the people (who may be lying
+    # in an upright picture: push-ups look like a camera on its side): only then is the world view levelled with it.
+    turn_given: bool = False
 
     def stacked(self, name: str) -> np.ndarray:
         """One per-person array of every followed person, stacked: e.g. "keypoints" -> (P, T, 17, 2)."""
@@ -314,15 +321,18 @@ class Pose2DEstimator:
             frames = itertools.chain(sample, iterator)
         if not sample:
             raise ValueError("the video gave no frames")
-        turned_samples: dict[int, list[np.ndarray]] = {0: sample}
-        seen: dict[tuple[int, int], list] = {}
+        turned: dict[int, list[np.ndarray]] = {0: sample}
+        found: dict[tuple[int, int], list] = {}
+
+        def sample_turned(turn: int) -> list[np.ndarray]:
+            if turn not in turned:
+                turned[turn] = [turn_image(frame, turn) for frame in sample]
+            return turned[turn]
 
         def detect(turn: int, imgsz: int) -> list:  # the probe sample turned `turn`, detected at `imgsz`, once each
-            if turn not in turned_samples:
-                turned_samples[turn] = [turn_image(frame, turn) for frame in sample]
-            if (turn, imgsz) not in seen:
-                seen[(turn, imgsz)] = self.detector(turned_samples[turn], imgsz=imgsz)
-            return seen[(turn, imgsz)]
+            if (turn, imgsz) not in found:
+                found[(turn, imgsz)] = self.detector(sample_turned(turn), imgsz=imgsz)
+            return found[(turn, imgsz)]
 
         probe_imgsz = c.auto_imgsz.probe_imgsz if c.imgsz == AUTO else int(c.imgsz)
         if c.turn == AUTO:
@@ -330,8 +340,7 @@ class Pose2DEstimator:
         else:
             turn, turn_record = int(c.turn), {"turn": int(c.turn), "chosen": "setting"}
         if c.imgsz == AUTO:
-            detect(turn, probe_imgsz)  # (turns the sample, if not done)
-            imgsz, record = choose_imgsz(lambda batch, size: detect(turn, size), turned_samples[turn], c.auto_imgsz)
+            imgsz, record = choose_imgsz(lambda batch, size: detect(turn, size), sample_turned(turn), c.auto_imgsz)
         else:
             imgsz, record = int(c.imgsz), {"imgsz": int(c.imgsz), "chosen": "setting"}
         return turn, imgsz, {**record, "turn": turn_record}, turned_frames(frames, turn)
@@ -397,7 +406,7 @@ class Pose2DEstimator:
                   for t, (kp, sc) in zip(chosen, keypoints, strict=True)]
         output = Pose2DOutput(people=people, tracks=[t.summary(c.max_gap) for t in tracks], num_frames=num_frames,
                               image_size=size, detection=detection)
-        return turned_back(output, turn)
+        return turned_back(output, turn, given=c.turn != AUTO)
 
     def recover(self, frames: FrameSource, chosen: list[TrackSequence], tracks: list[TrackSequence],
                 c: Pose2DConfig, progress: Progress | None = None) -> tuple[list[TrackSequence], dict]:
@@ -612,16 +621,16 @@ def assemble_person(track: TrackSequence, kp: np.ndarray | None, sc: np.ndarray 
                         boxes=boxes, span=presence_span(track.frames, num_frames, gap))
 
 
-def turned_back(output: Pose2DOutput, turn: int) -> Pose2DOutput:
+def turned_back(output: Pose2DOutput, turn: int, given: bool) -> Pose2DOutput:
     """A 2D stage's output on frames turned `turn` degrees clockwise, with its keypoints, boxes and image size turned
-    back into the stored picture's, and the turn recorded."""
+    back into the stored picture's, and the turn recorded (`given`: as a setting)."""
     if turn == 0:
-        return output
+        return dataclasses.replace(output, turn_given=given)
     back, size = (360 - turn) % 360, output.image_size
     people = [dataclasses.replace(person, keypoints_coco=turn_points(person.keypoints_coco, back, size),
                                   keypoints=turn_points(person.keypoints, back, size),
                                   boxes=turn_boxes(person.boxes, back, size)) for person in output.people]
-    return dataclasses.replace(output, people=people, image_size=turned_size(size, back), turn=turn)
+    return dataclasses.replace(output, people=people, image_size=turned_size(size, back), turn=turn, turn_given=given)
 
 
 def estimate_2d(frames: FrameSource, config: Pose2DConfig | None = None, progress: Progress | None = None,

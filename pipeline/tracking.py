@@ -15,8 +15,11 @@ allowed pairs, the ranking adds a keypoint similarity (OKS) bonus when the detec
 overlapping in the image rarely have the same pose, so the keypoints keep identities apart when boxes cross, while a
 sudden change of pose (a jump, a fall) never stops a match on its own. The pose is compared in box-relative
 coordinates (pose_shape), so where a box is stays the IoU's business. Matching is greedy on similarity
-(deterministic, and for a handful of people as good as the Hungarian method). A track survives up to `max_missed`
-frames without a detection and keeps its id when it is found again; its predicted box grows while it is lost.
+(deterministic, and for a handful of people as good as the Hungarian method). A confident detection no track takes
+starts a new one, unless its keypoints lie on those of a detection linked in the same frame: a second box on one
+person (`duplicate_oks`), such as a box on their upper half that non-maximum suppression keeps. A track survives up
+to `max_missed` frames without a detection and keeps its id when it is found again; its predicted box grows while it
+is lost.
 After the last frame, fragments of one person lost for longer (behind someone, in glare) are joined (link_tracks):
 the next fragment must start where the first one's motion leads (or where it stopped), at a similar size.
 """
@@ -37,6 +40,13 @@ class TrackerConfig:
     match_iou: float = 0.1  # a detection may join a track only when its box overlaps the predicted box this much
     keypoint_weight: float = 1.0  # weight of the keypoint similarity bonus in the ranking (when keypoints exist)
     keypoint_min_score: float = 0.3  # keypoints below this score are left out of the keypoint similarity
+    # A confident detection that no track took starts a new one, unless its keypoints lie where those of a detection
+    # linked in the same frame lie (OKS in image coordinates, per the larger box's height, at least this): a second
+    # box on one person, which non-maximum suppression keeps when it covers only part of them. Measured on the sample
+    # clip's somersault: a box on the jumper's upper half beside the whole-body box in 10 frames, OKS 0.72-0.94 to it;
+    # one such box at 0.50 confidence started a track that took the jumper over, split him in two and made the
+    # passer-by the main subject (in the clip stored turned, 2 December).
+    duplicate_oks: float = 0.5
     max_missed: int = 30  # frames a track may go undetected and still keep its id
     # Fragments of one person (lost in glare, fast motion or behind someone longer than max_missed) are joined after
     # tracking when the next one starts where the first one's motion leads:
@@ -241,15 +251,26 @@ class PersonTracker:
                 self._live[t].add(frame, boxes[d], confs[d], None if kps is None else kps[d],
                                   None if kscores is None else kscores[d])
 
-        # Double boxes on one person are already removed by the detector's non-maximum suppression.
-        for d in np.flatnonzero(strong):
-            if d in matched_dets:
+        for d in np.flatnonzero(strong):  # the most confident first (the detector's order)
+            if d in matched_dets or (kps is not None and self._same_person(kps, kscores, boxes, d, matched_dets)):
                 continue
+            matched_dets.add(int(d))
             track = _LiveTrack(self._next_id, _to_cxcywh(boxes[d]), np.zeros(4), frame, None, None)
             self._next_id += 1
             track.add(frame, boxes[d], confs[d], None if kps is None else kps[d],
                       None if kscores is None else kscores[d])
             self._live.append(track)
+
+    def _same_person(self, kps: np.ndarray, kscores: np.ndarray, boxes: np.ndarray, d: int, linked: set[int]) -> bool:
+        """Whether detection d's keypoints lie where those of a detection in `linked` (this frame's) lie: a second box
+        on that person (`duplicate_oks`)."""
+        c = self.config
+        for other in linked:
+            height = max(boxes[d][3] - boxes[d][1], boxes[other][3] - boxes[other][1], 1.0)
+            if keypoint_similarity(kps[d] / height, kscores[d], kps[other] / height, kscores[other],
+                                   c.keypoint_min_score) >= c.duplicate_oks:
+                return True
+        return False
 
     def _similarity(self, frame: int, boxes: np.ndarray, kps: np.ndarray | None,
                     kscores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -108,6 +108,33 @@ def test_weak_detections_extend_tracks_but_never_start_one():
     assert len(tracks) == 1 and list(tracks[0].frames) == [0, 1, 2, 3, 4, 5]
 
 
+def test_a_second_box_on_part_of_a_tracked_person_starts_no_track_but_another_person_does():
+    """Non-maximum suppression keeps a box on someone's upper half beside their whole-body box (IoU 0.5; the sample
+    clip's jumper mid-somersault): its keypoints lie on theirs, so however confident it starts no track. Someone else
+    whose box overlaps as much has their own keypoints, and starts one."""
+    def frame(f: int, other: str) -> FrameDetections:
+        whole = person_box(300 + 2 * f, 300, 200)
+        keypoints = pose_in(whole, "arms_down")
+        scores = np.full(17, 0.9, np.float32)
+        if other == "upper half":
+            box = np.array([whole[0], whole[1], whole[2], whole[1] + 100], np.float32)
+            second, second_scores = keypoints.copy(), scores.copy()
+            second[11:, 1] = box[3] - 5  # hips, knees and ankles squeezed into the half box, unsure
+            second_scores[11:] = 0.2
+        else:
+            box = whole + np.array([33, 0, 33, 0], np.float32)  # beside them: IoU 0.5
+            second, second_scores = pose_in(box, "arms_up"), scores
+        return FrameDetections(np.stack([whole, box]), np.array([0.9, 0.8], np.float32), np.stack([keypoints, second]),
+                               np.stack([scores, second_scores]))
+
+    assert box_iou(person_box(300, 300, 200), person_box(300, 300, 200) + [33, 0, 33, 0])[0, 0] == pytest.approx(
+        0.5, abs=0.01)
+    part = track_detections([frame(f, "upper half") for f in range(20)])
+    assert len(part) == 1 and part[0].num_detections == 20 and np.all(part[0].boxes[:, 3] - part[0].boxes[:, 1] == 200)
+    assert len(track_detections([frame(f, "upper half") for f in range(20)], TrackerConfig(duplicate_oks=1.01))) == 2
+    assert [t.num_detections for t in track_detections([frame(f, "someone else") for f in range(20)])] == [20, 20]
+
+
 def test_empty_first_frames_and_frame_indices():
     tracker = PersonTracker()
     for _ in range(3):

@@ -18,7 +18,8 @@ from pipeline.app.outputs import save_npz
 # Bump when the 2D stage's output changes meaning, so that old caches are not reused.
 # 2: every person's `span`, the detector input size (`detection`), tracks linked by predicted motion.
 # 3: the probe reads keyframes; the detector's frames decoded at the letterbox size (decode_at_input_size).
-# 4: the picture's quarter turn chosen per clip (`pipeline.orientation`), recorded as `turn`.
+# 4: the picture's quarter turn chosen per clip (`pipeline.orientation`), recorded as `turn`; a second box on a
+#    tracked person starts no track (`TrackerConfig.duplicate_oks`).
 POSE2D_CACHE_VERSION = 4
 _PERSON_ARRAYS = ("keypoints_coco", "scores_coco", "keypoints", "scores", "valid", "boxes", "span")
 
@@ -39,7 +40,8 @@ def save_pose2d_cache(path: Path, output) -> None:
     arrays = {"num_frames": np.int64(output.num_frames), "image_size": np.array(output.image_size, np.int64),
               "tracks_json": np.array(json.dumps(output.tracks)),
               "detection_json": np.array(json.dumps(output.detection)),
-              "track_ids": np.array([p.track_id for p in output.people], np.int64), "turn": np.int64(output.turn)}
+              "track_ids": np.array([p.track_id for p in output.people], np.int64), "turn": np.int64(output.turn),
+              "turn_given": np.bool_(output.turn_given)}
     for name in _PERSON_ARRAYS:
         arrays[name] = np.stack([getattr(p, name) for p in output.people])
     save_npz(path, arrays)
@@ -54,4 +56,5 @@ def load_pose2d_cache(path: Path):
                   for i, tid in enumerate(data["track_ids"])]
         return Pose2DOutput(people=people, tracks=json.loads(str(data["tracks_json"])),
                             num_frames=int(data["num_frames"]), image_size=tuple(int(v) for v in data["image_size"]),
-                            detection=json.loads(str(data["detection_json"])), turn=int(data["turn"]))
+                            detection=json.loads(str(data["detection_json"])), turn=int(data["turn"]),
+                            turn_given=bool(data["turn_given"]))

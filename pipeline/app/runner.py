@@ -349,10 +349,14 @@ def clip_levelling(job: ClipJob, pose2d: Pose2DOutput, camera: np.ndarray, confi
     (`pipeline.motion.level`), so that all panels share one world; the fixed rotation when levelling is off."""
     if not config.level:
         return fixed_levelling("turned off (--no-level)")
+    # A turn the 2D stage found is not taken for the camera's: people lying in an upright picture look the same.
     levelling = level_world(camera[:, 0], pose2d.stacked("valid"), pose2d.stacked("scores"),
-                            picture_turn=pose2d.turn)
+                            picture_turn=pose2d.turn if pose2d.turn_given else 0)
     if not levelling.levelled:
-        logger.warning("%s: world view not levelled: %s", job.clip.name, levelling.reason)
+        hint = "" if not pose2d.turn or pose2d.turn_given else (
+            f"; the picture looked turned {pose2d.turn} degrees: if the camera was held so, --turn {pose2d.turn} "
+            "levels the world view with it")
+        logger.warning("%s: world view not levelled: %s%s", job.clip.name, levelling.reason, hint)
     return levelling
 
 

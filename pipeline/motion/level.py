@@ -31,9 +31,9 @@ Measured (`benchmarks/bench_level.py`, the default lifter; angle between the est
 
 When the people do not look upright at all (estimated vertical more than `MAX_CORRECTION_DEG` from the fixed
 rotation's: people lying, a camera on its side), the estimate is not trusted and the fixed rotation is kept, with the
-reason recorded. A video that the 2D stage found stored turned (`pipeline.orientation`: its people stand up in the
-picture turned a quarter or half) was filmed by a camera turned that way about its axis: the fixed rotation and the
-usual camera's up are turned with it (`picture_turn`), and its people are levelled as an upright video's.
+reason recorded. A video whose camera is known to have been held turned a quarter or half about its axis (`--turn`,
+`pipeline.orientation`) gets the fixed rotation and the usual camera's up turned with it (`picture_turn`), and its
+people are levelled as an upright video's; a turn found from the people themselves is not such knowledge.
 """
 from __future__ import annotations
 
