@@ -190,6 +190,31 @@ def test_hrnet_backend_runs_on_the_chosen_boxes_in_a_second_pass():
         estimate_2d(lambda: coded_frames(next(lengths)), config, detector=ScriptedDetector(SCRIPT), topdown=topdown)
 
 
+@pytest.mark.parametrize("backend", ["yolo", "hrnet"])
+def test_a_given_turn_runs_the_stage_on_turned_frames_and_returns_the_stored_pictures_pixels(backend):
+    """--turn 90: the detector (and HRNet) get every frame turned a quarter clockwise (48x64 frames become 64x48), and
+    what they found there comes back turned into the stored 64x48 picture's pixels."""
+    from pipeline.orientation import turn_boxes, turn_points
+
+    class ShapeRecordingDetector(ScriptedDetector):
+        def __call__(self, frames, imgsz=None):
+            self.shapes = getattr(self, "shapes", set()) | {frame.shape for frame in frames}
+            return super().__call__(frames, imgsz)
+
+    detector, topdown = ShapeRecordingDetector(SCRIPT), RecordingTopDown()
+    config = Pose2DConfig(keypoint_backend=backend, turn=90, imgsz=640, recovery=RecoveryConfig(enabled=False))
+    out = estimate_2d(lambda: coded_frames(40), config, detector=detector, topdown=topdown)
+    assert detector.shapes == {(64, 48, 3)} and out.image_size == (64, 48) and out.turn == 90 and out.turn_given
+    assert out.detection["turn"] == {"turn": 90, "chosen": "setting"}
+    person = out.people[0]
+    for i in np.flatnonzero(person.valid):  # the scripted detections were in the turned (48 wide, 64 high) frame
+        np.testing.assert_allclose(person.boxes[i], turn_boxes(box_for(i, 0), 270, (48, 64)), atol=1e-4)
+        found = pose_for(i, 0) if backend == "yolo" else box_for(i, 0)[:2] + np.arange(17, dtype=np.float32)[:, None]
+        np.testing.assert_allclose(person.keypoints_coco[i], turn_points(found, 270, (48, 64)), atol=1e-4)
+    if backend == "hrnet":
+        assert [i for frames, _ in topdown.calls for i in frames] == [i for i in range(40) if 0 in SCRIPT[i]]
+
+
 def test_detection_only_model_needs_hrnet():
     detector = ScriptedDetector(SCRIPT)
     detector.has_keypoints = False
