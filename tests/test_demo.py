@@ -542,22 +542,23 @@ def test_the_saved_poses_are_lifted_through_the_virtual_camera_unless_turned_off
 
 
 def test_a_120_fps_clip_is_lifted_from_every_second_frame_unless_told_otherwise(tmp_path, capsys, tiny_lifter):
-    """Windows of a fast clip span the time the lifter was trained on (pipeline.lifting.window_stride); run.json
-    records the stride; --window-stride sets it; a stride below 1 is a one-line error."""
+    """Windows of a fast clip span the time the lifter was trained on (pipeline.lifting.window_strides: at 120 fps
+    every second frame, and the mean with every fourth); run.json records the strides; --window-stride sets one; a
+    stride below 1 is a one-line error."""
     from pipeline.lifting import load_lifter
 
     lifter = load_lifter(tiny_lifter, device="cpu")
     clip = _write_clip(tmp_path / "fast.mp4", _panning(_photo("bus.jpg"), 16, (270, 360)), fps=120)
-    for flag, stride in (([], 2), (["--window-stride", "1"], 1)):
-        out_root = tmp_path / f"stride{stride}"
+    for flag, strides in (([], (2, 4)), (["--window-stride", "1"], (1,))):
+        out_root = tmp_path / f"stride{strides[0]}"
         code, _, err = _run(capsys, "--video", clip, "--checkpoint", tiny_lifter, "--out", out_root, "--quiet",
                             "--no-render", "--bones", "free", "--no-trajectory", "--no-virtual-camera", *flag)
         assert code == 0, err
         record = json.loads((out_root / "fast" / "run.json").read_text())
-        assert record["video"]["fps"] == pytest.approx(120) and record["window_stride"] == stride
+        assert record["video"]["fps"] == pytest.approx(120) and record["window_strides"] == list(strides)
         assert record["settings"]["window_stride"] == (None if not flag else 1)
         with np.load(out_root / "fast" / "keypoints.npz") as npz:
-            expected = lifter.lift(npz["keypoints_2d"], 270, 360, stride=stride).camera
+            expected = lifter.lift(npz["keypoints_2d"], 270, 360, stride=strides).camera
             np.testing.assert_allclose(npz["pose3d_camera"][0], expected, atol=1e-5)
     code, _, err = _run(capsys, "--video", clip, "--checkpoint", tiny_lifter, "--out", tmp_path / "bad", "--quiet",
                         "--no-render", "--window-stride", "0")

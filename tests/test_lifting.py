@@ -13,6 +13,7 @@ from pipeline.lifting import (
     load_lifter,
     save_lifter_checkpoint,
     window_stride,
+    window_strides,
 )
 from pipeline.poseformerv2 import PoseFormerV2, PoseFormerV2Config
 
@@ -201,6 +202,26 @@ def test_the_anti_alias_filter_is_a_centred_mean_over_stride_frames():
                                          (180, 3), (240, 4), (960, 15)])
 def test_the_window_stride_keeps_the_sampled_rate_at_or_below_67_fps(fps, stride):
     assert window_stride(fps) == stride
+
+
+@pytest.mark.parametrize("fps, strides", [(None, (1,)), (24, (1,)), (30, (1,)), (48, (1,)), (50, (1, 2)),
+                                          (59.94, (1, 2)), (60, (1, 2)), (90, (2,)), (100, (2, 4)), (120, (2, 4)),
+                                          (240, (4, 8))])
+def test_fast_videos_are_lifted_at_their_stride_and_at_twice_it_while_that_samples_25_fps_or_more(fps, strides):
+    assert window_strides(fps) == strides
+
+
+def test_several_strides_give_the_mean_of_their_poses_and_progress_counts_each_frame_once():
+    lifter = _tiny_lifter()
+    keypoints = _keypoints(30)
+    done = []
+    both = lifter.lift(keypoints, 640, 480, stride=(1, 2), batch_size=8, progress=done.append).camera
+    singles = [lifter.lift(keypoints, 640, 480, stride=s).camera for s in (1, 2)]
+    np.testing.assert_allclose(both, (singles[0] + singles[1]) / 2, atol=1e-7)
+    assert sum(done) == 30 and both.dtype == np.float32
+    np.testing.assert_array_equal(lifter.lift(keypoints, 640, 480, stride=(2,)).camera, singles[1])
+    with pytest.raises(ValueError, match="at least one window stride"):
+        lifter.lift(keypoints, 640, 480, stride=())
 
 
 def test_progress_reports_every_window():

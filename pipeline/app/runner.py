@@ -61,8 +61,8 @@ class MotionConfig:
     # Level the world view (3D panel, pose3d_world, trajectory_world, BVH) with the camera tilt estimated from the
     # people (pipeline.motion.level); False: the released demo's fixed camera-to-world rotation.
     level: bool = True
-    # Frames between a lifting window's samples; None: from the video's frame rate (`pipeline.lifting.window_stride`:
-    # 1 up to 67 fps, 2 for a 120 fps clip).
+    # Frames between a lifting window's samples; None: from the video's frame rate (`pipeline.lifting.window_strides`:
+    # 1 up to 67 fps, 2 for a 120 fps clip, and from 50 fps on the mean of that and of twice it).
     window_stride: int | None = None
     # With several people in a levelled world view, size each person (pose and path together, their image unchanged)
     # so that everyone stands on one floor as far as body sizes allow (pipeline.motion.ground); None: by body size
@@ -156,7 +156,7 @@ class Lifted:
     world: np.ndarray  # (P, K, T, 17, 3) the demo's world view, turned by `levelling.rotation`
     disagreement_mm: dict[str, float]  # per checkpoint after the first: mean joint distance to the first's poses
     levelling: Levelling  # the clip's camera-to-world rotation: levelled from the people, or the fixed one
-    window_stride: int = 1  # frames between a lifting window's samples
+    window_strides: tuple[int, ...] = (1,)  # frames between a lifting window's samples; several: poses averaged
 
 
 @dataclass
@@ -309,7 +309,7 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
     (`pose2d.turn`, `pipeline.orientation`) is lifted as the picture its people stand in, exactly as that video
     would be, and the 3D turned back into the stored picture's camera frame."""
     from pipeline.devices import torch_threads
-    from pipeline.lifting import window_stride
+    from pipeline.lifting import window_strides
     from pipeline.motion.bones import rigid_bones
     from pipeline.orientation import turn_points, turn_rotation, turned_size
     from pipeline.virtual_camera import lift_aimed
@@ -317,9 +317,10 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
     width, height = turned_size(pose2d.image_size, pose2d.turn)
     to_stored = turn_rotation(pose2d.turn).astype(np.float32)  # row vectors: X_stored = X_turned @ R
     focal = camera_focal(job.info, width, height, config)[0] if config.virtual_camera else None
-    stride = config.window_stride or window_stride(job.info.fps)
-    if stride > 1:
-        logger.info("%s: %.0f fps, so each lifting window takes one frame in %d", job.clip.name, job.info.fps, stride)
+    strides = (config.window_stride,) if config.window_stride else window_strides(job.info.fps)
+    if strides != (1,):
+        logger.info("%s: %.0f fps, so each pose is the mean of lifting windows taking one frame in %s", job.clip.name,
+                    job.info.fps, " and one in ".join(map(str, strides)))
     camera = np.zeros((len(pose2d.people), len(lifters), pose2d.num_frames, 17, 3), np.float32)
     with timer.stage("lift") as entry, torch_threads(lifter_threads), \
             progress_bar(show_progress, f"{job.clip.name} 3D", camera[..., 0, 0].size) as bar:
@@ -329,10 +330,10 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
             keypoints = turn_points(person.keypoints, pose2d.turn, pose2d.image_size)
             for k, lifter in enumerate(lifters):
                 if focal is None:
-                    camera[p, k] = lifter.lift(keypoints, width, height, progress=bar.update, stride=stride).camera
+                    camera[p, k] = lifter.lift(keypoints, width, height, progress=bar.update, stride=strides).camera
                 else:
                     camera[p, k] = lift_aimed(lifter, keypoints, width, height, focal, frames=detected,
-                                              upright=config.upright, progress=bar.update, stride=stride)
+                                              upright=config.upright, progress=bar.update, stride=strides)
                 if pose2d.turn:
                     camera[p, k] = camera[p, k] @ to_stored
                 if config.bones == "rigid":
@@ -341,7 +342,7 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
                     for k, lifter in enumerate(lifters[1:], start=1)}
     levelling = clip_levelling(job, pose2d, camera, config)
     return Lifted(camera=camera, world=demo_world_view(camera, levelling.rotation), disagreement_mm=disagreement,
-                  levelling=levelling, window_stride=stride)
+                  levelling=levelling, window_strides=strides)
 
 
 def clip_levelling(job: ClipJob, pose2d: Pose2DOutput, camera: np.ndarray, config: MotionConfig) -> Levelling:
@@ -584,7 +585,7 @@ def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Po
         "tracks": pose2d.tracks,
         "detection": pose2d.detection,  # the detector input size and how it was chosen; the second look's gaps
         "checkpoint_disagreement_mm": lifted.disagreement_mm,
-        "window_stride": lifted.window_stride,
+        "window_strides": list(lifted.window_strides),
         "trajectory": trajectory_record(scene),
         "world": lifted.levelling.record(),
         "timings": {**timer.stages, "total_seconds": round(total, 3)},

@@ -260,7 +260,7 @@ def detection_tails(people: list[np.ndarray], cameras: int = 3, seed: int = 0) -
 def lifter_proportions(lifter, views: list[ViewTracks], people: list[TriangulatedPerson]) -> dict[str, float]:
     """The proportions of a lifter's output, lifting every person in every view that sees them (mean over those), with
     the window stride demo.py uses at the views' frame rate."""
-    from pipeline.lifting import window_stride
+    from pipeline.lifting import window_strides
 
     rows = []
     for person in people:
@@ -269,7 +269,7 @@ def lifter_proportions(lifter, views: list[ViewTracks], people: list[Triangulate
             if len(frames) < 3:
                 continue
             width, height = views[v].image_size
-            stride = window_stride(views[v].fps)
+            stride = window_strides(views[v].fps)
             poses = lifter.lift(views[v].keypoints[row], width, height, stride=stride).camera[frames]
             rows.append(proportions_h36m(poses))
     if not rows:

@@ -549,13 +549,13 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
     min_joint_views > 0 scores only the reference joints triangulated from that many views or more. virtual_camera:
     lift through a camera aimed at the person, with demo.py's default focal length (pipeline.virtual_camera), and
     (upright) turned about its axis for a person far from upright in the picture."""
-    from pipeline.lifting import window_stride
+    from pipeline.lifting import window_strides
     from pipeline.motion.trajectory import focal_length_px
     from pipeline.virtual_camera import lift_aimed
 
     _check_min_joint_views(min_joint_views, views)
     fps = views[0].fps
-    stride = window_stride(fps)  # as demo.py lifts a clip of this frame rate
+    stride = window_strides(fps)  # as demo.py lifts a clip of this frame rate
     sequences = []
     for p, person in enumerate(people):
         complete = np.flatnonzero(person.complete)
@@ -598,7 +598,7 @@ def view_levellings(lifter, views: list[ViewTracks], people: list[TriangulatedPe
     lifted as demo.py lifts them (virtual camera, window stride, rigid bones). demo.py levels with everyone it
     follows; people too few views saw to be triangulated (a bystander) are left out here, and a subset of `people`
     shows what each gives alone. Views that see none of them are left out."""
-    from pipeline.lifting import window_stride
+    from pipeline.lifting import window_strides
     from pipeline.motion.level import level_world
     from pipeline.motion.trajectory import focal_length_px
     from pipeline.virtual_camera import lift_aimed
@@ -613,7 +613,7 @@ def view_levellings(lifter, views: list[ViewTracks], people: list[TriangulatedPe
         for row in rows:
             detected = np.flatnonzero(view.valid[row])
             lifted = lift_aimed(lifter, view.keypoints[row], width, height, focal_length_px(width, height),
-                                frames=detected, stride=window_stride(view.fps))
+                                frames=detected, stride=window_strides(view.fps))
             poses.append(rigid_bones(lifted, frames=detected))
         levellings[view.name] = level_world(np.stack(poses), view.valid[rows], view.scores[rows])
     return levellings
