@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.virtual_camera import roll_rotation
+
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
@@ -104,9 +106,9 @@ def display_rotation(turn: int) -> int:
 
 def turn_rotation(turn: int) -> np.ndarray:
     """(3, 3) the rotation that takes camera-frame vectors of the stored picture's camera (x right, y down, z forward)
-    to those of the same camera turned as the picture is turned `turn` degrees clockwise (about its axis)."""
-    c, s = {0: (1.0, 0.0), 90: (0.0, 1.0), 180: (-1.0, 0.0), 270: (0.0, -1.0)}[turn % 360]
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    to those of the same camera turned as the picture is turned `turn` degrees clockwise (about its axis):
+    `pipeline.virtual_camera.roll_rotation` of a quarter turn, exact."""
+    return np.rint(roll_rotation(np.radians(turn % 360)))
 
 
 def stands_up(detections, index: int, max_lean_deg: float) -> bool:
