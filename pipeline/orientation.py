@@ -15,8 +15,10 @@ and the one that finds standing people in at least half the probe frames, with c
 stored picture (`min_gain`), is chosen. Standing, not just found: at the probe's 1280 px the detector finds many
 people lying in a turned picture, with their keypoints as they lie. The whole 2D stage then runs on frames
 turned that way (`turned_frames`), and its keypoints and boxes are turned back into the stored picture's pixels, so
-every output (the overlay, keypoints.npz, the viewer) stays in the coordinates of the video as it plays; the 3D is
-lifted from those, standing up through the virtual camera's roll.
+every output (the overlay, keypoints.npz, the viewer) stays in the coordinates of the video as it plays. The runner
+lifts the people on the picture turned upright (`turn_points`), as it would lift the upright video, and turns the 3D
+back into the stored camera's frame (`turn_rotation`); only a turn given as a setting also turns the world view
+(`pipeline.motion.level`), since people lying in an upright video stand up in a turned picture just as well.
 
 Turns are clockwise degrees (0, 90, 180, 270): what turns the stored picture so that its people stand up, as
 `cv2.ROTATE_90_CLOCKWISE` is 90. Points are continuous pixel coordinates (a pixel's edges at whole numbers, as the
