@@ -88,6 +88,12 @@ def fixed_up_camera(rotation: np.ndarray = DEMO_CAMERA_TO_WORLD) -> np.ndarray:
     return quaternion_to_matrix(rotation).T @ np.array([0.0, 0.0, 1.0])
 
 
+def turned_up_camera(picture_turn: int) -> np.ndarray:
+    """The fixed rotation's up in the frame of a camera held turned about its axis so that its picture needs turning
+    `picture_turn` degrees clockwise to stand up (`pipeline.orientation.turn_rotation`)."""
+    return fixed_up_camera() @ turn_rotation(picture_turn)
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -177,7 +183,7 @@ def fixed_levelling(reason: str, picture_turn: int = 0) -> Levelling:
     stand its people up (`level_world`), that rotation for the camera turned back about its axis."""
     if picture_turn % 360 == 0:
         return Levelling(DEMO_CAMERA_TO_WORLD, False, fixed_up_camera(), reason)
-    up = fixed_up_camera() @ turn_rotation(picture_turn)
+    up = turned_up_camera(picture_turn)
     return Levelling(level_rotation(up), False, up, reason)
 
 
@@ -189,7 +195,7 @@ def level_world(camera_poses: np.ndarray, valid: np.ndarray | None = None, score
     `picture_turn`: the clockwise quarter turn (degrees) that stood the stored picture's people up for the detector
     (`pipeline.orientation`): the camera was held turned the other way about its axis, so the usual camera's up and
     the fixed rotation are turned with it (a video stored on its side gets a world view that stands up)."""
-    fixed = fixed_up_camera() @ turn_rotation(picture_turn)  # the turned camera's up, in the stored camera's frame
+    fixed = turned_up_camera(picture_turn)
     up = estimate_up(camera_poses, valid, scores, skeleton)
     if up is None:
         return fixed_levelling(f"fewer than {MIN_FRAMES} frames whose seen legs or trunk agree on which way is up",
