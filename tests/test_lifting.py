@@ -315,7 +315,7 @@ def test_a_cross_flip_ensemble_runs_its_second_network_on_the_mirrored_windows(t
     """`python -m pipeline.mocap ensemble`: one float16 file with two networks; the flip test averages the first on
     the windows with the second's mirrored prediction on the mirrored windows (the demo's loop with the second network
     in the mirrored pass); without the flip test only the first runs. Training code that seeds from the file gets the
-    first."""
+    first, or the mirror network when asked (`train --init-network mirror`)."""
     from pipeline.checkpoints import strip_prefix
     from pipeline.mocap.export import export_flip_ensemble, init_training_run, load_any_lifter
     from pipeline.skeleton import H36M
@@ -347,12 +347,18 @@ def test_a_cross_flip_ensemble_runs_its_second_network_on_the_mirrored_windows(t
     windows = np.stack([x[c - 4:c + 5] for c in range(4, 8)])  # full windows centred on frames 4-7
     centre = predict_centre(model, windows, True, H36M.flip_permutation, mirror)
     np.testing.assert_allclose(centre[:, 1:], both.lift_normalized(x)[4:8, 1:], rtol=1e-5, atol=1e-6)
-    with caplog.at_level("WARNING", logger="pipeline.mocap.export"):  # training seeded from the file
+    with caplog.at_level("INFO", logger="pipeline.mocap.export"):  # training seeded from the file
         run = init_training_run(tmp_path / "both.safetensors", TINY, tmp_path / "run", lr=1e-4)
-    assert "holds two networks" in caplog.text
-    seeded = PoseFormerV2(TINY)
-    seeded.load_state_dict(strip_prefix(read_checkpoint(run)["model_pos"]))
-    assert same(seeded, half["first"])
+        mirror_run = init_training_run(tmp_path / "both.safetensors", TINY, tmp_path / "mirror_run", lr=1e-4,
+                                       network="mirror")
+    assert "holds two networks (a cross-flip ensemble); the run starts from the first one" in caplog.text
+    assert "the run starts from the mirror one" in caplog.text
+    for path, expected_net in ((run, half["first"]), (mirror_run, half["second"])):
+        seeded = PoseFormerV2(TINY)
+        seeded.load_state_dict(strip_prefix(read_checkpoint(path)["model_pos"]))
+        assert same(seeded, expected_net)
+    with pytest.raises(ValueError, match="holds one network, no mirror network"):
+        init_training_run(a, TINY, tmp_path / "single", lr=1e-4, network="mirror")
     deeper = save_lifter_checkpoint(tmp_path / "c.safetensors", PoseFormerV2(PoseFormerV2Config(
         frames=9, frames_kept=3, coeffs_kept=5, embed_dim_ratio=8, depth=3, num_heads=2)))
     with pytest.raises(ValueError, match="not the same configuration: depth 2 against 3"):

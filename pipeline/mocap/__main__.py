@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--init-weights", type=Path,
                    help="start a new run from the weights of any lifter file load_lifter reads (e.g. the shipped "
                    "27/3/3 safetensors for a 243/3/3 run: same tensors), with a fresh optimizer at --lr")
+    t.add_argument("--init-network", choices=("first", "mirror"), default="first",
+                   help="which network of a cross-flip ensemble --init-weights starts from: the first (on the 2D as "
+                   "it is) or the mirror network (the flip test's mirrored pass)")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda or mps")
@@ -202,6 +205,8 @@ def _train(args: argparse.Namespace) -> None:
                                       depth=args.depth, drop_path_rate=0.1)
     if args.warm_start is not None and args.init_weights is not None:
         raise SystemExit("give either --warm-start (a training checkpoint) or --init-weights (a lifter file)")
+    if args.init_network != "first" and args.init_weights is None:
+        raise SystemExit("error: --init-network picks a network of the --init-weights file; give --init-weights too")
     if (args.warm_start or args.init_weights) and (run_dir / LAST_CHECKPOINT).exists():
         raise SystemExit(f"{run_dir} already has {LAST_CHECKPOINT}; use --resume, or another --run name")
     if args.warm_start is not None:
@@ -212,7 +217,7 @@ def _train(args: argparse.Namespace) -> None:
         log.info("warm start from %s (step %d)", args.warm_start, chk["progress"]["step"])
     if args.init_weights is not None:
         try:
-            init_training_run(args.init_weights, model_config, run_dir, args.lr)
+            init_training_run(args.init_weights, model_config, run_dir, args.lr, network=args.init_network)
         except ValueError as exc:
             raise SystemExit(f"error: {exc}") from None
     if args.resume and (run_dir / LAST_CHECKPOINT).exists():

@@ -90,9 +90,12 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
 
 
 def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, seed: int = 1234,
-                      weight_decay: float = 0.1) -> Path:
+                      weight_decay: float = 0.1, network: str = "first") -> Path:
     """Write `run_dir`/last.bin: step 0 of a training run whose model (built from `model_config`) starts from the
     weights of any lifter file `load_lifter` reads, with a fresh AdamW at `lr`. Resuming that run trains it.
+
+    `network` picks which of a cross-flip ensemble's two networks to start from: "first" (the one on the 2D as it
+    is; a single-network file has only it) or "mirror" (the flip test's mirrored pass).
 
     A `model_config.depth` above the file's grows the model (`grow_depth`): the same function, more capacity.
     Raises ValueError when the file's tensors do not fit `model_config` (another f, n or width; a shallower depth)."""
@@ -102,11 +105,16 @@ def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, see
     from pipeline.poseformerv2 import PoseFormerV2
     from pipeline.training.train import LAST_CHECKPOINT, TrainConfig, make_optimizer, plain_config, save_checkpoint
 
+    if network not in ("first", "mirror"):
+        raise ValueError(f"network must be 'first' or 'mirror', not {network!r}")
     loaded = load_lifter(weights, device="cpu", frames=model_config.frames)
+    if network == "mirror" and loaded.mirror_model is None:
+        raise ValueError(f"{weights} holds one network, no mirror network to start from; leave out --init-network "
+                         "mirror")
     if loaded.mirror_model is not None:
-        log.warning("%s holds two networks (a cross-flip ensemble); the run starts from the first, and the second "
-                    "(its flip test's mirrored pass) is not trained", Path(weights).name)
-    source = loaded.model
+        log.info("%s holds two networks (a cross-flip ensemble); the run starts from the %s one", Path(weights).name,
+                 network)
+    source = loaded.mirror_model if network == "mirror" else loaded.model
     torch.manual_seed(seed)
     model = PoseFormerV2(model_config)
     source_depth = source.config.depth
@@ -133,7 +141,7 @@ def init_training_run(weights: Path, model_config, run_dir: Path, lr: float, see
     save_checkpoint(path, model, optimizer, epoch=0, lr=lr, rng=np.random.RandomState(seed), extra={
         "torch_rng_state": torch.get_rng_state(), "model_config": config, CONFIG_ENTRY: config,
         "progress": {"step": 0, "samples_seen": 0, "samples_in_epoch": 0, "best": float("inf")},
-        "validation": {}, "initial_weights": str(weights)})
+        "validation": {}, "initial_weights": str(weights) + (" (mirror network)" if network == "mirror" else "")})
     log.info("initialised %s from the weights of %s", path, weights)
     return path
 
