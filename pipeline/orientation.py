@@ -16,9 +16,10 @@ stored picture (`min_gain`), is chosen. Standing, not just found: at the probe's
 people lying in a turned picture, with their keypoints as they lie. The whole 2D stage then runs on frames
 turned that way (`turned_frames`), and its keypoints and boxes are turned back into the stored picture's pixels, so
 every output (the overlay, keypoints.npz, the viewer) stays in the coordinates of the video as it plays. The runner
-lifts the people on the picture turned upright (`turn_points`), as it would lift the upright video, and turns the 3D
-back into the stored camera's frame (`turn_rotation`); only a turn given as a setting also turns the world view
-(`pipeline.motion.level`), since people lying in an upright video stand up in a turned picture just as well.
+(and the multi-view evaluation) lifts the people on the picture turned upright (`turn_points`), as it would lift the
+upright video, and turns the 3D back into the stored camera's frame (`lift_turned`); only a turn given as a setting
+also turns the world view (`pipeline.motion.level`), since people lying in an upright video stand up in a turned
+picture just as well.
 
 Turns are clockwise degrees (0, 90, 180, 270): what turns the stored picture so that its people stand up, as
 `cv2.ROTATE_90_CLOCKWISE` is 90. Points are continuous pixel coordinates (a pixel's edges at whole numbers, as the
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.virtual_camera import roll_rotation
+from pipeline.virtual_camera import lift_aimed, roll_rotation
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,25 @@ def turn_rotation(turn: int) -> np.ndarray:
     to those of the same camera turned as the picture is turned `turn` degrees clockwise (about its axis):
     `pipeline.virtual_camera.roll_rotation` of a quarter turn, exact."""
     return np.rint(roll_rotation(np.radians(turn % 360)))
+
+
+def lift_turned(lifter, keypoints_px: np.ndarray, size: tuple[int, int], turn: int, focal_px: float | None,
+                frames: np.ndarray | None = None, upright: bool = True, **lift_options) -> np.ndarray:
+    """A person's (T, 17, 2) Human3.6M keypoints in the pixels of a picture stored `size` (width, height) and turned
+    `turn` degrees from upright -> (T, 17, 3) root-relative poses in the stored picture's camera frame, metres.
+    Lifted as the upright picture would be (`turn_points`): through a virtual camera aimed at the person
+    (`pipeline.virtual_camera.lift_aimed`, with `focal_px`, `frames` and `upright`) or, with focal_px None, as the
+    camera sees them; then turned back (`turn_rotation`). demo.py and the multi-view evaluation both lift so.
+    `lift_options` go to `lifter.lift` (flip, batch_size, progress, stride)."""
+    width, height = turned_size(size, turn)
+    points = turn_points(keypoints_px, turn, size) if turn else np.asarray(keypoints_px)
+    if focal_px is None:
+        poses = lifter.lift(points, width, height, **lift_options).camera
+    else:
+        poses = lift_aimed(lifter, points, width, height, focal_px, frames=frames, upright=upright, **lift_options)
+    if turn:  # row vectors: X_stored = X_turned @ R
+        poses = poses @ turn_rotation(turn).astype(poses.dtype)
+    return poses
 
 
 def stands_up(detections, index: int, max_lean_deg: float) -> bool:

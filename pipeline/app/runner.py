@@ -311,11 +311,9 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
     from pipeline.devices import torch_threads
     from pipeline.lifting import window_strides
     from pipeline.motion.bones import rigid_bones
-    from pipeline.orientation import turn_points, turn_rotation, turned_size
-    from pipeline.virtual_camera import lift_aimed
+    from pipeline.orientation import lift_turned, turned_size
 
     width, height = turned_size(pose2d.image_size, pose2d.turn)
-    to_stored = turn_rotation(pose2d.turn).astype(np.float32)  # row vectors: X_stored = X_turned @ R
     focal = camera_focal(job.info, width, height, config)[0] if config.virtual_camera else None
     strides = (config.window_stride,) if config.window_stride else window_strides(job.info.fps)
     if strides != (1,):
@@ -327,15 +325,10 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
         entry["frames"] = camera[..., 0, 0].size  # frames x people x checkpoints
         for p, person in enumerate(pose2d.people):
             detected = np.flatnonzero(person.valid) if person.valid.any() else None
-            keypoints = turn_points(person.keypoints, pose2d.turn, pose2d.image_size)
             for k, lifter in enumerate(lifters):
-                if focal is None:
-                    camera[p, k] = lifter.lift(keypoints, width, height, progress=bar.update, stride=strides).camera
-                else:
-                    camera[p, k] = lift_aimed(lifter, keypoints, width, height, focal, frames=detected,
-                                              upright=config.upright, progress=bar.update, stride=strides)
-                if pose2d.turn:
-                    camera[p, k] = camera[p, k] @ to_stored
+                camera[p, k] = lift_turned(lifter, person.keypoints, pose2d.image_size, pose2d.turn, focal,
+                                           frames=detected, upright=config.upright, progress=bar.update,
+                                           stride=strides)
                 if config.bones == "rigid":
                     camera[p, k] = rigid_bones(camera[p, k], frames=detected)
     disagreement = {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)

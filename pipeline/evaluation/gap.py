@@ -261,6 +261,7 @@ def lifter_proportions(lifter, views: list[ViewTracks], people: list[Triangulate
     """The proportions of a lifter's output, lifting every person in every view that sees them (mean over those), with
     the window stride demo.py uses at the views' frame rate."""
     from pipeline.lifting import window_strides
+    from pipeline.orientation import lift_turned
 
     rows = []
     for person in people:
@@ -268,9 +269,8 @@ def lifter_proportions(lifter, views: list[ViewTracks], people: list[Triangulate
             frames = np.flatnonzero(views[v].valid[row])
             if len(frames) < 3:
                 continue
-            width, height = views[v].image_size
-            stride = window_strides(views[v].fps)
-            poses = lifter.lift(views[v].keypoints[row], width, height, stride=stride).camera[frames]
+            poses = lift_turned(lifter, views[v].keypoints[row], views[v].image_size, views[v].turn, None,
+                                stride=window_strides(views[v].fps))[frames]
             rows.append(proportions_h36m(poses))
     if not rows:
         raise ValueError("nobody to lift: no person is detected in 3 or more frames of a view")

@@ -58,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 CALIBRATION_PATTERNS = ("*.qca.txt", "Calib*.toml", "calib*.toml", "calibration/*.qca.txt", "calibration/Calib*.toml")
-CACHE_VERSION = 2  # bump when the cached arrays or the 2D stage's meaning change (2: frames read as demo.py reads)
+# bump when the cached arrays or the 2D stage's meaning change (2: frames read as demo.py reads; 3: the view's turn)
+CACHE_VERSION = 3
 
 
 def default_cache_dir() -> Path:
@@ -118,6 +119,10 @@ class ViewTracks:
     keypoints: np.ndarray  # (P, T, 17, 2) pixels, Human3.6M-17 (the lifter's input)
     scores: np.ndarray  # (P, T, 17)
     valid: np.ndarray  # (P, T) bool: detected in this frame
+    # The quarter turn (clockwise degrees) that stands the stored picture's people up (pipeline.orientation), and
+    # whether it was given (Pose2DConfig.turn) rather than found: lifted and levelled as demo.py does with it.
+    turn: int = 0
+    turn_given: bool = False
 
     @property
     def num_frames(self) -> int:
@@ -191,7 +196,8 @@ def _view_from_output(name: str, output, fps: float) -> ViewTracks:
                       track_ids=np.array([p.track_id for p in people], np.int64),
                       keypoints_coco=stack("keypoints_coco", (17, 2)), scores_coco=stack("scores_coco", (17,)),
                       keypoints=stack("keypoints", (17, 2)), scores=stack("scores", (17,)),
-                      valid=stack("valid", ()).astype(bool))
+                      valid=stack("valid", ()).astype(bool), turn=int(output.turn),
+                      turn_given=bool(output.turn_given))
 
 
 def detect_views(recording: Recording, config: MultiviewConfig | None = None) -> list[ViewTracks]:
@@ -241,7 +247,8 @@ def _save_view(path: Path, view: ViewTracks) -> None:
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez_compressed(tmp, name=view.name, image_size=np.array(view.image_size), fps=view.fps,
                         track_ids=view.track_ids, keypoints_coco=view.keypoints_coco, scores_coco=view.scores_coco,
-                        keypoints=view.keypoints, scores=view.scores, valid=view.valid)
+                        keypoints=view.keypoints, scores=view.scores, valid=view.valid,
+                        turn=view.turn, turn_given=view.turn_given)
     tmp.replace(path)
 
 
@@ -250,7 +257,7 @@ def _load_view(path: Path) -> ViewTracks:
         return ViewTracks(name=str(z["name"]), image_size=(int(z["image_size"][0]), int(z["image_size"][1])),
                           fps=float(z["fps"]), track_ids=z["track_ids"], keypoints_coco=z["keypoints_coco"],
                           scores_coco=z["scores_coco"], keypoints=z["keypoints"], scores=z["scores"],
-                          valid=z["valid"])
+                          valid=z["valid"], turn=int(z["turn"]), turn_given=bool(z["turn_given"]))
 
 
 def _usable_scores(view: ViewTracks, row: int, coco: bool = True) -> np.ndarray:
@@ -551,7 +558,7 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
     (upright) turned about its axis for a person far from upright in the picture."""
     from pipeline.lifting import window_strides
     from pipeline.motion.trajectory import focal_length_px
-    from pipeline.virtual_camera import lift_aimed
+    from pipeline.orientation import lift_turned
 
     _check_min_joint_views(min_joint_views, views)
     fps = views[0].fps
@@ -565,14 +572,10 @@ def evaluate_lifter(lifter, recording: Recording, views: list[ViewTracks], peopl
             if len(frames) < 3:
                 continue
             cam = recording.cameras[v]
-            width, height = views[v].image_size
             detected = np.flatnonzero(views[v].valid[row])
-            if virtual_camera:
-                predicted = lift_aimed(lifter, views[v].keypoints[row], width, height,
-                                       focal_length_px(width, height), frames=detected, upright=upright,
-                                       stride=stride)
-            else:
-                predicted = lifter.lift(views[v].keypoints[row], width, height, stride=stride).camera
+            focal = focal_length_px(*views[v].image_size) if virtual_camera else None  # the diagonal: any turn
+            predicted = lift_turned(lifter, views[v].keypoints[row], views[v].image_size, views[v].turn, focal,
+                                    frames=detected, upright=upright, stride=stride)
             if bones == "rigid":
                 predicted = rigid_bones(predicted, frames=detected)
             predicted = predicted[frames]
@@ -601,21 +604,21 @@ def view_levellings(lifter, views: list[ViewTracks], people: list[TriangulatedPe
     from pipeline.lifting import window_strides
     from pipeline.motion.level import level_world
     from pipeline.motion.trajectory import focal_length_px
-    from pipeline.virtual_camera import lift_aimed
+    from pipeline.orientation import lift_turned
 
     levellings = {}
     for v, view in enumerate(views):
-        width, height = view.image_size
         rows = [person.tracks[v] for person in people if v in person.tracks]
         if not rows:
             continue
         poses = []
         for row in rows:
             detected = np.flatnonzero(view.valid[row])
-            lifted = lift_aimed(lifter, view.keypoints[row], width, height, focal_length_px(width, height),
-                                frames=detected, stride=window_strides(view.fps))
+            lifted = lift_turned(lifter, view.keypoints[row], view.image_size, view.turn,
+                                 focal_length_px(*view.image_size), frames=detected, stride=window_strides(view.fps))
             poses.append(rigid_bones(lifted, frames=detected))
-        levellings[view.name] = level_world(np.stack(poses), view.valid[rows], view.scores[rows])
+        levellings[view.name] = level_world(np.stack(poses), view.valid[rows], view.scores[rows],
+                                            picture_turn=view.turn if view.turn_given else 0)
     return levellings
 
 
