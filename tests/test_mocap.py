@@ -507,6 +507,34 @@ def _few_bandai_clips(folder: Path, count: int) -> Path:
     return folder
 
 
+def test_a_pack_writes_back_the_same_clips_within_its_quantum_and_the_other_files_exactly(tmp_path):
+    from pipeline.mocap.__main__ import main
+    from pipeline.mocap.dataset import bandai_clip_paths
+
+    mocap = _few_bandai_clips(tmp_path / "mocap", 6)
+    licence = mocap / "dataset" / "Bandai-Namco-Research-Motiondataset-1" / "LICENSE"
+    licence.write_bytes(b"CC BY-NC 4.0\n\xe2\x9c\x93")
+    assert main(["--mocap-dir", str(mocap), "pack", "--out", str(tmp_path / "bandai.pack")]) == 0
+    assert main(["--mocap-dir", str(tmp_path / "back"), "unpack", "--pack", str(tmp_path / "bandai.pack")]) == 0
+    originals, copies = bandai_clip_paths(mocap), bandai_clip_paths(tmp_path / "back")
+    assert [p.relative_to(mocap) for p in originals] == [p.relative_to(tmp_path / "back") for p in copies]
+    assert (tmp_path / "back" / licence.relative_to(mocap)).read_bytes() == licence.read_bytes()
+    raw = sum(p.stat().st_size for p in originals)
+    assert (tmp_path / "bandai.pack").stat().st_size < raw / 15  # 536 MB of BVH text -> 26 MB
+    for original, copy in zip(originals, copies, strict=True):
+        a, b = bvh.parse_bvh(original.read_text()), bvh.parse_bvh(copy.read_text())
+        assert a.skeleton.names == b.skeleton.names and a.skeleton.parents == b.skeleton.parents
+        assert a.skeleton.channels == b.skeleton.channels and a.frame_time == b.frame_time
+        np.testing.assert_array_equal(a.skeleton.offsets, b.skeleton.offsets)
+        assert a.motion.shape == b.motion.shape and np.abs(a.motion - b.motion).max() <= 0.005 + 1e-9
+        assert np.abs(a.motion - b.motion).max() > 0  # quantised, not copied: the test sees the round trip
+    with pytest.raises(SystemExit, match="error: no Bandai datasets under .*run python -m pipeline.mocap unpack"):
+        main(["--mocap-dir", str(tmp_path / "empty"), "pack", "--out", str(tmp_path / "none.pack")])
+    with pytest.raises(SystemExit, match="error: .*none.pack not found; make it with python -m pipeline.mocap pack"):
+        main(["--mocap-dir", str(tmp_path / "back"), "unpack", "--pack", str(tmp_path / "none.pack")])
+    assert not (tmp_path / "none.pack").exists()
+
+
 def test_fresh_renders_of_the_training_clips_differ_by_seed_and_leave_out_held_out_groups(tmp_path):
     from pipeline.mocap.dataset import bandai_clip_paths, render_training_set
 

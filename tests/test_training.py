@@ -462,6 +462,21 @@ def test_checkpoints_are_frequent_and_validation_is_rationed(tmp_path):
     assert load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT)["validation"] == result.validation
 
 
+def test_kept_checkpoints_are_each_step_s_weights_for_averaging(tmp_path):
+    data = _overfit_set(frames=20)
+    train(TINY, data, data, TrainConfig(run_dir=tmp_path / "run", batch_size=4, threads=1, max_samples=4 * 6,
+                                        checkpoint_every_steps=2, validation_minutes=1e9, validation_frames=5,
+                                        keep_checkpoints=True))
+    kept = sorted(p.name for p in (tmp_path / "run").glob("step_*.bin"))
+    assert kept == ["step_2.bin", "step_4.bin", "step_6.bin"]
+    steps = [load_checkpoint(tmp_path / "run" / name) for name in ("step_2.bin", "step_6.bin")]
+    assert [c["progress"]["step"] for c in steps] == [2, 6]
+    last = load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT)
+    assert all(torch.equal(v, last["model_pos"][k]) for k, v in steps[1]["model_pos"].items())
+    assert not all(torch.equal(v, last["model_pos"][k]) for k, v in steps[0]["model_pos"].items())
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
 def test_resume_refuses_another_architecture(tmp_path):
     data = _overfit_set(frames=20)
     common = dict(run_dir=tmp_path / "run", batch_size=4, threads=1, max_samples=4, validation_frames=4)

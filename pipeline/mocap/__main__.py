@@ -1,7 +1,8 @@
-"""Command line for the mocap data path: `python -m pipeline.mocap {unpack,build,train,evaluate,average,export,
+"""Command line for the mocap data path: `python -m pipeline.mocap {unpack,pack,build,train,evaluate,average,export,
                                                                    ensemble}`.
 
     python -m pipeline.mocap unpack     # archives from ../shared/data/mocap -> ~/.cache/poseformerv2-demo/mocap
+    python -m pipeline.mocap pack --out bandai.pack     # the Bandai clips in 26 MB; `unpack --pack` writes them back
     python -m pipeline.mocap build      # render + cache train/validation/CMU sets
     nohup nice -n 10 python -m pipeline.mocap train --frames 243 --f 3 --n 3 --run mocap_243 --threads 1 \\
         --init-weights weights/poseformerv2_mocap_27_3_3.safetensors &   # later: the same with --resume
@@ -42,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mocap-dir", type=Path, default=DEFAULT_MOCAP_DIR, help="unpacked archives")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="cache of rendered sets")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("unpack", help="unpack the shared mocap archives into --mocap-dir")
+    u = sub.add_parser("unpack", help="unpack the shared mocap archives into --mocap-dir")
+    u.add_argument("--pack", type=Path, help="instead, write the Bandai clips of a pack (see pack) into --mocap-dir")
+    k = sub.add_parser("pack", help="the unpacked Bandai clips in one 26 MB file (to carry to a machine without "
+                       "../shared, e.g. a lent GPU)")
+    k.add_argument("--out", type=Path, required=True)
     b = sub.add_parser("build", help="render and cache the train/validation/CMU sets")
     b.add_argument("--limit-clips", type=int, help="use only this many Bandai clips (quick experiments)")
     _add_mixing_flags(b, "share of training renderings whose {} move as in another training clip (e.g. 0.5)")
@@ -77,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=200)
     t.add_argument("--max-minutes", type=float)
     t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--keep-checkpoints", action="store_true",
+                   help="also keep every checkpoint as step_<step>.bin in the run folder, for `average`")
     t.add_argument("--validation-minutes", type=float, default=10.0)
     t.add_argument("--val-frames", type=int, default=4096)
     t.add_argument("--short-clips", type=float, default=0.0,
@@ -155,8 +162,22 @@ def _render_config(args: argparse.Namespace) -> RenderConfig:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "unpack":
+    if args.command == "unpack" and args.pack is not None:
+        from pipeline.mocap.pack import unpack_pack
+
+        if not args.pack.is_file():
+            raise SystemExit(f"error: {args.pack} not found; make it with python -m pipeline.mocap pack --out FILE")
+        log.info("wrote %d Bandai clips from %s into %s", unpack_pack(args.pack, args.mocap_dir), args.pack,
+                 args.mocap_dir)
+    elif args.command == "unpack":
         _unpack(args.mocap_dir)
+    elif args.command == "pack":
+        from pipeline.mocap.pack import pack_bandai
+
+        try:
+            pack_bandai(args.mocap_dir, args.out)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"error: {exc}") from None
     elif args.command == "build":
         data = build_sets(args.mocap_dir, args.data_dir, _render_config(args),
                           limit_clips=args.limit_clips)
@@ -226,7 +247,7 @@ def _train(args: argparse.Namespace) -> None:
     config = TrainConfig(run_dir=run_dir, batch_size=args.batch_size, threads=args.threads,
                          lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
                          samples_per_epoch=args.samples_per_epoch, max_minutes=args.max_minutes,
-                         checkpoint_minutes=args.checkpoint_minutes,
+                         checkpoint_minutes=args.checkpoint_minutes, keep_checkpoints=args.keep_checkpoints,
                          validation_minutes=args.validation_minutes, validation_frames=args.val_frames,
                          short_clips=args.short_clips, device=args.device, compile=args.compile,
                          precision=args.precision,

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class TrainConfig:
     max_minutes: float | None = None  # stop this call after this much wall time (then checkpoint)
     checkpoint_minutes: float = 10.0  # write last.bin this often (cheap)
     checkpoint_every_steps: int | None = None  # additionally write last.bin every this many steps
+    # Also keep every checkpoint as step_<step>.bin (to average a run's weights, `pipeline.mocap average`); a
+    # training checkpoint of the 27/3/3 lifter is about 170 MB, so mind the disk on long CPU runs.
+    keep_checkpoints: bool = False
     # Validate (and update best.bin) this often and when stopping. On a busy CPU a validation pass costs minutes,
     # so it runs less often than checkpointing.
     validation_minutes: float = 30.0
@@ -448,6 +452,10 @@ class Trainer:
                 save_lifter_checkpoint(tmp, self.model, skeleton=config.skeleton, units=config.units)
                 os.replace(tmp, config.run_dir / BEST_RELEASE_CHECKPOINT)
         save_checkpoint(self.last_path, self.model, self.optimizer, epoch=s.epoch, lr=s.lr, rng=s.rng, extra=extra)
+        if config.keep_checkpoints:
+            kept = config.run_dir / f"step_{s.step}.bin"
+            shutil.copyfile(self.last_path, kept.with_name(kept.name + ".tmp"))
+            os.replace(kept.with_name(kept.name + ".tmp"), kept)
 
     def validate(self) -> dict[str, float]:
         if self.val_sampler is None:
