@@ -12,7 +12,8 @@
 #   bash benchmarks/device_train.sh restore            # here: the shipped file tracked again (collect runs it too)
 #
 # `train` (on the GPU machine, its python3 has PyTorch): checks the CUDA paths (the GPU tests of
-# tests/test_training.py, and a lift on the GPU against the CPU's), renders the training clips (another seed), trains
+# tests/test_training.py, and a lift on the GPU against the CPU's), renders the training clips (another seed, on
+# every core: --render-workers), trains
 # the network for TRAIN_MINUTES (default 4) from its shipped weights, keeps a checkpoint every 30 s, and writes the
 # mean of those after the first, float16, to $OUT in parts, with the training log. Settings by environment: BATCH
 # (256), LR (1.2e-4: the CPU runs' 6e-5 at batch 64, scaled by the square root of the batch ratio), SEED (21).
@@ -99,6 +100,7 @@ EOF
         --run "$run" --device "$device" --threads 8 --batch-size "${BATCH:-256}" --lr "${LR:-1.2e-4}" \
         --lr-decay 0.9 --samples-per-epoch 1000000 $flags --render-seed "${SEED:-21}" \
         --max-minutes "${TRAIN_MINUTES:-4}" --checkpoint-minutes 0.5 --keep-checkpoints --validation-minutes 1000 \
+        --render-workers "$(nproc)" \
         $start > "$work/train.out" 2>&1 || { tail -n 30 "$work/train.out"; exit 1; }
     grep -v "rendered .* clips" "$work/train.out" | tail -n 30
     cp "$dir/train.log" "$out/train.log"

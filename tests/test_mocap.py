@@ -552,6 +552,35 @@ def test_fresh_renders_of_the_training_clips_differ_by_seed_and_leave_out_held_o
         assert a.shape != c.shape or np.abs(a - c).mean() > 0.01  # another speed, camera, body and noise
 
 
+def test_worker_processes_render_exactly_what_one_process_renders(tmp_path):
+    """Mixing draws donors from the clips rendered before (`donor_plan`), so chunks rendered apart must see the same
+    pool: 2 workers and chunks of 5 clips give the sequential renderings to the bit."""
+    from pipeline.mocap import dataset
+    from pipeline.mocap.dataset import bandai_clip_paths, donor_plan, render_bandai
+
+    paths = bandai_clip_paths(_few_bandai_clips(tmp_path / "mocap", 12))
+    assert donor_plan(4, 0) == [(), (0,), (0, 1), (0, 1, 2)]  # fewer clips than ARM_DONORS: every one before
+    config = RenderConfig(arm_mixing=0.25, upper_body_mixing=0.5, pose_perturbation=0.5, seed=3)
+    one = render_bandai(paths, config, 2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset, "RENDER_CHUNK_CLIPS", 5)  # the parent cuts the chunks: 3 here, not 1 of 100
+        split = render_bandai(paths, config, 2, workers=1)
+        pools = []
+
+        class CountedPool(dataset.ProcessPoolExecutor):
+            def __init__(self, *args, **kwargs):
+                pools.append(self)
+                super().__init__(*args, **kwargs)
+
+        patch.setattr(dataset, "ProcessPoolExecutor", CountedPool)
+        both = render_bandai(paths, config, 2, workers=2)  # two spawned processes
+    assert len(pools) == 1
+    for other in (split, both):
+        assert other.names == one.names and other.groups == one.groups
+        for a, b in zip(one.inputs_2d + one.targets_3d, other.inputs_2d + other.targets_3d, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_evaluation_alone_renders_the_held_out_set_and_not_the_training_set(tmp_path):
     from pipeline.mocap.dataset import build_sets
 
@@ -571,7 +600,8 @@ def test_bad_fresh_renders_or_render_seeds_are_refused_before_the_run_folder_is_
     monkeypatch.setattr("pipeline.training.train.default_run_dir", lambda name: tmp_path / name)
     weights = tmp_path / "missing.safetensors"  # never read: the flags are refused first
     for flags, message in ((["--fresh-renders", "0"], "--fresh-renders is a number of samples, 1 or more, not 0"),
-                           (["--render-seed", "-1"], "the render seed must be 0 or more, not -1")):
+                           (["--render-seed", "-1"], "the render seed must be 0 or more, not -1"),
+                           (["--render-workers", "0"], "--render-workers is a number of processes, 1 or more, not 0")):
         with pytest.raises(SystemExit, match=message):
             cli.main(["--data-dir", str(tmp_path / "no-data"), "train", "--frames", "27", "--f", "3", "--n", "3",
                       "--run", "x", "--init-weights", str(weights), "--threads", "1", *flags])

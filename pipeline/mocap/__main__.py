@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--out", type=Path, required=True)
     b = sub.add_parser("build", help="render and cache the train/validation/CMU sets")
     b.add_argument("--limit-clips", type=int, help="use only this many Bandai clips (quick experiments)")
+    b.add_argument("--render-workers", type=int, default=1, help="processes that render (the same sets, faster)")
     _add_mixing_flags(b, "share of training renderings whose {} move as in another training clip (e.g. 0.5)")
 
     t = sub.add_parser("train", help="train PoseFormerV2 on the cached Bandai sets (resumable)")
@@ -82,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=200)
     t.add_argument("--max-minutes", type=float)
     t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--render-workers", type=int, default=1,
+                   help="processes that render the training clips (the same renderings, faster; e.g. on a GPU "
+                   "machine's idle cores)")
     t.add_argument("--keep-checkpoints", action="store_true",
                    help="also keep every checkpoint as step_<step>.bin in the run folder, for `average`")
     t.add_argument("--validation-minutes", type=float, default=10.0)
@@ -152,6 +156,8 @@ def _add_mixing_flags(p: argparse.ArgumentParser, text: str) -> None:
 
 
 def _render_config(args: argparse.Namespace) -> RenderConfig:
+    if args.render_workers < 1:
+        raise SystemExit(f"error: --render-workers is a number of processes, 1 or more, not {args.render_workers}")
     try:
         return RenderConfig(arm_mixing=args.arm_mixing, upper_body_mixing=args.upper_body_mixing,
                             pose_perturbation=args.pose_perturbation, glitches=args.glitches, seed=args.render_seed)
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: {exc}") from None
     elif args.command == "build":
         data = build_sets(args.mocap_dir, args.data_dir, _render_config(args),
-                          limit_clips=args.limit_clips)
+                          limit_clips=args.limit_clips, workers=args.render_workers)
         for name, s in (("train", data.train), ("validation", data.validation), ("cmu", data.cmu)):
             log.info("%s: %d sequences, %d frames", name, len(s), s.num_frames)
     elif args.command == "train":
@@ -243,7 +249,7 @@ def _train(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: {exc}") from None
     if args.resume and (run_dir / LAST_CHECKPOINT).exists():
         _check_resumed_architecture(run_dir / LAST_CHECKPOINT, plain_config(model_config))
-    data = build_sets(args.mocap_dir, args.data_dir, render_config, with_cmu=False)
+    data = build_sets(args.mocap_dir, args.data_dir, render_config, with_cmu=False, workers=args.render_workers)
     config = TrainConfig(run_dir=run_dir, batch_size=args.batch_size, threads=args.threads,
                          lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
                          samples_per_epoch=args.samples_per_epoch, max_minutes=args.max_minutes,
@@ -263,7 +269,7 @@ def _train(args: argparse.Namespace) -> None:
                 return cached[0]
             cached.clear()
             return render_training_set(args.mocap_dir, dataclasses.replace(
-                render_config, seed=fresh_render_seed(render_config.seed, k)))
+                render_config, seed=fresh_render_seed(render_config.seed, k)), workers=args.render_workers)
 
         result = train_on_fresh_sets(model_config, training_set, validation, config, args.fresh_renders)
     log.info("stopped at step %d, epoch %d; validation %s; checkpoints in %s", result.step, result.epoch,
