@@ -196,10 +196,12 @@ class Lifter:
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         stride: int | Sequence[int] = 1,
+        flip_difference: bool = False,
     ) -> LiftResult:
         """(T, 17, 2) pixel keypoints of a width x height video, any T >= 1 -> 3D poses of every frame. `stride`:
         frames between a window's samples (`window_stride` of the video's frame rate), or several strides whose poses
-        are averaged (`window_strides`)."""
+        are averaged (`window_strides`). `flip_difference`: `camera` holds half the difference between the flip
+        test's two passes instead of their mean (see `lift_normalized`)."""
         keypoints_px = np.asarray(keypoints_px)
         joints = self.config.num_joints
         if keypoints_px.ndim != 3 or keypoints_px.shape[1:] != (joints, 2) or keypoints_px.shape[0] < 1:
@@ -212,7 +214,7 @@ class Lifter:
             )
         camera = self.lift_normalized(
             normalize_screen_coordinates(keypoints_px, width, height), flip=flip, batch_size=batch_size,
-            progress=progress, stride=stride,
+            progress=progress, stride=stride, flip_difference=flip_difference,
         )
         return LiftResult(camera=camera, world=demo_world_view(camera))
 
@@ -226,18 +228,29 @@ class Lifter:
         progress: Callable[[int], None] | None = None,
         centres: np.ndarray | None = None,
         stride: int | Sequence[int] = 1,
+        flip_difference: bool = False,
     ) -> np.ndarray:
         """(T, 17, 2) screen-normalised Human3.6M keypoints -> (T, 17, 3) root-relative camera-space poses, Human3.6M
         order, metres. `centres`: only these frames' poses (each still from its window over the whole sequence).
         `stride` > 1: each window takes every stride-th frame around its centre, from keypoints averaged over
         `stride` frames (`anti_alias`), for videos faster than the network's training data. Several strides: the mean
-        of the poses lifted with each (`window_strides`; `progress` counts the last pass)."""
+        of the poses lifted with each (`window_strides`; `progress` counts the last pass).
+
+        `flip_difference`: instead of the mean of the flip test's two passes (the network on the 2D, and the mirror
+        network or the network itself on the mirrored 2D, mirrored back), half their difference, first minus second:
+        the mean plus and minus it gives each pass. Its length per joint is how far each pass is from the pose
+        returned, and it turns with any rotation of the camera as a pose does, so the virtual camera's turns
+        (`pipeline.virtual_camera`) carry it like the poses. Where the passes disagree, the lifter is unsure: on
+        the shared real recording their distance tracks the per-frame error (docs/real_footage_gap.md)."""
+        if flip_difference and not flip:
+            raise ValueError("flip_difference needs the flip test (flip=True): without it there is one pass")
         if not isinstance(stride, int | np.integer):
             strides = [int(s) for s in stride]
             if not strides:
                 raise ValueError("give at least one window stride")
             passes = [self.lift_normalized(keypoints, flip=flip, batch_size=batch_size, centres=centres, stride=s,
-                                           progress=progress if k == len(strides) - 1 else None)
+                                           progress=progress if k == len(strides) - 1 else None,
+                                           flip_difference=flip_difference)
                       for k, s in enumerate(strides)]
             return passes[0] if len(passes) == 1 else np.mean(passes, axis=0, dtype=np.float32)
         if stride < 1:
@@ -276,7 +289,8 @@ class Lifter:
             poses = outputs[:, 0].float().cpu().numpy()
             if flip:
                 n = len(batch_centres)
-                poses = (poses[:n] + flip_poses(poses[n:], permutation)) / 2
+                second = flip_poses(poses[n:], permutation)
+                poses = (poses[:n] - second) / 2 if flip_difference else (poses[:n] + second) / 2
             poses[:, native.root] = 0  # root-relative
             out[start : start + len(batch_centres)] = poses
             if progress is not None:

@@ -150,8 +150,13 @@ def test_two_checkpoints_side_by_side_and_disagreement(tmp_path, capsys, clip_wi
         assert npz["pose3d_camera"].shape == (2, 12, 17, 3)
         assert list(npz["frame_index"]) == list(range(5, 17))
         distance = np.linalg.norm(npz["pose3d_camera"][1] - npz["pose3d_camera"][0], axis=-1).mean() * 1000
+        spread, valid = npz["flip_disagreement_mm"], npz["valid"]
+    assert spread.shape == (2, 12) and spread.dtype == np.float32 and (spread >= 0).all() and spread.max() > 0
     run = json.loads((folder / "run.json").read_text())
     assert run["checkpoint_disagreement_mm"][second_lifter.name] == pytest.approx(distance, abs=0.1)
+    record = run["people"][0]["flip_disagreement_mm"]  # per checkpoint, over the frames the person was detected in
+    assert [r["median"] for r in record] == pytest.approx(np.median(spread[:, valid], axis=1), abs=0.051)
+    assert all(r["p90"] >= r["median"] for r in record)
     assert f"{second_lifter.name} {distance:.1f} mm" in out
     media = probe(folder / "two people_pose3d.mp4")
     assert count_frames(folder / "two people_pose3d.mp4") == 12

@@ -365,6 +365,33 @@ def test_a_cross_flip_ensemble_runs_its_second_network_on_the_mirrored_windows(t
         export_flip_ensemble(a, deeper, tmp_path / "mixed.safetensors")
 
 
+def test_the_flip_difference_gives_each_pass_of_the_flip_test_and_needs_the_flip_test(tmp_path):
+    """Mean plus half the difference is the first network on the 2D; minus it, the mirror network's pass, mirrored
+    back; with several strides both are averaged alike."""
+    from pipeline.geometry import flip_poses
+    from pipeline.mocap.export import export_flip_ensemble
+    from pipeline.skeleton import H36M
+
+    first, second = _tiny_lifter(seed=0).model, _tiny_lifter(seed=1).model
+    a = save_lifter_checkpoint(tmp_path / "a.safetensors", first)
+    b = save_lifter_checkpoint(tmp_path / "b.safetensors", second)
+    both = load_lifter(export_flip_ensemble(a, b, tmp_path / "both.safetensors"))
+    keypoints = _keypoints(14)
+    mean = both.lift(keypoints, 640, 480, stride=(1, 2)).camera
+    half = both.lift(keypoints, 640, 480, stride=(1, 2), flip_difference=True).camera
+    alone = Lifter(model=both.model, device=torch.device("cpu"))
+    first_pass = np.mean([alone.lift(keypoints, 640, 480, flip=False, stride=s).camera for s in (1, 2)], axis=0)
+    mirror = Lifter(model=both.mirror_model, device=torch.device("cpu"))
+    flipped = flip_poses(keypoints, H36M.flip_permutation) + [640, 0]  # the picture mirrored: x -> width - x
+    second_pass = np.mean([flip_poses(mirror.lift(flipped.astype(np.float32), 640, 480, flip=False, stride=s).camera,
+                                      H36M.flip_permutation) for s in (1, 2)], axis=0)
+    np.testing.assert_allclose((mean + half)[:, 1:], first_pass[:, 1:], atol=1e-5)
+    np.testing.assert_allclose((mean - half)[:, 1:], second_pass[:, 1:], atol=1e-5)
+    assert np.abs(half).max() > 1e-3  # two different networks disagree
+    with pytest.raises(ValueError, match="flip_difference needs the flip test"):
+        both.lift(keypoints, 640, 480, flip=False, flip_difference=True)
+
+
 def test_a_file_whose_mirror_network_is_missing_or_partial_is_refused(tmp_path):
     model = _tiny_lifter().model
     meta = {"format": "poseformerv2", "config": model.config.to_dict(), "mirror_network": "mirror."}

@@ -31,6 +31,7 @@ from pipeline.evaluation.scores import (
     aligned_joint_errors,
     bone_length_cv,
     limb_length_ratios,
+    root_relative,
 )
 from pipeline.evaluation.triangulation import TriangulationConfig, smooth_points, triangulate
 from pipeline.skeleton import COCO, H36M, coco_to_h36m
@@ -922,3 +923,32 @@ def test_real_recording_seen_by_sideways_or_upside_down_cameras_scores_as_uprigh
         assert abs(turned - upright) < 2.0 and as_is > upright + 40.0, (degrees, upright, turned, as_is)
         found = [_rolled_view(view, degrees, turn_found=True) for view in real["views"]]
         assert abs(limbs_mm(found) - upright) < 0.01, degrees
+
+
+@pytest.mark.slow
+def test_real_recording_frames_where_the_flip_passes_disagree_are_those_the_lifter_gets_wrong(real, one_torch_thread):
+    """demo.py's `flip_disagreement_mm`: per frame, how far apart the flip test's two passes put the joints. On the
+    person whose reference is clean (its disjoint halves agree best; the other's is noisy), it follows the per-frame
+    limb error as demo.py lifts. Measured (version 6, 2 December): Pearson 0.57 / 0.71 / 0.67 / 0.36 in cam01-cam04."""
+    from pipeline.lifting import load_lifter, window_strides
+    from pipeline.motion.bones import rigid_bones
+    from pipeline.motion.trajectory import focal_length_px
+    from pipeline.orientation import lift_turned
+
+    lifter = load_lifter(SHIPPED_LIFTER)
+    cameras, views = real["recording"].cameras, real["views"]
+    person = min(real["people"], key=lambda p: multiview.split_view_agreement(cameras, views, p)["p_mpjpe_limbs"])
+    correlations = []
+    for v, row in person.tracks.items():
+        view, frames = views[v], multiview._scored_frames(person, views[v], row)
+        detected = np.flatnonzero(view.valid[row])
+        options = dict(frames=detected, stride=window_strides(view.fps))
+        poses, half_difference = (lift_turned(lifter, view.keypoints[row], view.image_size, view.turn,
+                                              focal_length_px(*view.image_size), flip_difference=both, **options)
+                                  for both in (False, True))
+        spread = np.linalg.norm(half_difference, axis=-1)[frames, 1:].mean(axis=-1)
+        target = root_relative(cameras[v].to_camera(person.reference[frames]))
+        errors = aligned_joint_errors(rigid_bones(poses, frames=detected)[frames], target)[:, LIMB_JOINTS].mean(-1)
+        correlations.append(np.corrcoef(spread, errors)[0, 1])
+    assert len(correlations) == 4 and np.mean(correlations) > 0.5 and sum(c > 0.3 for c in correlations) >= 3, \
+        correlations

@@ -157,6 +157,9 @@ class Lifted:
     disagreement_mm: dict[str, float]  # per checkpoint after the first: mean joint distance to the first's poses
     levelling: Levelling  # the clip's camera-to-world rotation: levelled from the people, or the fixed one
     window_strides: tuple[int, ...] = (1,)  # frames between a lifting window's samples; several: poses averaged
+    # (P, K, T) mm: how far apart the flip test's two passes put the joints (mean over the 16 non-root joints), per
+    # frame: where it is large the lifter is unsure (`pipeline.lifting.Lifter.lift_normalized`, flip_difference)
+    flip_disagreement_mm: np.ndarray | None = None
 
 
 @dataclass
@@ -320,22 +323,25 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
         logger.info("%s: %.0f fps, so each pose is the mean of lifting windows taking one frame in %s", job.clip.name,
                     job.info.fps, " and one in ".join(map(str, strides)))
     camera = np.zeros((len(pose2d.people), len(lifters), pose2d.num_frames, 17, 3), np.float32)
+    spread = np.zeros(camera.shape[:3], np.float32)
     with timer.stage("lift") as entry, torch_threads(lifter_threads), \
-            progress_bar(show_progress, f"{job.clip.name} 3D", camera[..., 0, 0].size) as bar:
+            progress_bar(show_progress, f"{job.clip.name} 3D", 2 * camera[..., 0, 0].size) as bar:
         entry["frames"] = camera[..., 0, 0].size  # frames x people x checkpoints
         for p, person in enumerate(pose2d.people):
             detected = np.flatnonzero(person.valid) if person.valid.any() else None
             for k, lifter in enumerate(lifters):
-                camera[p, k] = lift_turned(lifter, person.keypoints, pose2d.image_size, pose2d.turn, focal,
-                                           frames=detected, upright=config.upright, progress=bar.update,
-                                           stride=strides)
+                camera[p, k], half_difference = (
+                    lift_turned(lifter, person.keypoints, pose2d.image_size, pose2d.turn, focal, frames=detected,
+                                upright=config.upright, progress=bar.update, stride=strides, flip_difference=both)
+                    for both in (False, True))  # the second: a pass more, about 0.3 s for the sample clip
+                spread[p, k] = 2000 * np.linalg.norm(half_difference, axis=-1)[:, 1:].mean(axis=-1)
                 if config.bones == "rigid":
                     camera[p, k] = rigid_bones(camera[p, k], frames=detected)
     disagreement = {lifter.name: round(mean_joint_distance_mm(camera[0, k], camera[0, 0]), 1)
                     for k, lifter in enumerate(lifters[1:], start=1)}
     levelling = clip_levelling(job, pose2d, camera, config)
     return Lifted(camera=camera, world=demo_world_view(camera, levelling.rotation), disagreement_mm=disagreement,
-                  levelling=levelling, window_strides=strides)
+                  levelling=levelling, window_strides=strides, flip_disagreement_mm=spread)
 
 
 def clip_levelling(job: ClipJob, pose2d: Pose2DOutput, camera: np.ndarray, config: MotionConfig) -> Levelling:
@@ -451,6 +457,7 @@ def write_keypoints(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, scene: S
             arrays["focal_px"] = np.float64(scene.focal_px)
         if scene.body_scale is not None:
             arrays["body_scale"] = scene.body_scale[p].astype(np.float32)
+        arrays["flip_disagreement_mm"] = lifted.flip_disagreement_mm[p]
         save_npz(target, arrays)
         written.append(target.name)
     return written
@@ -573,7 +580,8 @@ def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Po
         "models": models.provenance(),
         "people": [{"track_id": p.track_id, "detected_frames": int(p.valid.sum()),
                     **({} if scene.body_scale is None else {"body_scale": [round(float(s), 4) for s in
-                                                                           scene.body_scale[i]]})}
+                                                                           scene.body_scale[i]]}),
+                    "flip_disagreement_mm": flip_disagreement_record(lifted.flip_disagreement_mm[i], p.valid)}
                    for i, p in enumerate(pose2d.people)],
         "tracks": pose2d.tracks,
         "detection": pose2d.detection,  # the detector input size and how it was chosen; the second look's gaps
@@ -585,6 +593,14 @@ def write_run_record(job: ClipJob, config: RunConfig, models: Models, pose2d: Po
         **({"ray": ray_worker} if ray_worker else {}),  # node, hostname, worker_pid, address
         "versions": package_versions(),
     })
+
+
+def flip_disagreement_record(spread: np.ndarray, valid: np.ndarray) -> list[dict]:
+    """Per checkpoint, the median and 90th percentile over the frames the person was detected in of how far apart
+    the flip test's two passes put the joints (mm; `Lifted.flip_disagreement_mm`)."""
+    frames = spread[:, valid] if valid.any() else spread
+    return [{"median": round(float(np.median(row)), 1), "p90": round(float(np.percentile(row, 90)), 1)}
+            for row in frames]
 
 
 def trajectory_record(scene: Scene) -> dict | None:
