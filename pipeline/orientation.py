@@ -115,19 +115,22 @@ def turn_rotation(turn: int) -> np.ndarray:
 
 
 def lift_turned(lifter, keypoints_px: np.ndarray, size: tuple[int, int], turn: int, focal_px: float | None,
-                frames: np.ndarray | None = None, upright: bool = True, **lift_options) -> np.ndarray:
+                frames: np.ndarray | None = None, upright: bool = True, quiet: bool = False,
+                **lift_options) -> np.ndarray:
     """A person's (T, 17, 2) Human3.6M keypoints in the pixels of a picture stored `size` (width, height) and turned
     `turn` degrees from upright -> (T, 17, 3) root-relative poses in the stored picture's camera frame, metres.
     Lifted as the upright picture would be (`turn_points`): through a virtual camera aimed at the person
     (`pipeline.virtual_camera.lift_aimed`, with `focal_px`, `frames` and `upright`) or, with focal_px None, as the
     camera sees them; then turned back (`turn_rotation`). demo.py and the multi-view evaluation both lift so.
-    `lift_options` go to `lifter.lift` (flip, batch_size, progress, stride)."""
+    `quiet`: the virtual camera logs nothing (a second pass over a track). `lift_options` go to `lifter.lift` (flip,
+    batch_size, progress, stride, flip_difference)."""
     width, height = turned_size(size, turn)
     points = turn_points(keypoints_px, turn, size) if turn else np.asarray(keypoints_px)
     if focal_px is None:
         poses = lifter.lift(points, width, height, **lift_options).camera
     else:
-        poses = lift_aimed(lifter, points, width, height, focal_px, frames=frames, upright=upright, **lift_options)
+        poses = lift_aimed(lifter, points, width, height, focal_px, frames=frames, upright=upright, quiet=quiet,
+                           **lift_options)
     if turn:  # row vectors: X_stored = X_turned @ R
         poses = poses @ turn_rotation(turn).astype(poses.dtype)
     return poses

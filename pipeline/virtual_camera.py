@@ -196,11 +196,11 @@ def turnover_turns(keypoints: np.ndarray, clip_roll: float = 0.0) -> np.ndarray:
 
 
 def lift_upright(lift, points: np.ndarray, centre: tuple[float, float], frames: np.ndarray | None = None,
-                 upright: bool = True, **lift_options) -> np.ndarray:
+                 upright: bool = True, quiet: bool = False, **lift_options) -> np.ndarray:
     """`lift` ((T, 17, 2) picture points -> (T, 17, 3) camera-frame poses, taking `lift_options`) of `points`, each
     frame as a camera rolled about `centre` sees it, turned back into this camera's frame -> (T, 17, 3). The roll:
     the clip's upright_roll over `frames`, plus each frame's turnover_turns. upright=False, or an upright clip: one
-    plain `lift`."""
+    plain `lift`. `quiet`: no log lines about the turns (a second pass over a track already announced)."""
     if not upright:
         return lift(points, **lift_options)
     chosen = points if frames is None or len(frames) == 0 else points[frames]
@@ -208,14 +208,14 @@ def lift_upright(lift, points: np.ndarray, centre: tuple[float, float], frames: 
     turnover = turnover_turns(points, clip_roll)
     if clip_roll == 0.0 and not turnover.any():
         return lift(points, **lift_options)
-    if clip_roll != 0.0:
+    if clip_roll != 0.0 and not quiet:
         fix = display_rotation_fix(clip_roll)
         hint = "" if fix is None else (
             f"; if the whole video is turned, --turn {(360 - fix) % 360} has the detector look at it upright, and "
             f"ffmpeg -display_rotation:v:0 {fix} -i IN -c copy OUT gives it the rotation metadata that stands it up")
         logger.info("a person lies %.0f degrees from upright in the picture: lifted through a virtual camera turned "
                     "to stand them up (--no-upright: not turned)%s", abs(np.degrees(clip_roll)), hint)
-    if turnover.any():
+    if turnover.any() and not quiet:
         logger.info("a person tips far over (a somersault, a handstand, a dive): %d of %d frames lifted through a "
                     "virtual camera turned up to %.0f degrees further to stand them up (--no-upright: not turned)",
                     np.count_nonzero(turnover), len(turnover), np.degrees(np.abs(turnover).max()))
@@ -225,7 +225,8 @@ def lift_upright(lift, points: np.ndarray, centre: tuple[float, float], frames: 
 
 
 def lift_aimed(lifter, keypoints_px: np.ndarray, width: int, height: int, focal_px: float,
-               frames: np.ndarray | None = None, upright: bool = True, **lift_options) -> np.ndarray:
+               frames: np.ndarray | None = None, upright: bool = True, quiet: bool = False,
+               **lift_options) -> np.ndarray:
     """`lifter.lift` of a (T, 17, 2) Human3.6M pixel track through a virtual camera aimed at the track's mean
     position over `frames` (default: all), principal point at the image centre, and (`upright`) rolled about its
     axis to stand the person up where they lie far from upright (`lift_upright`) -> (T, 17, 3) root-relative poses
@@ -240,5 +241,5 @@ def lift_aimed(lifter, keypoints_px: np.ndarray, width: int, height: int, focal_
     def lift(points: np.ndarray, **options) -> np.ndarray:
         return lifter.lift(points, width, height, **options).camera
 
-    poses = lift_upright(lift, warped, principal, frames, upright, **lift_options)
+    poses = lift_upright(lift, warped, principal, frames, upright, quiet, **lift_options)
     return (poses @ rotation).astype(np.float32)  # row vectors: X_real = R^T X_virtual

@@ -330,10 +330,12 @@ def lift_people(job: ClipJob, pose2d: Pose2DOutput, lifters: list, timer: StageT
         for p, person in enumerate(pose2d.people):
             detected = np.flatnonzero(person.valid) if person.valid.any() else None
             for k, lifter in enumerate(lifters):
-                camera[p, k], half_difference = (
-                    lift_turned(lifter, person.keypoints, pose2d.image_size, pose2d.turn, focal, frames=detected,
-                                upright=config.upright, progress=bar.update, stride=strides, flip_difference=both)
-                    for both in (False, True))  # the second: a pass more, about 0.3 s for the sample clip
+                options = dict(frames=detected, upright=config.upright, progress=bar.update, stride=strides)
+                camera[p, k] = lift_turned(lifter, person.keypoints, pose2d.image_size, pose2d.turn, focal,
+                                           **options)
+                # How far apart the flip test's two passes put the joints: a pass more (0.3 s for the sample clip).
+                half_difference = lift_turned(lifter, person.keypoints, pose2d.image_size, pose2d.turn, focal,
+                                              quiet=True, flip_difference=True, **options)
                 spread[p, k] = 2000 * np.linalg.norm(half_difference, axis=-1)[:, 1:].mean(axis=-1)
                 if config.bones == "rigid":
                     camera[p, k] = rigid_bones(camera[p, k], frames=detected)
