@@ -150,7 +150,7 @@ def viewer_payload(
     *, video_relpath: str, fps: float, image_size: tuple[int, int], keypoints_2d: np.ndarray, valid: np.ndarray,
     poses_world: np.ndarray, checkpoint_names: Sequence[str], scores_2d: np.ndarray | None = None,
     trajectory_world: np.ndarray | None = None, frame_offset: int = 0, title: str = "3D pose viewer",
-    skeleton: Skeleton = H36M, config: ViewerConfig = ViewerConfig(),
+    skeleton: Skeleton = H36M, config: ViewerConfig = ViewerConfig(), flip_disagreement_mm: np.ndarray | None = None,
 ) -> dict:
     """The page's data as a JSON-ready dict; arguments as for `write_viewer`."""
     arrays = pose_arrays(keypoints_2d, valid, poses_world, checkpoint_names, scores_2d, trajectory_world, skeleton)
@@ -162,6 +162,7 @@ def viewer_payload(
     relpath = _check_video_relpath(video_relpath)
     checkpoints = range(len(arrays.poses_world))
     traj = arrays.trajectory_world
+    spread = _optional(flip_disagreement_mm, (len(checkpoints), people, frames), "flip_disagreement_mm", 1)
     return {
         "version": 1, "title": str(title), "videoName": PurePosixPath(relpath).name,
         "videoUrl": urllib.parse.quote(relpath), "fps": float(fps), "imageSize": [width, height],
@@ -177,6 +178,8 @@ def viewer_payload(
         "poses3d": [[_quantise(arrays.poses_world[k, p], SCALE_3D) for p in range(people)] for k in checkpoints],
         "trajectory": None if traj is None else
         [[_quantise(traj[k, p], SCALE_3D) for p in range(people)] for k in checkpoints],
+        "flipSpread": None if spread is None else  # mm, whole numbers
+        [[_quantise(spread[k, p], 1) for p in range(people)] for k in checkpoints],
         "colors": COLORS,
         "view": {"elev": config.elev, "azim": config.azim, "fov": config.fov, "gridSpacing": config.grid_spacing,
                  "margin": config.margin, "lineWidth": config.line_width, "jointRadius": config.joint_radius},
@@ -207,7 +210,7 @@ def write_viewer(
     dest: Path, *, video_relpath: str, fps: float, image_size: tuple[int, int], keypoints_2d: np.ndarray,
     valid: np.ndarray, poses_world: np.ndarray, checkpoint_names: Sequence[str], scores_2d: np.ndarray | None = None,
     trajectory_world: np.ndarray | None = None, frame_offset: int = 0, title: str = "3D pose viewer",
-    skeleton: Skeleton = H36M, config: ViewerConfig = ViewerConfig(),
+    skeleton: Skeleton = H36M, config: ViewerConfig = ViewerConfig(), flip_disagreement_mm: np.ndarray | None = None,
 ) -> Path:
     """Write the viewer page to `dest` (atomically: a temporary file, then os.replace) and return `dest`.
 
@@ -218,11 +221,14 @@ def write_viewer(
     scores_2d: optional (P, T, J) confidences (below config.min_score drawn dimmed).
     trajectory_world: optional (K, P, T, 3) root path in the same world coordinates, drawn as a line.
     frame_offset: the video frame of row 0 (`--start`). A single person may drop the P axis everywhere.
+    flip_disagreement_mm: optional (K, P, T) how far apart the flip test's two passes put the joints (keypoints.npz's
+    `flip_disagreement_mm`), shown per frame under each checkpoint's name for the followed person.
     """
     payload = viewer_payload(
         video_relpath=video_relpath, fps=fps, image_size=image_size, keypoints_2d=keypoints_2d, valid=valid,
         poses_world=poses_world, checkpoint_names=checkpoint_names, scores_2d=scores_2d,
-        trajectory_world=trajectory_world, frame_offset=frame_offset, title=title, skeleton=skeleton, config=config)
+        trajectory_world=trajectory_world, frame_offset=frame_offset, title=title, skeleton=skeleton, config=config,
+        flip_disagreement_mm=flip_disagreement_mm)
     page = viewer_html(payload)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)

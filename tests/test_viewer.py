@@ -95,6 +95,9 @@ def test_payload_rounds_to_a_tenth_pixel_and_a_millimetre_and_keeps_missing_join
     np.testing.assert_allclose(pose.reshape(5, 17, 3), arrays["poses_world"][1, 0], atol=0.0005 + 1e-6)
     assert np.isnan(pose.reshape(5, 17, 3)[4, 16]).all()
     assert payload["valid"] == ["11111"] and payload["confident"] is None and payload["trajectory"] is None
+    assert payload["flipSpread"] is None
+    with pytest.raises(ValueError, match="flip_disagreement_mm has shape"):
+        viewer_payload(video_relpath="clip.mp4", flip_disagreement_mm=np.zeros((1, 1, 5)), **arrays)
     assert payload["frames"] == 5 and payload["people"] == 1 and payload["checkpoints"] == arrays["checkpoint_names"]
 
 
@@ -410,7 +413,9 @@ def test_undetected_frames_are_labelled_and_drawn_grey(open_viewer):
 def test_checkpoints_side_by_side_or_overlaid_with_their_disagreement(open_viewer):
     arrays = example_arrays()
     expected = root_relative_distance_mm(arrays["poses_world"][0, 0], arrays["poses_world"][1, 0])
-    viewer = open_viewer()
+    spread = np.stack([np.linspace(20, 80, CLIP_FRAMES), np.linspace(90, 30, CLIP_FRAMES)])[:, None]  # (K, P, T) mm
+    spread[1, 0, 3] = np.nan
+    viewer = open_viewer(flip_disagreement_mm=spread)
     viewer.wait_video_ready()
     viewer.go_to(7)
     state = viewer.state()
@@ -420,6 +425,13 @@ def test_checkpoints_side_by_side_or_overlaid_with_their_disagreement(open_viewe
     assert abs(state["clipMeanDisagreementMm"][1] - expected.mean()) < 1.0
     label = viewer.page.locator("#labels3d .view-label").nth(1).inner_text()
     assert arrays["checkpoint_names"][1] in label and f"{expected[7]:.0f} mm" in label
+    # How far apart each checkpoint's flip test passes are, this frame (demo.py's flip_disagreement_mm).
+    assert state["flipSpreadMm"] == [round(spread[0, 0, 7]), round(spread[1, 0, 7])]
+    assert f"flip test passes {spread[1, 0, 7]:.0f} mm apart" in label
+    assert f"flip test passes {spread[0, 0, 7]:.0f} mm apart" in viewer.page.locator("#labels3d .view-label").nth(
+        0).inner_text()
+    viewer.go_to(3)
+    assert "flip test passes - apart" in viewer.page.locator("#labels3d .view-label").nth(1).inner_text()
 
     viewer.page.click("#mode")
     state = viewer.state()

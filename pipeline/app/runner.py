@@ -251,7 +251,7 @@ def process_clip(clip: Path, config: RunConfig, models: Models, ray_worker: dict
     if config.motion.bvh:
         written += write_bvh(job, pose2d, scene, models)
     if config.viewer:
-        written.append(write_viewer_page(job, pose2d, scene, models))
+        written.append(write_viewer_page(job, pose2d, lifted, scene, models))
     if config.rerun:
         written.append(write_rerun_recording(job, pose2d, scene, models))
     if config.write_video:
@@ -483,7 +483,7 @@ def write_bvh(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Models) 
 BROWSER_CODECS = ("h264", "vp8", "vp9", "av1")
 
 
-def write_viewer_page(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: Models) -> str:
+def write_viewer_page(job: ClipJob, pose2d: Pose2DOutput, lifted: Lifted, scene: Scene, models: Models) -> str:
     """<clip>_viewer.html: the input clip with its 2D skeletons beside an orbitable 3D view (`pipeline.viewer`).
     The page refers to the clip by a relative path, so it stays small and must stay beside the clip's folder."""
     from pipeline.viewer import write_viewer
@@ -493,7 +493,9 @@ def write_viewer_page(job: ClipJob, pose2d: Pose2DOutput, scene: Scene, models: 
                        job.clip.name, job.info.codec)
     dest = job.out.folder / f"{job.clip.stem}_viewer.html"
     write_viewer(dest, video_relpath=os.path.relpath(job.clip, job.out.folder), image_size=pose2d.image_size,
-                 scores_2d=pose2d.stacked("scores"), title=job.clip.name, **exported_motion(job, pose2d, scene, models))
+                 scores_2d=pose2d.stacked("scores"), title=job.clip.name,
+                 flip_disagreement_mm=lifted.flip_disagreement_mm.swapaxes(0, 1), **exported_motion(job, pose2d, scene,
+                                                                                                    models))
     return dest.name
 
 

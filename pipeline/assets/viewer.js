@@ -31,6 +31,8 @@
   // root-relative poses (rotation and ground shift drop out, so this is the runner's camera-space figure), in mm.
   const disagreement = [null];
   const clipMean = [null];
+  // How far apart the flip test's two passes put the followed person's joints, per checkpoint and frame (mm).
+  const flipSpread = DATA.flipSpread ? DATA.flipSpread.map((perPerson) => perPerson[0]) : null;
   for (let k = 1; k < K; k++) {
     const d = new Float32Array(T);
     let sum = 0, n = 0;
@@ -317,7 +319,10 @@
         const dis = document.createElement("span");
         dis.className = "dis";
         dis.dataset.k = String(k);
-        line.append(name, dis);
+        const flip = document.createElement("span");
+        flip.className = "dis flip";
+        flip.dataset.k = String(k);
+        line.append(name, dis, flip);
         label.append(line);
       }
       const banner = document.createElement("div");
@@ -330,10 +335,13 @@
   }
   function updateLabels() {
     const t = state.frame, ok = valid[0][t] === 1;
-    document.querySelectorAll("#labels3d .dis").forEach((el) => {
+    document.querySelectorAll("#labels3d .dis:not(.flip)").forEach((el) => {
       const k = Number(el.dataset.k);
       el.textContent = k === 0 ? (K > 1 ? "reference" : "") :
         `vs first: ${fmt(disagreement[k][t])} this frame, ${fmt(clipMean[k])} clip mean`;
+    });
+    document.querySelectorAll("#labels3d .flip").forEach((el) => {
+      el.textContent = flipSpread ? `flip test passes ${fmt(flipSpread[Number(el.dataset.k)][t])} apart` : "";
     });
     document.querySelectorAll("#labels3d .banner, #banner2d").forEach((el) => { el.hidden = ok; });
     const videoFrame = DATA.frameOffset ? ` (video frame ${t + DATA.frameOffset})` : "";
@@ -545,6 +553,7 @@
       videoError: state.videoError, webglError: state.webglError, renders3d: state.renders3d,
       valid: valid.map((v) => v[t] === 1), pose3d: frame3d, keypoints2d: frame2d,
       disagreementMm: disagreement.map((d) => (d ? d[t] : null)), clipMeanDisagreementMm: clipMean.slice(),
+      flipSpreadMm: flipSpread ? flipSpread.map((f) => f[t]) : null,
       camera: camera ? camera.position.toArray() : null, target: controls ? controls.target.toArray() : null,
       viewports: renderer ? viewports().map(([x, y, w, h, ks]) => ({ x, y, w, h, checkpoints: ks })) : [],
       trajectory: Boolean(traj),
