@@ -217,7 +217,9 @@ def test_several_strides_give_the_mean_of_their_poses_and_progress_counts_each_f
     done = []
     both = lifter.lift(keypoints, 640, 480, stride=(1, 2), batch_size=8, progress=done.append).camera
     singles = [lifter.lift(keypoints, 640, 480, stride=s).camera for s in (1, 2)]
-    np.testing.assert_allclose(both, (singles[0] + singles[1]) / 2, atol=1e-7)
+    # batch_size=8 against the default batch: float32 matmuls batched differently round differently (seen 2.4e-7 on
+    # 1.38 on an AMD EPYC), so a few ulps of float32, not 1e-7 absolute
+    np.testing.assert_allclose(both, (singles[0] + singles[1]) / 2, rtol=1e-6, atol=1e-6)
     assert sum(done) == 30 and both.dtype == np.float32
     np.testing.assert_array_equal(lifter.lift(keypoints, 640, 480, stride=(2,)).camera, singles[1])
     with pytest.raises(ValueError, match="at least one window stride"):
