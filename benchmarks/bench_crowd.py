@@ -184,7 +184,7 @@ def reported_boxes(output) -> list[np.ndarray]:
 def coverage(reference: list[np.ndarray], reported: list[np.ndarray]) -> tuple[float, float]:
     """(recall, precision): reference boxes matched one-to-one (greedy, best IoU first) by a reported box with
     IoU >= 0.5; reported boxes that overlap some reference box with IoU >= 0.3."""
-    from pipeline.tracking import box_iou
+    from pipeline.detection import box_iou
 
     found = total = good = shown = 0
     for ref, rep in zip(reference, reported, strict=True):
@@ -233,7 +233,7 @@ def known_boxes(identities) -> list[np.ndarray]:
 def fragmentation(output, identities) -> tuple[float, int]:
     """(tracks per known person, identity switches): reported detected boxes matched to known people (IoU >= 0.5);
     a switch is a person's matched track id changing between consecutive matches."""
-    from pipeline.tracking import box_iou
+    from pipeline.detection import box_iou
 
     tracks_of: dict[tuple, list[int]] = {}
     for t, known in enumerate(identities):

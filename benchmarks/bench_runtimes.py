@@ -2,6 +2,7 @@
 
     python benchmarks/bench_runtimes.py                        # 2D stage: frames/s and keypoint deviation
     python benchmarks/bench_runtimes.py --end-to-end           # + whole demo.py runs, torch vs the default
+    python benchmarks/bench_runtimes.py --skip-2d --end-to-end flip   # demo.py without the 2D flip test vs with it
     python benchmarks/bench_runtimes.py --hrnet w32_256x192    # + HRNet crops/s, PyTorch vs ONNX Runtime
 
 2D stage: the decoded frames are held in memory and fed to `PersonDetector` (Ultralytics' letterboxing, the network,
@@ -121,8 +122,7 @@ def print_2d(table: dict[str, dict], reference: str, num_frames: int) -> None:
               f"{r['keypoints']:>10} {r['unmatched']:>10}")
 
 
-def run_demo(clip: Path, out: Path, runtime: str | None) -> dict:
-    extra = ["--detector-runtime", runtime] if runtime else []
+def run_demo(clip: Path, out: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, str(REPO / "demo.py"), "--video", str(clip), "--out", str(out), "--force", "--quiet",
            *extra]
     t0 = time.perf_counter()
@@ -143,27 +143,36 @@ def output_deviation(a: dict, b: dict, min_score: float = 0.5) -> np.ndarray:
     return np.linalg.norm(a["keypoints_2d_coco"] - b["keypoints_2d_coco"], axis=-1)[both]
 
 
-def bench_end_to_end(clip: Path, repeats: int) -> None:
+# End-to-end comparisons: the demo.py flags of the first run and of the second (the default).
+END_TO_END = {
+    "runtime": {"torch": ["--detector-runtime", "torch"], "default": []},
+    # the 2D stage's flip test (each frame also detected mirrored), off against the default (on)
+    "flip": {"no flip": ["--no-2d-flip-test"], "default": []},
+}
+
+
+def bench_end_to_end(clip: Path, repeats: int, variants: dict[str, list[str]]) -> None:
     print(f"\nend to end: demo.py on {clip.name}, fresh process and output folder each")
     stages = ("pose2d", "lift", "render_encode")
     print(f"{'run':<14} {'runtime':<9} {'wall s':>7} {'clip s':>7} {'clip fps':>9} "
           + " ".join(f"{s + ' fps':>17}" for s in stages))
-    walls: dict[str, list[float]] = {"torch": [], "default": []}
+    first, second = variants
+    walls: dict[str, list[float]] = {name: [] for name in variants}
     last: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for rep, name in itertools.product(range(repeats), ("torch", "default")):
-            r = run_demo(clip, Path(tmp) / f"{name}{rep}", "torch" if name == "torch" else None)
+        for rep, name in itertools.product(range(repeats), variants):
+            r = run_demo(clip, Path(tmp) / f"{name.replace(' ', '_')}{rep}", variants[name])
             t = r["timings"]
             walls[name].append(r["wall_s"])
             last[name] = r
             fps = " ".join(f"{t.get(s, {}).get('frames_per_second') or float('nan'):>17.1f}" for s in stages)
             print(f"{name + ' #' + str(rep + 1):<14} {r['runtime']:<9} {r['wall_s']:>7.1f} {t['total_seconds']:>7.1f} "
                   f"{r['frames'] / t['total_seconds']:>9.1f} {fps}", flush=True)
-    torch_s, default_s = statistics.median(walls["torch"]), statistics.median(walls["default"])
-    print(f"median wall time: torch {torch_s:.1f} s, default {default_s:.1f} s: {torch_s / default_s:.2f}x")
-    distances = output_deviation(last["torch"], last["default"])
-    print(f"the followed person's 2D keypoints in keypoints.npz, default against torch (both scored >= 0.5): median "
-          f"{np.median(distances):.2f} px, 90th percentile {np.percentile(distances, 90):.2f}, "
+    first_s, second_s = statistics.median(walls[first]), statistics.median(walls[second])
+    print(f"median wall time: {first} {first_s:.1f} s, {second} {second_s:.1f} s: {first_s / second_s:.2f}x")
+    distances = output_deviation(last[first], last[second])
+    print(f"the followed person's 2D keypoints in keypoints.npz, {second} against {first} (both scored >= 0.5): "
+          f"median {np.median(distances):.2f} px, 90th percentile {np.percentile(distances, 90):.2f}, "
           f"{len(distances)} keypoints")
 
 
@@ -225,7 +234,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64, help="frames from the start of the clip")
     parser.add_argument("--batch", type=int, default=8, help="frames per detector call (the demo's default)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--end-to-end", action="store_true", help="also whole demo.py runs, torch vs the default")
+    parser.add_argument("--end-to-end", nargs="?", const="runtime", choices=sorted(END_TO_END), default=None,
+                        help="also whole demo.py runs: the detector in PyTorch against the default (runtime, the "
+                        "default), or the 2D stage's flip test off against on (flip)")
     parser.add_argument("--e2e-repeats", type=int, default=2)
     parser.add_argument("--skip-2d", action="store_true", help="leave out the 2D-stage comparison")
     parser.add_argument("--hrnet", default=None, help="also HRNet in ONNX Runtime: a preset such as w32_256x192")
@@ -243,7 +254,7 @@ def main() -> None:
         runtimes = args.runtimes.split(",")
         print_2d(bench_2d(clip, runtimes, args.frames, args.batch, args.repeats), runtimes[0], args.frames)
     if args.end_to_end:
-        bench_end_to_end(clip, args.e2e_repeats)
+        bench_end_to_end(clip, args.e2e_repeats, END_TO_END[args.end_to_end])
     if args.hrnet:
         bench_hrnet(args.hrnet, args.hrnet_crops, args.batch, args.repeats, args.threads)
 

@@ -97,6 +97,9 @@ def add_model_flags(m: argparse._ArgumentGroup) -> None:
     m.add_argument("--no-recovery", action="store_true",
                    help="do not look again at the frames where the detector lost a followed person (default: each "
                    "is detected once more on a crop around where the person's track puts them, at 480 px)")
+    m.add_argument("--no-2d-flip-test", action="store_true",
+                   help="detect each frame once, not also mirrored (default for YOLO-pose keypoints: each person's "
+                   "keypoints are the mean of the frame's and its mirror image's, at twice the detector's work)")
     m.add_argument("--keypoints", choices=("auto", "yolo", "hrnet"), default="auto",
                    help="2D keypoint backend; auto = HRNet when --hrnet-weights or weights/pose_hrnet_*.pth exist, "
                    "else the YOLO-pose keypoints")
@@ -185,7 +188,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         out_root=args.out.expanduser().resolve(),
         pose2d=Pose2DConfig(detector=args.detector, keypoint_backend=args.keypoints, hrnet_weights=args.hrnet_weights,
                             device=args.device, person=args.person, all_people=args.all_people, imgsz=args.imgsz,
-                            turn=args.turn, runtime=args.detector_runtime,
+                            turn=args.turn, runtime=args.detector_runtime, flip_test=not args.no_2d_flip_test,
                             recovery=RecoveryConfig(enabled=not args.no_recovery)),
         lifting=LiftingConfig(checkpoints=list(args.checkpoint or []), frames=args.frames, device=args.device),
         render=RenderConfig(elev=args.elev, azim=args.azim),

@@ -133,6 +133,10 @@ class Pose2DConfig:
     turn: int | str = AUTO
     auto_turn: AutoTurnConfig = field(default_factory=AutoTurnConfig)
     detector_conf: float = 0.1  # raw detections kept for the tracker (it starts tracks only at new_track_conf)
+    # The yolo backend's flip test (`pipeline.detection.merge_mirrored`): each frame detected as it is and mirrored,
+    # every person's keypoints the mean of both. Twice the detector's work; on the shared calibrated recording the
+    # views' keypoints agree 1.6-3.1 px better with the other views' triangulation (README). HRNet has its own.
+    flip_test: bool = True
     batch_size: int = 8  # frames per detector call (and boxes per HRNet call)
     # The detector's frames decoded at the size the letterbox shrinks them to (ffmpeg scales them, an area average),
     # not at full size and then shrunk by Ultralytics (cv2 INTER_LINEAR). Only for sources that can
@@ -291,7 +295,8 @@ class Pose2DEstimator:
         fixed = c.imgsz if c.imgsz != AUTO else c.auto_imgsz.min_imgsz
         self.detector = detector or PersonDetector(DetectorConfig(weights=c.detector, device=c.device,
                                                                   imgsz=fixed, conf=c.detector_conf,
-                                                                  runtime=c.runtime))
+                                                                  runtime=c.runtime,
+                                                                  flip_test=c.flip_test and c.backend == "yolo"))
         if c.backend == "yolo" and not self.detector.has_keypoints:
             raise SettingError("detector", "a detection-only model gives no keypoints: use a -pose model "
                                "(e.g. yolo11x-pose.pt) or the hrnet keypoint backend")

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.detection import FrameDetections
-from pipeline.tracking import TrackSequence, box_iou
+from pipeline.detection import FrameDetections, box_iou
+from pipeline.tracking import TrackSequence
 
 
 @dataclass

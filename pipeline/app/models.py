@@ -123,6 +123,7 @@ def pose2d_identity(config: Pose2DConfig) -> dict:
         "person": config.person,
         "all_people": config.all_people,
         "decode_at_input_size": config.decode_at_input_size,
+        "flip_test": config.flip_test and config.keypoint_backend == "yolo",
         "recovery": dataclasses.asdict(config.recovery),
     }
 

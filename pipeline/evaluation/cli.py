@@ -55,6 +55,9 @@ def _recording_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-recovery", action="store_true",
                    help="do not look again, on crops, at the frames where the detector lost a person (default: "
                    "it does, as demo.py does)")
+    p.add_argument("--no-2d-flip-test", action="store_true",
+                   help="detect each frame once, not also mirrored (default: each person's keypoints are the mean of "
+                   "the frame's and its mirror image's, as demo.py does)")
     p.add_argument("--min-views", type=int, default=3,
                    help="people seen by fewer views are left out (default 3, capped at the number of views)")
     p.add_argument("--smooth-hz", type=float,
@@ -203,7 +206,7 @@ def _config(args: argparse.Namespace) -> MultiviewConfig:
     return MultiviewConfig(
         pose2d=Pose2DConfig(detector=args.detector, device=args.device, all_people=True,
                             decode_at_input_size=not args.full_size_frames,
-                            recovery=RecoveryConfig(enabled=not args.no_recovery),
+                            recovery=RecoveryConfig(enabled=not args.no_recovery), flip_test=not args.no_2d_flip_test,
                             **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
         min_person_views=args.min_views, smoothing_hz=args.smooth_hz, bones=getattr(args, "bones", "rigid"),
         min_joint_views=getattr(args, "min_joint_views", 0), refine_extrinsics=args.refine_extrinsics,
