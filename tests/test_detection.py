@@ -19,8 +19,8 @@ from pipeline.detection import (
     merge_mirrored,
     sha256_of,
 )
-from pipeline.skeleton import COCO
 from pipeline.media.decode import iter_frames
+from pipeline.skeleton import COCO
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "sports2d_demo.mp4"
 
