@@ -46,21 +46,14 @@ SAMPLE_CANDIDATES = (REPO.parent / "shared" / "data" / "videos" / "sports2d_demo
                      REPO / "videos" / "sports2d_demo.mp4")
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(4,) xyxy against (N, 4) -> (N,) intersection over union."""
-    x1, y1 = np.maximum(a[0], b[:, 0]), np.maximum(a[1], b[:, 1])
-    x2, y2 = np.minimum(a[2], b[:, 2]), np.minimum(a[3], b[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    return inter / np.maximum(area, 1e-9)
-
-
 def keypoint_deviation(reference: list, other: list, min_conf: float = 0.5) -> tuple[np.ndarray, int]:
     """Distances (px) between matched detections' keypoints, and the number of unmatched reference detections."""
+    from pipeline.detection import box_iou
+
     distances, unmatched = [], 0
     for ref, oth in zip(reference, other, strict=True):
         for i in np.flatnonzero(ref.confidences >= min_conf):
-            iou = box_iou(ref.boxes[i], oth.boxes) if len(oth) else np.zeros(0)
+            iou = box_iou(ref.boxes[i], oth.boxes)[0] if len(oth) else np.zeros(0)
             if len(iou) == 0 or iou.max() < 0.5:
                 unmatched += 1
                 continue
