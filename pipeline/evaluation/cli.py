@@ -34,6 +34,7 @@ from pipeline.evaluation.multiview import (
     find_recording,
     reconstruct,
 )
+from pipeline.evaluation.triangulation import TriangulationConfig
 from pipeline.pose2d import Pose2DConfig
 from pipeline.recovery import RecoveryConfig
 
@@ -62,6 +63,9 @@ def _recording_arguments(p: argparse.ArgumentParser) -> None:
                    help="people seen by fewer views are left out (default 3, capped at the number of views)")
     p.add_argument("--smooth-hz", type=float,
                    help="denoise the triangulated reference along time with this cutoff (e.g. 6); default: raw")
+    p.add_argument("--keep-swaps", action="store_true",
+                   help="triangulate the keypoints as detected (default: a left/right pair one view has the wrong way "
+                   "round, judged by the other views, is un-swapped first, as pose2sim's handle_LR_swap)")
     p.add_argument("--refine-extrinsics", action=argparse.BooleanOptionalAction, default=True,
                    help="bundle-adjust every camera's rotation and position on the people seen by several views "
                    "before triangulating, intrinsics kept (default; --no-refine-extrinsics: the calibration as read)")
@@ -125,14 +129,16 @@ def _num(value: float, digits: int) -> str:
 
 def reference_table(report: MultiviewReport) -> str:
     head = (f"{'person':<8}{'views':>6}{'frames':>8}{'reproj COCO px':>16}{'reproj H36M px':>16}"
-            f"{'views/joint':>13}{'bone CV':>9}{'worst L/R':>11}{'jitter m/s2':>13}{'halves limbs':>14}")
+            f"{'views/joint':>13}{'bone CV':>9}{'worst L/R':>11}{'jitter m/s2':>13}{'halves limbs':>14}"
+            f"  un-swapped pairs per view")
     rows = [head]
     for i, ref in enumerate(report.reference):
         halves = ref.get("split_views")
         rows.append(f"{i:<8}{len(ref['views']):>6}{ref['frames']:>8}{_num(ref['reprojection_px_coco'], 2):>16}"
                     f"{_num(ref['reprojection_px_h36m'], 2):>16}{_num(ref['views_per_joint'], 2):>13}"
                     f"{_num(ref['bone_cv'], 3):>9}{_num(ref['lr_ratio'], 2):>11}{_num(ref['jitter'], 1):>13}"
-                    f"{'-' if halves is None else _mm(halves['p_mpjpe_limbs']):>14}")
+                    f"{'-' if halves is None else _mm(halves['p_mpjpe_limbs']):>14}  "
+                    + " ".join(f"{name} {n}" for name, n in (ref.get("swapped_pairs_per_view") or {}).items()))
     return "\n".join(rows)
 
 
@@ -208,6 +214,7 @@ def _config(args: argparse.Namespace) -> MultiviewConfig:
                             decode_at_input_size=not args.full_size_frames,
                             recovery=RecoveryConfig(enabled=not args.no_recovery), flip_test=not args.no_2d_flip_test,
                             **({} if args.imgsz is None else {"imgsz": _imgsz(args.imgsz)})),
+        triangulation=TriangulationConfig(fix_swaps=not args.keep_swaps),
         min_person_views=args.min_views, smoothing_hz=args.smooth_hz, bones=getattr(args, "bones", "rigid"),
         min_joint_views=getattr(args, "min_joint_views", 0), refine_extrinsics=args.refine_extrinsics,
         virtual_camera=not getattr(args, "no_virtual_camera", False), upright=not getattr(args, "no_upright", False),

@@ -47,12 +47,19 @@ from pipeline.evaluation.scores import (
     limb_length_ratios,
     root_relative,
 )
-from pipeline.evaluation.triangulation import Triangulation, TriangulationConfig, smooth_points, triangulate
+from pipeline.evaluation.triangulation import (
+    Triangulation,
+    TriangulationConfig,
+    resolve_swaps,
+    smooth_points,
+    triangulate,
+)
 from pipeline.geometry import camera_to_world
 from pipeline.motion.bones import rigid_bones
 from pipeline.motion.ground import lowest_ankle
 from pipeline.motion.level import Levelling
 from pipeline.pose2d import Pose2DConfig, Pose2DEstimator
+from pipeline.skeleton import COCO, H36M
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +142,9 @@ class TriangulatedPerson:
     h36m: Triangulation  # points (T, 17, 3) world metres, from the H36M-17 keypoints of every view
     coco: Triangulation  # points (T, 17, 3), from the detector's own COCO-17 keypoints
     reference: np.ndarray  # (T, 17, 3) the H36M-17 points lifters are scored against (h36m, smoothed if asked)
+    # (V, T, 6) the H36M-17 left/right pairs (H36M.left[k], H36M.right[k]) un-swapped per view and frame
+    # (triangulation.resolve_swaps); all False when swaps are kept
+    swapped: np.ndarray | None = None
 
     @property
     def complete(self) -> np.ndarray:
@@ -326,17 +336,32 @@ def _person_keypoints(views: list[ViewTracks], tracks: dict[int, int], coco: boo
     return keypoints, scores
 
 
+def person_keypoints(cameras: list[CameraCalibration], views: list[ViewTracks], tracks: dict[int, int], coco: bool,
+                     config: TriangulationConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_person_keypoints`, with the left/right pairs a view has the wrong way round un-swapped when
+    `config.fix_swaps` (triangulation.resolve_swaps), and which were: swapped (V, T, pairs of the skeleton)."""
+    config = config or TriangulationConfig()
+    skeleton = COCO if coco else H36M
+    keypoints, scores = _person_keypoints(views, tracks, coco)
+    if not config.fix_swaps:
+        return keypoints, scores, np.zeros(keypoints.shape[:2] + (len(skeleton.left),), bool)
+    return resolve_swaps(cameras, keypoints, scores, list(zip(skeleton.left, skeleton.right, strict=True)), config)
+
+
 def triangulate_person(cameras: list[CameraCalibration], views: list[ViewTracks], tracks: dict[int, int],
                        config: TriangulationConfig | None = None,
                        smoothing_hz: float | None = None) -> TriangulatedPerson:
     """Triangulate one person's H36M-17 and COCO-17 keypoints from the views that see them."""
-    out = {}
+    out, swapped = {}, None
     for coco in (False, True):
-        out[coco] = triangulate(cameras, *_person_keypoints(views, tracks, coco), config)
+        keypoints, scores, exchanged = person_keypoints(cameras, views, tracks, coco, config)
+        out[coco] = triangulate(cameras, keypoints, scores, config)
+        swapped = exchanged if not coco else swapped
     reference = out[False].points
     if smoothing_hz is not None:
         reference = smooth_points(reference, views[0].fps, smoothing_hz)
-    return TriangulatedPerson(tracks=dict(tracks), h36m=out[False], coco=out[True], reference=reference)
+    return TriangulatedPerson(tracks=dict(tracks), h36m=out[False], coco=out[True], reference=reference,
+                              swapped=swapped)
 
 
 def reconstruct(recording: Recording, config: MultiviewConfig | None = None
@@ -497,7 +522,7 @@ def split_view_agreement(cameras: list[CameraCalibration], views: list[ViewTrack
     seen = sorted(person.tracks)
     if len(seen) < 4:
         return None
-    keypoints, scores = _person_keypoints(views, person.tracks, coco=False)
+    keypoints, scores, _ = person_keypoints(cameras, views, person.tracks, False, config)  # swaps decided by all views
     first, rest = seen[0], seen[1:]
     splits = [((first, *others), tuple(v for v in rest if v not in others))
               for size in range(1, len(rest) - 1) for others in itertools.combinations(rest, size)]
@@ -535,6 +560,9 @@ def reference_scores(person: TriangulatedPerson, views: list[ViewTracks], fps: f
         "reprojection_px_h36m": person.h36m.mean_reprojection_px(),
         "reprojection_px_coco_per_view": {views[v].name: person.coco.mean_reprojection_px(v) for v in person.tracks},
         "views_per_joint": float(person.h36m.num_views[frames].mean()),
+        # left/right pairs (of frames x 6 H36M pairs) each view had the wrong way round, un-swapped
+        "swapped_pairs_per_view": ({views[v].name: int(person.swapped[v].sum()) for v in person.tracks}
+                                   if person.swapped is not None else None),
         "bone_cv": bone_length_cv(poses),
         "lr_ratio": max(ratios.values()),
         "lr_ratios": ratios,
