@@ -352,16 +352,15 @@ def triangulate_person(cameras: list[CameraCalibration], views: list[ViewTracks]
                        config: TriangulationConfig | None = None,
                        smoothing_hz: float | None = None) -> TriangulatedPerson:
     """Triangulate one person's H36M-17 and COCO-17 keypoints from the views that see them."""
-    out, swapped = {}, None
+    out, swapped = {}, {}
     for coco in (False, True):
-        keypoints, scores, exchanged = person_keypoints(cameras, views, tracks, coco, config)
+        keypoints, scores, swapped[coco] = person_keypoints(cameras, views, tracks, coco, config)
         out[coco] = triangulate(cameras, keypoints, scores, config)
-        swapped = exchanged if not coco else swapped
     reference = out[False].points
     if smoothing_hz is not None:
         reference = smooth_points(reference, views[0].fps, smoothing_hz)
     return TriangulatedPerson(tracks=dict(tracks), h36m=out[False], coco=out[True], reference=reference,
-                              swapped=swapped)
+                              swapped=swapped[False])
 
 
 def reconstruct(recording: Recording, config: MultiviewConfig | None = None
