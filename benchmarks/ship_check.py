@@ -2,7 +2,7 @@
 
     python benchmarks/ship_check.py --candidate cand.safetensors [--candidate another.safetensors] \
         [--baseline weights/poseformerv2_mocap_27_3_3.safetensors] [--frames 20000] \
-        [--set bandai_v1=~/.cache/poseformerv2-demo/data/legacy/bandai_val_v2.npz --set cmu_v1=...] \
+        [--set bandai_v1=~/.cache/poseformerv2-demo/data/legacy/bandai_val_v1.npz --set cmu_v1=.../cmu_v1.npz] \
         [--demo] [--json scores.json]
 
 Why: a candidate is shipped only under a rule written before it is scored (`weights/MODEL_CARD.md`), and every
