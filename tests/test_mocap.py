@@ -1,5 +1,8 @@
 """Mocap data path: parsers + forward kinematics on hand-written files, skeleton mapping on a real clip, cameras,
 detector noise, rendering and the clip-level split."""
+import dataclasses
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -854,3 +857,72 @@ def test_averaged_checkpoints_hold_the_mean_weights_and_export(tmp_path):
     with pytest.raises(ValueError, match="not a checkpoint of the same model"):
         main(["average", "--checkpoint", str(first), "--checkpoint", str(other), "--out", str(tmp_path / "x.bin")])
     assert not (tmp_path / "x.bin").exists()
+
+
+CMU_ARCHIVE = SHARED / "data" / "mocap" / "cmu_mocap_subset.tar.xz"
+BUILD_VERSION1_SETS = Path(__file__).resolve().parents[1] / "benchmarks" / "build_version1_sets.py"
+
+
+def _mocap_folder_for_version1(folder: Path) -> tuple[list[str], str]:
+    """Two clips of held-out Bandai groups, one of a training group and one CMU BVH clip, laid out as `unpack` does."""
+    if not (BANDAI_ARCHIVE.exists() and CMU_ARCHIVE.exists()):
+        pytest.skip("../shared mocap archives not available")
+    held_out, training = [], None
+    with tarfile.open(BANDAI_ARCHIVE, "r|xz") as tar:
+        for member in tar:
+            if not member.name.endswith(".bvh"):
+                continue
+            stem = Path(member.name).stem
+            if is_validation_group(bandai_group(stem)) and len(held_out) < 2:
+                held_out.append(stem)
+            elif not is_validation_group(bandai_group(stem)) and training is None:
+                training = stem
+            else:
+                continue
+            target = folder / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+            if len(held_out) == 2 and training is not None:
+                break
+    with tarfile.open(CMU_ARCHIVE, "r|xz") as tar:
+        for member in tar:
+            if member.name.endswith("cmu_bvh/resources_131_01.bvh"):
+                (folder / "cmu_bvh").mkdir(parents=True)
+                (folder / "cmu_bvh" / "resources_131_01.bvh").write_bytes(tar.extractfile(member).read())
+                break
+    return held_out, training
+
+
+def test_version1_sets_are_rendered_by_version1s_renderer_from_the_history_not_todays(tmp_path):
+    from pipeline.mocap.dataset import bandai_clip_paths, load_set, render_bandai
+
+    if subprocess.run(["git", "-C", str(BUILD_VERSION1_SETS.parent), "cat-file", "-e", "2677ac8"]).returncode != 0:
+        pytest.skip("this clone lacks version 1's commit (a shallow clone)")
+    mocap = tmp_path / "mocap"
+    held_out, training = _mocap_folder_for_version1(mocap)
+    out = tmp_path / "legacy"
+    done = subprocess.run([sys.executable, str(BUILD_VERSION1_SETS), "--mocap-dir", str(mocap), "--out-dir", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["bandai_val_v1.npz", "cmu_v1.npz"]  # no partial files left
+    bandai, cmu = load_set(out / "bandai_val_v1.npz"), load_set(out / "cmu_v1.npz")
+    # Two cameras per held-out clip, the training group's clip left out, the motion as recorded (30 fps, speed 1).
+    assert sorted({name.rsplit("/cam", 1)[0] for name in bandai.names}) == sorted(held_out)
+    assert not any(training in name for name in bandai.names) and len(bandai) == 4
+    paths = [p for p in bandai_clip_paths(mocap) if p.stem in held_out]
+    frames = {p.stem: len(bvh.parse_bvh(p.read_text()).motion) for p in paths}
+    assert [len(x) for x in bandai.inputs_2d] == [frames[n.rsplit("/cam", 1)[0]] for n in bandai.names]
+    assert len(cmu) == 2 and all(np.isfinite(x).all() for x in (*bandai.inputs_2d, *cmu.inputs_2d))
+    # Today's renderer puts other cameras, noise and COCO landmarks on the same clips: the files are version 1's.
+    today = dataclasses.replace(as_recorded(RenderConfig()), proportions=False, body_scale=(1.0, 1.0),
+                                speed=(1.0, 1.0))
+    now = render_bandai(paths, today, 2)
+    assert [x.shape for x in now.inputs_2d] == [x.shape for x in bandai.inputs_2d]
+    assert min(np.abs(a - b).mean() for a, b in zip(now.inputs_2d, bandai.inputs_2d, strict=True)) > 0.01
+
+
+def test_version1_sets_need_the_unpacked_mocap(tmp_path):
+    done = subprocess.run([sys.executable, str(BUILD_VERSION1_SETS), "--mocap-dir", str(tmp_path / "none"),
+                           "--out-dir", str(tmp_path / "legacy")], capture_output=True, text=True)
+    assert done.returncode != 0 and "python -m pipeline.mocap unpack" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "legacy").exists()
