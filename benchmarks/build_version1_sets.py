@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.CalledProcessError as exc:
             raise SystemExit(f"git archive {VERSION1_COMMIT} failed ({exc.stderr.strip()}); this needs a clone "
                              "with the full history (not --depth 1)") from exc
-        with tarfile.open(archive) as tar:
-            tar.extractall(tree, filter="data")
+        with tarfile.open(archive) as tar:  # this clone's own history; the "data" filter where Python has it
+            tar.extractall(tree, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         # Written under partial names next to their place, renamed only when both are complete: a failed run
         # leaves no half-written set in the cache.
         final = [args.out_dir / "bandai_val_v1.npz", args.out_dir / "cmu_v1.npz"]

@@ -1,6 +1,5 @@
 """Mocap data path: parsers + forward kinematics on hand-written files, skeleton mapping on a real clip, cameras,
 detector noise, rendering and the clip-level split."""
-import dataclasses
 import subprocess
 import sys
 import tarfile
@@ -894,7 +893,7 @@ def _mocap_folder_for_version1(folder: Path) -> tuple[list[str], str]:
 
 
 def test_version1_sets_are_rendered_by_version1s_renderer_from_the_history_not_todays(tmp_path):
-    from pipeline.mocap.dataset import bandai_clip_paths, load_set, render_bandai
+    from pipeline.mocap.dataset import bandai_clip_paths, held_out_config, load_set, render_bandai
 
     if subprocess.run(["git", "-C", str(BUILD_VERSION1_SETS.parent), "cat-file", "-e", "2677ac8"]).returncode != 0:
         pytest.skip("this clone lacks version 1's commit (a shallow clone)")
@@ -914,9 +913,7 @@ def test_version1_sets_are_rendered_by_version1s_renderer_from_the_history_not_t
     assert [len(x) for x in bandai.inputs_2d] == [frames[n.rsplit("/cam", 1)[0]] for n in bandai.names]
     assert len(cmu) == 2 and all(np.isfinite(x).all() for x in (*bandai.inputs_2d, *cmu.inputs_2d))
     # Today's renderer puts other cameras, noise and COCO landmarks on the same clips: the files are version 1's.
-    today = dataclasses.replace(as_recorded(RenderConfig()), proportions=False, body_scale=(1.0, 1.0),
-                                speed=(1.0, 1.0))
-    now = render_bandai(paths, today, 2)
+    now = render_bandai(paths, held_out_config(RenderConfig()), 2)
     assert [x.shape for x in now.inputs_2d] == [x.shape for x in bandai.inputs_2d]
     assert min(np.abs(a - b).mean() for a, b in zip(now.inputs_2d, bandai.inputs_2d, strict=True)) > 0.01
 

@@ -411,6 +411,12 @@ def as_recorded(config: RenderConfig) -> RenderConfig:
                                noise=dataclasses.replace(config.noise, glitch_rate=(0.0, 0.0)))
 
 
+def held_out_config(config: RenderConfig) -> RenderConfig:
+    """`config` for the held-out Bandai clips: as recorded, and with the actor's own body and speed too, so that the
+    metric describes the data, not the augmentation. Cameras and detector noise stay random."""
+    return dataclasses.replace(as_recorded(config), proportions=False, body_scale=(1.0, 1.0), speed=(1.0, 1.0))
+
+
 def settings_key(kind: str, config: RenderConfig, extra: dict | None = None) -> str:
     """A short hash of everything that determines a rendered set (bump `version` when the code's output changes)."""
     settings = dataclasses.asdict(config)
@@ -492,9 +498,7 @@ def build_sets(mocap_dir: Path = DEFAULT_MOCAP_DIR, data_dir: Path = DEFAULT_DAT
     train_paths = [p for p in paths if not is_validation_group(bandai_group(p.stem))]
     extra = {"clips": len(paths), "limit": limit_clips}
     sets: dict[str, SequenceSet | None] = {"bandai_train": None}
-    # Held-out clips are rendered as recorded (original body, speed): the metric describes the data, not the
-    # augmentation. Cameras and detector noise stay random.
-    val_config = dataclasses.replace(as_recorded(config), proportions=False, body_scale=(1.0, 1.0), speed=(1.0, 1.0))
+    val_config = held_out_config(config)
     for kind, clip_paths, cams, cfg in (("bandai_train", train_paths, config.cameras_per_clip, config),
                                         ("bandai_val", val_paths, validation_cameras, val_config)):
         if kind == "bandai_train" and not with_train:
