@@ -728,6 +728,28 @@ def feet_heights(output: dict) -> np.ndarray:
     return heights[np.asarray(output["valid"], dtype=bool)]
 
 
+
+def placement_spread(outputs: list[dict], recording: Recording, views: list[ViewTracks],
+                     people: list[TriangulatedPerson], view: int = 0) -> float:
+    """How far demo.py's outputs of view `view` (its keypoints.npz files as dicts, `--all-people`) get the people's
+    distances from the camera relative to each other: each person's median ratio of the output's root distance to
+    the triangulation's, and the spread (max - min) of their logs; 0 when every person is placed at the right
+    relative distance, whatever the common scale. For two people, |log| of one ratio over the other."""
+    camera, logs = recording.cameras[view], []
+    for p, person in enumerate(people):
+        if view not in person.tracks:
+            continue
+        match = _matching_output(outputs, views[view], person.tracks[view])
+        if match is None:
+            raise ValueError(f"no output follows person {p} in {views[view].name}")
+        truth = person.h36m.points[:, 0] @ camera.R.T + camera.t
+        ok = np.isfinite(truth).all(axis=1) & np.asarray(match["valid"], dtype=bool)
+        logs.append(np.log(np.median(np.linalg.norm(match["trajectory_camera"][0][ok], axis=1)
+                                     / np.linalg.norm(truth[ok], axis=1))))
+    if len(logs) < 2:
+        raise ValueError(f"{views[view].name} sees fewer than two triangulated people: no relative placement to score")
+    return float(max(logs) - min(logs))
+
 def evaluate_outputs(outputs: list[list[dict]], recording: Recording, views: list[ViewTracks],
                      people: list[TriangulatedPerson], min_joint_views: int = 0) -> dict[str, dict]:
     """Score demo.py's own results (`read_outputs`) instead of lifting here, so that anything demo.py can run is
