@@ -728,7 +728,6 @@ def feet_heights(output: dict) -> np.ndarray:
     return heights[np.asarray(output["valid"], dtype=bool)]
 
 
-
 def placement_spread(outputs: list[dict], recording: Recording, views: list[ViewTracks],
                      people: list[TriangulatedPerson], view: int = 0) -> float:
     """How far demo.py's outputs of view `view` (its keypoints.npz files as dicts, `--all-people`) get the people's
@@ -749,6 +748,7 @@ def placement_spread(outputs: list[dict], recording: Recording, views: list[View
     if len(logs) < 2:
         raise ValueError(f"{views[view].name} sees fewer than two triangulated people: no relative placement to score")
     return float(max(logs) - min(logs))
+
 
 def evaluate_outputs(outputs: list[list[dict]], recording: Recording, views: list[ViewTracks],
                      people: list[TriangulatedPerson], min_joint_views: int = 0) -> dict[str, dict]:
