@@ -42,21 +42,22 @@ RECORDING = REPO.parent / "shared" / "data" / "multiview" / "pose2sim_multi"
 SHIPPED = REPO / "weights" / "poseformerv2_mocap_27_3_3.safetensors"
 
 
-def real_footage(lifters: list[Path]) -> dict:
-    """The recording triangulated once (calibration refined as the command does), every lifter scored against it."""
-    from pipeline.evaluation.multiview import (
-        MultiviewConfig,
-        compare_lifters,
-        evaluate_lifter,
-        find_recording,
-        levelling_errors,
-        reconstruct,
-    )
-    from pipeline.lifting import load_lifter
+def triangulate() -> tuple:
+    """The recording and its people, triangulated once (calibration refined as the command does) for every part."""
+    from pipeline.evaluation.multiview import MultiviewConfig, find_recording, reconstruct
 
     config = MultiviewConfig()
     recording = find_recording(RECORDING)
     views, people = reconstruct(recording, config)
+    return config, recording, views, people
+
+
+def real_footage(lifters: list[Path], scene: tuple) -> dict:
+    """Every lifter scored against the triangulated recording (`triangulate`)."""
+    from pipeline.evaluation.multiview import compare_lifters, evaluate_lifter, levelling_errors
+    from pipeline.lifting import load_lifter
+
+    config, recording, views, people = scene
     loaded = {str(path): load_lifter(path) for path in lifters}
     baseline = str(lifters[0])
     out: dict = {}
@@ -72,24 +73,16 @@ def real_footage(lifters: list[Path]) -> dict:
     return out
 
 
-def demo_feet(lifter: Path) -> dict:
+def demo_feet(lifter: Path, scene: tuple) -> dict:
     """demo.py on cam01 with this lifter: how far its levelled world view is from the calibrated vertical (degrees),
     each person's median feet height above its ground (m), by track id, and the spread of the people's distances
     relative to the triangulation's (`placement_spread`): as demo.py gives them (the people sharing the floor,
     `pipeline.motion.ground`) and placed by body size alone (`--separate-grounds`), which shows the lifter's own body
     sizes."""
-    from pipeline.evaluation.multiview import (
-        MultiviewConfig,
-        feet_heights,
-        find_recording,
-        placement_spread,
-        reconstruct,
-        vertical_error_deg,
-    )
+    from pipeline.evaluation.multiview import feet_heights, placement_spread, vertical_error_deg
     from pipeline.geometry import quaternion_to_matrix
 
-    recording = find_recording(RECORDING)
-    views, people = reconstruct(recording, MultiviewConfig())  # the 2D from the cache real_footage filled
+    _, recording, views, people = scene
     video = recording.videos[0]
     result: dict = {}
     with tempfile.TemporaryDirectory() as out:
@@ -194,10 +187,11 @@ def main() -> None:
         if args.json:
             save_json(args.json, report, indent=1)
 
-    report["real"] = real_footage(lifters)
+    scene = triangulate()
+    report["real"] = real_footage(lifters, scene)
     save()
     if args.demo:
-        report["demo"] = {str(p): demo_feet(p) for p in lifters}
+        report["demo"] = {str(p): demo_feet(p, scene) for p in lifters}
         save()
     report["synthetic"] = {str(p): synthetic(p, args.frames, args.set) for p in lifters}
     save()
